@@ -1,0 +1,161 @@
+//! Build script: validates every WGSL shader variant with naga (errors point at `file:line`),
+//! embeds the shader sources, and with feature `cuda` compiles every `kernels/**/*.cu` to PTX
+//! for sm_80 and sm_90 when nvcc is found (otherwise the sources are embedded for NVRTC).
+
+#[path = "src/shader_pp.rs"]
+#[allow(dead_code)]
+mod shader_pp;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            files(&p, ext, out);
+        } else if p.extension().is_some_and(|e| e == ext) {
+            out.push(p);
+        }
+    }
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/")
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("\n{msg}\n");
+    std::process::exit(1);
+}
+
+fn validate_wgsl(root: &Path, name: &str, text: &str) {
+    let lookup = |n: &str| std::fs::read_to_string(root.join(n)).ok();
+    for defines in shader_pp::variants(text) {
+        let d: Vec<&str> = defines.iter().map(String::as_str).collect();
+        let exp = shader_pp::expand(name, &d, &lookup)
+            .unwrap_or_else(|e| fail(&format!("shaders/{name} [{d:?}]: {e}")));
+        let module = naga::front::wgsl::parse_str(&exp.source).unwrap_or_else(|e| {
+            let line = e.location(&exp.source).map_or(0, |l| l.line_number as usize);
+            fail(&format!(
+                "error: WGSL parse error at shaders/{} (variant {d:?}): {}\n{}",
+                exp.locate(line),
+                e,
+                e.emit_to_string(&exp.source)
+            ))
+        });
+        let mut v = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        );
+        if let Err(e) = v.validate(&module) {
+            let line = e.location(&exp.source).map_or(0, |l| l.line_number as usize);
+            fail(&format!(
+                "error: WGSL validation error at shaders/{} (variant {d:?}): {}\n{}",
+                exp.locate(line),
+                e.as_inner(),
+                e.emit_to_string(&exp.source)
+            ))
+        }
+    }
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    if let Ok(h) = std::env::var("CUDA_HOME") {
+        let p = Path::new(&h).join("bin/nvcc");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("nvcc"))
+        .find(|p| p.exists())
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for p in ["shaders", "kernels", "src/shader_pp.rs", "build.rs"] {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=PATH");
+
+    // WGSL: validate every variant, then embed the raw sources (expanded at run time).
+    let sroot = manifest.join("shaders");
+    let mut wgsl = Vec::new();
+    files(&sroot, "wgsl", &mut wgsl);
+    let mut gen = String::from("/// Every WGSL source under `shaders/`, by relative path.\n");
+    gen.push_str("pub static SOURCES: &[(&str, &str)] = &[\n");
+    for p in &wgsl {
+        let name = rel(&sroot, p);
+        let text = std::fs::read_to_string(p).unwrap();
+        if !shader_pp::is_include_only(&text) {
+            validate_wgsl(&sroot, &name, &text);
+        }
+        writeln!(gen, "    ({name:?}, include_str!({:?})),", p.display().to_string()).unwrap();
+    }
+    gen.push_str("];\n");
+    std::fs::write(out_dir.join("shaders.rs"), gen).unwrap();
+
+    // CUDA: PTX per architecture when nvcc exists, always the self-contained source for NVRTC.
+    let kroot = manifest.join("kernels");
+    let mut cu = Vec::new();
+    files(&kroot, "cu", &mut cu);
+    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let nvcc = if cuda { find_nvcc() } else { None };
+    if cuda && nvcc.is_none() {
+        println!("cargo:warning=linrec: nvcc not found (set NVCC or CUDA_HOME); CUDA kernels will be compiled by NVRTC at run time");
+    }
+    let mut gen = String::from("/// Every CUDA module: (name, self-contained source, PTX for sm_80, PTX for sm_90).\n");
+    gen.push_str("pub static MODULES: &[(&str, &str, Option<&str>, Option<&str>)] = &[\n");
+    let lookup = |n: &str| std::fs::read_to_string(kroot.join(n)).ok();
+    for p in &cu {
+        let name = rel(&kroot, p);
+        let src = shader_pp::inline_includes(&name, &lookup, &mut Vec::new())
+            .unwrap_or_else(|e| fail(&format!("kernels/{name}: {e}")));
+        let src_path = out_dir.join(format!("{}.src.cu", name.replace('/', "__")));
+        std::fs::write(&src_path, &src).unwrap();
+        let mut ptx = [None, None];
+        if let Some(nvcc) = &nvcc {
+            for (i, arch) in ["sm_80", "sm_90"].iter().enumerate() {
+                let out = out_dir.join(format!("{}.{arch}.ptx", name.replace('/', "__")));
+                let res = Command::new(nvcc)
+                    .args(["--ptx", "-O3", "-std=c++17", "-lineinfo"])
+                    .arg(format!("-arch={arch}"))
+                    .arg("-I")
+                    .arg(&kroot)
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(p)
+                    .output()
+                    .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
+                if !res.status.success() {
+                    fail(&format!(
+                        "error: nvcc failed on kernels/{name} for {arch}:\n{}{}",
+                        String::from_utf8_lossy(&res.stdout),
+                        String::from_utf8_lossy(&res.stderr)
+                    ));
+                }
+                ptx[i] = Some(format!("include_str!({:?})", out.display().to_string()));
+            }
+        }
+        let [p80, p90] = ptx.map(|p| p.map_or("None".into(), |s| format!("Some({s})")));
+        writeln!(
+            gen,
+            "    ({name:?}, include_str!({:?}), {p80}, {p90}),",
+            src_path.display().to_string()
+        )
+        .unwrap();
+    }
+    gen.push_str("];\n");
+    std::fs::write(out_dir.join("kernels.rs"), gen).unwrap();
+}

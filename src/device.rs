@@ -1,0 +1,89 @@
+//! [`Device`]: where an operation runs at the convenient (host tensor) API level.
+
+use crate::error::Result;
+use std::sync::Arc;
+
+/// Where an operation runs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// The f64 CPU reference (exact, slow): results are rounded to the storage dtype.
+    Cpu,
+    /// A wgpu adapter running the WGSL kernels (any Vulkan/Metal/DX12 GPU, or lavapipe).
+    #[cfg(feature = "wgpu")]
+    Wgpu(Arc<crate::runtime::wgpu::WgpuContext>),
+    /// An NVIDIA GPU running the CUDA kernels.
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<crate::runtime::cuda::CudaBackend>),
+}
+
+/// Which kind of [`Device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// [`Device::Cpu`].
+    Cpu,
+    /// `Device::Wgpu`.
+    Wgpu,
+    /// `Device::Cuda`.
+    Cuda,
+}
+
+impl BackendKind {
+    /// `cpu`, `wgpu` or `cuda`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl Device {
+    /// The fastest device available: a CUDA GPU (feature `cuda`), else a wgpu adapter (a real
+    /// GPU before lavapipe), else the CPU reference. Never fails.
+    pub fn best() -> Device {
+        #[cfg(feature = "cuda")]
+        if let Ok(d) = Device::cuda(0) {
+            return d;
+        }
+        #[cfg(feature = "wgpu")]
+        if let Ok(d) = Device::wgpu() {
+            return d;
+        }
+        Device::Cpu
+    }
+
+    /// The best wgpu adapter, or why there is none.
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu() -> Result<Device> {
+        Ok(Device::Wgpu(crate::runtime::wgpu::WgpuContext::new()?))
+    }
+
+    /// CUDA device `ordinal`, or why there is none.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::Cuda(crate::runtime::cuda::CudaBackend::new(ordinal)?))
+    }
+
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Device::Cpu => BackendKind::Cpu,
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(_) => BackendKind::Wgpu,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => BackendKind::Cuda,
+        }
+    }
+
+    /// Human-readable description: backend and device name.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu (f64 reference)".into(),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(c) => format!("wgpu: {}", c.describe()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => format!("cuda: {}", c.describe()),
+        }
+    }
+}

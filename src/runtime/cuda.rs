@@ -1,0 +1,398 @@
+//! CUDA plumbing shared by every CUDA kernel: opening a device (CUDA is loaded at run time, so
+//! the crate builds and runs without it), the module cache (PTX compiled at build time by nvcc
+//! for sm_80 / sm_90, or the embedded sources compiled by NVRTC), device tensors
+//! ([`CuTensor`], [`CuRef`]), uploads, downloads, launches and event timing.
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchArgs,
+    LaunchConfig, PushKernelArg,
+};
+use half::{bf16, f16};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod modules {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+const BACKEND: &str = "cuda";
+
+fn drv(e: cudarc::driver::DriverError) -> Error {
+    let s = format!("{e:?}");
+    if s.contains("OUT_OF_MEMORY") {
+        Error::OutOfMemory {
+            backend: BACKEND,
+            what: s,
+        }
+    } else {
+        Error::Device {
+            backend: BACKEND,
+            what: s,
+        }
+    }
+}
+
+/// Why no CUDA device can be used here, or `Ok(n)` with the number of devices.
+pub fn device_count() -> Result<usize> {
+    // SAFETY: probing for the driver library only opens it with libloading; no CUDA call is
+    // made unless it is present, so a machine without CUDA never reaches a panicking path.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        return Err(Error::NoDevice {
+            backend: BACKEND,
+            reason: "the CUDA driver library (libcuda.so) is not installed".into(),
+        });
+    }
+    let n = CudaContext::device_count().map_err(drv)?;
+    if n <= 0 {
+        return Err(Error::NoDevice {
+            backend: BACKEND,
+            reason: "the CUDA driver reports no device".into(),
+        });
+    }
+    Ok(n as usize)
+}
+
+/// A CUDA device with linrec's module cache and the stream every launch goes to.
+pub struct CudaBackend {
+    /// The context.
+    pub ctx: Arc<CudaContext>,
+    /// The stream linrec launches on (the context's default stream unless built with
+    /// [`CudaBackend::from_stream`]).
+    pub stream: Arc<CudaStream>,
+    name: String,
+    arch: (i32, i32),
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl CudaBackend {
+    /// Open device `ordinal`. Returns [`Error::NoDevice`] (never panics) where there is no
+    /// driver or no device.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        let n = device_count()?;
+        if ordinal >= n {
+            return Err(Error::value("ordinal", format!("< {n}"), ordinal));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv)?;
+        let stream = ctx.default_stream();
+        Self::from_stream(stream)
+    }
+
+    /// Use a caller's stream (for example a training framework's), so launches are ordered
+    /// with its work.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Arc<Self>> {
+        let ctx = stream.context().clone();
+        let name = ctx.name().map_err(drv)?;
+        let arch = ctx.compute_capability().map_err(drv)?;
+        Ok(Arc::new(CudaBackend {
+            ctx,
+            stream,
+            name,
+            arch,
+            modules: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// `name (sm_XY)`.
+    pub fn describe(&self) -> String {
+        format!("{} (sm_{}{})", self.name, self.arch.0, self.arch.1)
+    }
+
+    /// Compute capability `(major, minor)`.
+    pub fn arch(&self) -> (i32, i32) {
+        self.arch
+    }
+
+    /// The kernel `func` of module `module` (a path under `kernels/`), loading the module once:
+    /// the build-time PTX for this architecture when there is one, else NVRTC.
+    pub(crate) fn function(&self, module: &'static str, func: &str) -> Result<CudaFunction> {
+        let mut cache = self.modules.lock().unwrap();
+        let m = match cache.get(module) {
+            Some(m) => m.clone(),
+            None => {
+                let (_, src, p80, p90) = modules::MODULES
+                    .iter()
+                    .find(|(n, ..)| *n == module)
+                    .ok_or_else(|| Error::unsupported(BACKEND, format!("no module {module}")))?;
+                let prebuilt = match self.arch {
+                    (9.., _) => p90.or(*p80),
+                    (8, _) => *p80,
+                    _ => None,
+                };
+                let ptx = match prebuilt {
+                    Some(p) => cudarc::nvrtc::Ptx::from_src(p),
+                    None => {
+                        if self.arch.0 < 8 {
+                            return Err(Error::unsupported(
+                                BACKEND,
+                                format!("compute capability {}.{} (needs 8.0+)", self.arch.0, self.arch.1),
+                            ));
+                        }
+                        let arch: &'static str = if self.arch.0 >= 9 { "sm_90" } else { "sm_80" };
+                        cudarc::nvrtc::compile_ptx_with_opts(
+                            src,
+                            cudarc::nvrtc::CompileOptions {
+                                arch: Some(arch),
+                                options: vec!["-std=c++17".into()],
+                                ..Default::default()
+                            },
+                        )
+                        .map_err(|e| Error::Device {
+                            backend: BACKEND,
+                            what: format!("NVRTC on {module}: {e:?}"),
+                        })?
+                    }
+                };
+                let m = self.ctx.load_module(ptx).map_err(drv)?;
+                cache.insert(module, m.clone());
+                m
+            }
+        };
+        m.load_function(func).map_err(drv)
+    }
+
+    /// A zero-filled device tensor.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<CuTensor> {
+        let n: usize = shape.iter().product::<usize>().max(1);
+        let s = &self.stream;
+        let data = match dtype {
+            DType::F32 => CuData::F32(s.alloc_zeros(n).map_err(drv)?),
+            DType::F16 => CuData::F16(s.alloc_zeros(n).map_err(drv)?),
+            DType::BF16 => CuData::BF16(s.alloc_zeros(n).map_err(drv)?),
+            DType::U8 => CuData::U8(s.alloc_zeros(n).map_err(drv)?),
+            DType::U32 => CuData::U32(s.alloc_zeros(n).map_err(drv)?),
+        };
+        Ok(CuTensor {
+            data,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Copy a host tensor to the device (`u32` flags are narrowed to `u8`, as kernels read them).
+    pub fn upload(&self, t: &Tensor) -> Result<CuTensor> {
+        let s = &self.stream;
+        use crate::tensor::TensorData as D;
+        let data = match t.data() {
+            D::F32(v) => CuData::F32(s.clone_htod(v).map_err(drv)?),
+            D::F16(v) => CuData::F16(s.clone_htod(v).map_err(drv)?),
+            D::BF16(v) => CuData::BF16(s.clone_htod(v).map_err(drv)?),
+            D::U8(v) => CuData::U8(s.clone_htod(v).map_err(drv)?),
+            D::U32(_) => CuData::U8(s.clone_htod(&t.to_flags()).map_err(drv)?),
+        };
+        Ok(CuTensor {
+            data,
+            shape: t.shape().to_vec(),
+        })
+    }
+
+    /// Copy a device tensor back to the host.
+    pub fn download(&self, g: &CuTensor) -> Result<Tensor> {
+        let s = &self.stream;
+        let n = g.numel();
+        match &g.data {
+            CuData::F32(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
+            CuData::F16(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
+            CuData::BF16(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
+            CuData::U8(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
+            CuData::U32(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
+        }
+    }
+
+    /// Block until the stream is idle.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv)
+    }
+
+    /// Run `f` and return its result with the GPU time between events recorded before and
+    /// after it on the stream.
+    pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.ctx.new_event(flags).map_err(drv)?;
+        let b = self.ctx.new_event(flags).map_err(drv)?;
+        a.record(&self.stream).map_err(drv)?;
+        let r = f()?;
+        b.record(&self.stream).map_err(drv)?;
+        b.synchronize().map_err(drv)?;
+        let ms = a.elapsed_ms(&b).map_err(drv)?;
+        Ok((r, Duration::from_secs_f64(ms as f64 / 1e3)))
+    }
+
+    /// Launch `func` with `cfg`; `args` pushes the kernel's parameters in order.
+    ///
+    /// # Safety
+    /// The parameters pushed by `args` must match the kernel's signature, and the grid in
+    /// `cfg` must only make the kernel touch memory inside the buffers it is given (each
+    /// launch site states why in a `SAFETY:` comment).
+    pub(crate) unsafe fn launch(
+        &self,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        args: impl FnOnce(&mut LaunchArgs<'_>),
+    ) -> Result<()> {
+        let mut b = self.stream.launch_builder(func);
+        args(&mut b);
+        // SAFETY: forwarded to the caller's contract above.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+    }
+}
+
+/// Typed storage of a [`CuTensor`].
+#[derive(Debug)]
+pub enum CuData {
+    /// f32.
+    F32(CudaSlice<f32>),
+    /// f16.
+    F16(CudaSlice<f16>),
+    /// bf16.
+    BF16(CudaSlice<bf16>),
+    /// Bytes (flags).
+    U8(CudaSlice<u8>),
+    /// Words.
+    U32(CudaSlice<u32>),
+}
+
+/// An owned device tensor.
+#[derive(Debug)]
+pub struct CuTensor {
+    /// The storage (possibly longer than the shape needs; it is never shorter).
+    pub data: CuData,
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+impl CuTensor {
+    /// Number of elements of the shape.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            CuData::F32(_) => DType::F32,
+            CuData::F16(_) => DType::F16,
+            CuData::BF16(_) => DType::BF16,
+            CuData::U8(_) => DType::U8,
+            CuData::U32(_) => DType::U32,
+        }
+    }
+
+    /// A view of the elements of the shape.
+    pub fn as_ref(&self) -> CuRef<'_> {
+        let n = self.numel();
+        match &self.data {
+            CuData::F32(d) => CuRef::F32(d.slice(..n)),
+            CuData::F16(d) => CuRef::F16(d.slice(..n)),
+            CuData::BF16(d) => CuRef::BF16(d.slice(..n)),
+            CuData::U8(d) => CuRef::U8(d.slice(..n)),
+            CuData::U32(d) => CuRef::U32(d.slice(..n)),
+        }
+    }
+}
+
+/// A borrowed view of a caller's device memory: the zero-copy argument type of the CUDA API
+/// (`CuRef::from(&slice)` or `CuRef::F32(slice.slice(a..b))`).
+#[derive(Debug)]
+pub enum CuRef<'a> {
+    /// f32.
+    F32(CudaView<'a, f32>),
+    /// f16.
+    F16(CudaView<'a, f16>),
+    /// bf16.
+    BF16(CudaView<'a, bf16>),
+    /// Bytes (flags).
+    U8(CudaView<'a, u8>),
+    /// Words.
+    U32(CudaView<'a, u32>),
+}
+
+macro_rules! curef_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl<'a> From<&'a CudaSlice<$t>> for CuRef<'a> {
+            fn from(s: &'a CudaSlice<$t>) -> Self {
+                CuRef::$v(s.as_view())
+            }
+        }
+        impl<'a> From<CudaView<'a, $t>> for CuRef<'a> {
+            fn from(s: CudaView<'a, $t>) -> Self {
+                CuRef::$v(s)
+            }
+        }
+    )*};
+}
+curef_from!(f32 => F32, f16 => F16, bf16 => BF16, u8 => U8, u32 => U32);
+
+impl CuRef<'_> {
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            CuRef::F32(_) => DType::F32,
+            CuRef::F16(_) => DType::F16,
+            CuRef::BF16(_) => DType::BF16,
+            CuRef::U8(_) => DType::U8,
+            CuRef::U32(_) => DType::U32,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            CuRef::F32(v) => v.len(),
+            CuRef::F16(v) => v.len(),
+            CuRef::BF16(v) => v.len(),
+            CuRef::U8(v) => v.len(),
+            CuRef::U32(v) => v.len(),
+        }
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Push this view as a kernel pointer parameter.
+    pub(crate) fn push<'b>(&'b self, b: &mut LaunchArgs<'b>) {
+        match self {
+            CuRef::F32(v) => b.arg(v),
+            CuRef::F16(v) => b.arg(v),
+            CuRef::BF16(v) => b.arg(v),
+            CuRef::U8(v) => b.arg(v),
+            CuRef::U32(v) => b.arg(v),
+        };
+    }
+}
+
+/// A null pointer parameter, for an absent optional buffer (kernels are told by a flag).
+pub(crate) static NULL: u64 = 0;
+
+/// Push an optional view, or a null pointer.
+pub(crate) fn push_opt<'b>(b: &mut LaunchArgs<'b>, r: Option<&'b CuRef<'_>>) {
+    match r {
+        Some(r) => r.push(b),
+        None => {
+            b.arg(&NULL);
+        }
+    }
+}
+
+impl crate::ops::ArgBuf for CuRef<'_> {
+    const FLAG_DTYPES: &'static [DType] = &[DType::U8];
+    fn dtype(&self) -> Option<DType> {
+        Some(CuRef::dtype(self))
+    }
+    fn shape(&self) -> Option<&[usize]> {
+        None
+    }
+    fn numel(&self) -> usize {
+        self.len()
+    }
+}

@@ -1,0 +1,781 @@
+//! wgpu plumbing shared by every WGSL kernel: adapter and device selection, the shader and
+//! pipeline cache, device buffers ([`GpuTensor`], [`GpuRef`]), uploads and downloads, the
+//! launch helper that binds buffers at any element offset and splits large grids, and GPU
+//! timing with timestamp queries. Nothing here is specific to one operation.
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wgpu::util::DeviceExt;
+
+mod sources {
+    include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
+}
+
+const BACKEND: &str = "wgpu";
+
+/// How to pick and configure the wgpu device.
+#[derive(Debug, Clone, Default)]
+pub struct WgpuOptions {
+    /// Only consider CPU (software) adapters such as lavapipe.
+    pub force_fallback_adapter: bool,
+    /// Cap `max_storage_buffer_binding_size` below the adapter's (to test problem splitting).
+    pub max_storage_buffer_binding_size: Option<u64>,
+    /// Cap `max_compute_workgroups_per_dimension` below the adapter's (to test grid splitting).
+    pub max_compute_workgroups_per_dimension: Option<u32>,
+    /// Do not enable `SUBGROUP` even if the adapter has it (forces the workgroup-memory paths).
+    pub disable_subgroups: bool,
+    /// Do not enable `SHADER_F16` even if the adapter has it.
+    pub disable_f16: bool,
+}
+
+struct Timer {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    total_ns: f64,
+}
+
+/// A wgpu device with linrec's caches. Cheap to share behind an `Arc`.
+pub struct WgpuContext {
+    /// The device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// What the adapter says about itself.
+    pub info: wgpu::AdapterInfo,
+    /// Features enabled on the device.
+    pub features: wgpu::Features,
+    /// Limits the device was created with.
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    dummy: wgpu::Buffer,
+    timer: Mutex<Option<Timer>>,
+}
+
+impl std::fmt::Debug for WgpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn device_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl WgpuContext {
+    /// The best adapter available: a real GPU if there is one, else a CPU adapter (lavapipe).
+    /// `LINREC_WGPU_ADAPTER=<substring>` picks an adapter by name instead.
+    pub fn new() -> Result<Arc<Self>> {
+        Self::with_options(&WgpuOptions::default())
+    }
+
+    /// Open a device with explicit options.
+    pub fn with_options(opts: &WgpuOptions) -> Result<Arc<Self>> {
+        pollster::block_on(Self::open(opts))
+    }
+
+    async fn open(opts: &WgpuOptions) -> Result<Arc<Self>> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        if opts.force_fallback_adapter {
+            adapters.retain(|a| a.get_info().device_type == wgpu::DeviceType::Cpu);
+        }
+        if let Ok(want) = std::env::var("LINREC_WGPU_ADAPTER") {
+            let want = want.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+        }
+        // Prefer real GPUs, then Vulkan/Metal/DX12 over GL.
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            (device_rank(i.device_type), i.backend == wgpu::Backend::Gl)
+        });
+        let adapter = adapters.into_iter().next().ok_or_else(|| Error::NoDevice {
+            backend: BACKEND,
+            reason: "no wgpu adapter found (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers` for lavapipe)".into(),
+        })?;
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        for (f, off) in [
+            (wgpu::Features::SUBGROUP, opts.disable_subgroups),
+            (wgpu::Features::SHADER_F16, opts.disable_f16),
+            (wgpu::Features::TIMESTAMP_QUERY, false),
+        ] {
+            if available.contains(f) && !off {
+                features |= f;
+            }
+        }
+        let mut limits = adapter.limits();
+        if let Some(m) = opts.max_storage_buffer_binding_size {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m);
+        }
+        if let Some(m) = opts.max_compute_workgroups_per_dimension {
+            limits.max_compute_workgroups_per_dimension =
+                limits.max_compute_workgroups_per_dimension.min(m);
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("linrec"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoDevice {
+                backend: BACKEND,
+                reason: format!("request_device on {}: {e}", info.name),
+            })?;
+        // Errors are captured by error scopes around every operation; anything that escapes is
+        // reported here instead of aborting the process.
+        device.on_uncaptured_error(Arc::new(|e| eprintln!("linrec: uncaptured wgpu error: {e}")));
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("linrec dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Arc::new(WgpuContext {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            dummy,
+            timer: Mutex::new(None),
+        }))
+    }
+
+    /// `name (backend, device type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// Whether subgroup operations are enabled on this device.
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
+    }
+
+    /// Whether `f16` in shaders is enabled on this device.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes, turning what they catch into
+    /// [`Error`]s.
+    pub(crate) fn scoped<R>(&self, what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let v = pollster::block_on(val.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o {
+            return Err(Error::OutOfMemory {
+                backend: BACKEND,
+                what: format!("{what}: {e}"),
+            });
+        }
+        if let Some(e) = v {
+            return Err(Error::Device {
+                backend: BACKEND,
+                what: format!("{what}: {e}"),
+            });
+        }
+        r
+    }
+
+    // ---------------------------------------------------------------- buffers
+
+    fn check_alloc(&self, bytes: u64, what: &str) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::Limit {
+                backend: BACKEND,
+                what: format!(
+                    "{what}: {bytes} bytes exceed max_buffer_size {}",
+                    self.limits.max_buffer_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A zero-filled device tensor.
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        let bytes = (n * dtype.size()).div_ceil(4).max(1) as u64 * 4;
+        self.check_alloc(bytes, "zeros")?;
+        let buffer = self.scoped("allocating a buffer", || {
+            Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: GpuTensor::USAGE,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(GpuTensor {
+            buffer,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// Copy a host tensor to the device (`u8` flags are widened to `u32`, as kernels read them).
+    pub fn upload(&self, t: &Tensor) -> Result<GpuTensor> {
+        let widened;
+        let t = if t.dtype() == DType::U8 {
+            widened = t.to_dtype(DType::U32);
+            &widened
+        } else {
+            t
+        };
+        let mut bytes = t.as_bytes().to_vec();
+        bytes.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+        self.check_alloc(bytes.len() as u64, "upload")?;
+        let buffer = self.scoped("uploading a tensor", || {
+            Ok(self
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: &bytes,
+                    usage: GpuTensor::USAGE,
+                }))
+        })?;
+        Ok(GpuTensor {
+            buffer,
+            shape: t.shape().to_vec(),
+            dtype: t.dtype(),
+        })
+    }
+
+    /// Copy a device tensor back to the host.
+    pub fn download(&self, g: &GpuTensor) -> Result<Tensor> {
+        let bytes = self.read_bytes(&g.buffer, 0, g.bytes() as u64)?;
+        Tensor::from_bytes(g.shape.clone(), g.dtype, &bytes[..g.bytes()])
+    }
+
+    /// Read `len` bytes at `offset` of a `COPY_SRC` buffer.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let size = len.div_ceil(4).max(1) * 4;
+        self.scoped("downloading a buffer", || {
+            let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("linrec readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+            self.queue.submit([enc.finish()]);
+            let slice = staging.slice(..);
+            let (tx, rx) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            self.wait()?;
+            rx.recv()
+                .map_err(|e| self.err(format!("map_async: {e}")))?
+                .map_err(|e| self.err(format!("map_async: {e}")))?;
+            let data = slice
+                .get_mapped_range()
+                .map_err(|e| self.err(format!("get_mapped_range: {e}")))?
+                .to_vec();
+            staging.unmap();
+            Ok(data)
+        })
+    }
+
+    /// Block until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| self.err(format!("poll: {e}")))
+    }
+
+    fn err(&self, what: String) -> Error {
+        Error::Device {
+            backend: BACKEND,
+            what,
+        }
+    }
+
+    // ---------------------------------------------------------------- pipelines
+
+    /// The compute pipeline for `shader` (a path under `shaders/`) expanded with `defines`,
+    /// entry point `entry` and pipeline-overridable `constants`; built once, then cached.
+    pub(crate) fn pipeline(
+        &self,
+        shader: &str,
+        entry: &str,
+        defines: &[&str],
+        constants: &[(&str, f64)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = format!("{shader}|{entry}|{defines:?}|{constants:?}");
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let lookup = |n: &str| {
+            sources::SOURCES
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, s)| s.to_string())
+        };
+        let exp = crate::shader_pp::expand(shader, defines, &lookup)
+            .map_err(|e| self.err(format!("shader {shader}: {e}")))?;
+        let pipeline = self.scoped(&format!("building pipeline {shader}:{entry}"), || {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader),
+                    source: wgpu::ShaderSource::Wgsl(exp.source.clone().into()),
+                });
+            Ok(self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(shader),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                }))
+        })?;
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Bind a device range: returns a binding at an offset aligned for the device and the
+    /// element offset of `r` inside it (kernels add it to their indices).
+    pub(crate) fn bind<'a>(&self, r: &GpuRef<'a>) -> Result<(wgpu::BufferBinding<'a>, u32)> {
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let start = r.offset / align * align;
+        let end = r.offset + (r.len * r.dtype.size()) as u64;
+        let size = (end - start).div_ceil(4).max(1) * 4;
+        if start + size > r.buffer.size() {
+            return Err(Error::value(
+                "buffer",
+                format!("a buffer whose size is a multiple of 4 covering bytes {start}..{end}"),
+                r.buffer.size(),
+            ));
+        }
+        if size > self.limits.max_storage_buffer_binding_size {
+            return Err(Error::Limit {
+                backend: BACKEND,
+                what: format!(
+                    "a binding of {size} bytes exceeds max_storage_buffer_binding_size {}",
+                    self.limits.max_storage_buffer_binding_size
+                ),
+            });
+        }
+        let elem = ((r.offset - start) / r.dtype.size() as u64) as u32;
+        Ok((
+            wgpu::BufferBinding {
+                buffer: r.buffer,
+                offset: start,
+                size: std::num::NonZeroU64::new(size),
+            },
+            elem,
+        ))
+    }
+
+    /// Bind an optional range; absent ones bind a small dummy buffer (kernels are told by a
+    /// flag not to read it).
+    pub(crate) fn bind_opt<'a>(
+        &'a self,
+        r: Option<&GpuRef<'a>>,
+    ) -> Result<(wgpu::BufferBinding<'a>, u32)> {
+        match r {
+            Some(r) => self.bind(r),
+            None => Ok((self.dummy.as_entire_buffer_binding(), 0)),
+        }
+    }
+
+    /// Start recording a launch (one compute pass, any number of dispatches).
+    pub(crate) fn launch(&self, label: &str) -> Launch<'_> {
+        Launch {
+            ctx: self,
+            label: label.to_string(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// The largest binding in bytes this device accepts.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size
+    }
+
+    // ---------------------------------------------------------------- timing
+
+    /// Run `f` and return its result with the GPU time of every launch it made (timestamp
+    /// queries at the start and end of each compute pass). Errors with `Unsupported` when the
+    /// device has no `TIMESTAMP_QUERY`.
+    pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
+        if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::unsupported(BACKEND, "timestamp queries on this adapter"));
+        }
+        {
+            let mut t = self.timer.lock().unwrap();
+            let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("linrec timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let mk = |usage| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("linrec timer"),
+                    size: 16,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            *t = Some(Timer {
+                queries,
+                resolve: mk(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+                readback: mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+                total_ns: 0.0,
+            });
+        }
+        let r = f();
+        let total = self.timer.lock().unwrap().take().map_or(0.0, |t| t.total_ns);
+        Ok((r?, Duration::from_nanos(total as u64)))
+    }
+}
+
+/// One step of a [`Launch`].
+struct Step<'a> {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    entries: Vec<wgpu::BufferBinding<'a>>,
+    uniform: Vec<u8>,
+    groups: [u32; 2],
+}
+
+/// A recorded sequence of dispatches, submitted as one compute pass. Each dispatch sees the
+/// writes of the ones before it.
+pub(crate) struct Launch<'c> {
+    ctx: &'c WgpuContext,
+    label: String,
+    steps: Vec<Step<'c>>,
+}
+
+impl<'c> Launch<'c> {
+    /// Split a linear workgroup count into a 2-D grid within the per-dimension limit; kernels
+    /// compute `wid.x + wid.y * nwg.x` and return when it is past their count.
+    pub fn grid(&self, count: u32) -> Result<[u32; 2]> {
+        let maxd = self.ctx.limits.max_compute_workgroups_per_dimension.max(1);
+        let x = count.clamp(1, maxd);
+        let y = count.div_ceil(x).max(1);
+        if y > maxd {
+            return Err(Error::Limit {
+                backend: BACKEND,
+                what: format!("{count} workgroups exceed {maxd} x {maxd}"),
+            });
+        }
+        Ok([x, y])
+    }
+
+    /// Record a dispatch of `count` workgroups (linear) with a uniform block `params` at
+    /// binding 0 and `buffers` at bindings 1.. in order.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        pipeline: Arc<wgpu::ComputePipeline>,
+        params: &P,
+        buffers: Vec<wgpu::BufferBinding<'c>>,
+        count: u32,
+    ) -> Result<()> {
+        let groups = self.grid(count)?;
+        self.steps.push(Step {
+            pipeline,
+            entries: buffers,
+            uniform: bytemuck::bytes_of(params).to_vec(),
+            groups,
+        });
+        Ok(())
+    }
+
+    /// Encode and submit everything recorded (and time it when a timer is active).
+    pub fn submit(self) -> Result<()> {
+        let ctx = self.ctx;
+        let label = self.label.clone();
+        ctx.scoped(&label, || {
+            let mut enc = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some(&label),
+                });
+            let timer = ctx.timer.lock().unwrap();
+            let uniforms: Vec<wgpu::Buffer> = self
+                .steps
+                .iter()
+                .map(|s| {
+                    let mut u = s.uniform.clone();
+                    u.resize(u.len().div_ceil(16).max(1) * 16, 0);
+                    ctx.device
+                        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                            label: Some("linrec params"),
+                            contents: &u,
+                            usage: wgpu::BufferUsages::UNIFORM,
+                        })
+                })
+                .collect();
+            let groups: Vec<wgpu::BindGroup> = self
+                .steps
+                .iter()
+                .zip(&uniforms)
+                .map(|(s, u)| {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: u.as_entire_binding(),
+                    }];
+                    for (i, b) in s.entries.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: i as u32 + 1,
+                            resource: wgpu::BindingResource::Buffer(b.clone()),
+                        });
+                    }
+                    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &s.pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    })
+                })
+                .collect();
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(&label),
+                    timestamp_writes: timer.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }),
+                });
+                for (s, g) in self.steps.iter().zip(&groups) {
+                    pass.set_pipeline(&s.pipeline);
+                    pass.set_bind_group(0, g, &[]);
+                    pass.dispatch_workgroups(s.groups[0], s.groups[1], 1);
+                }
+            }
+            if let Some(t) = timer.as_ref() {
+                enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
+                enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+            }
+            ctx.queue.submit([enc.finish()]);
+            drop(timer);
+            let mut timer = ctx.timer.lock().unwrap();
+            if let Some(t) = timer.as_mut() {
+                let slice = t.readback.slice(..);
+                slice.map_async(wgpu::MapMode::Read, |_| {});
+                ctx.wait()?;
+                let ts: Vec<u64> = {
+                    let view = slice
+                        .get_mapped_range()
+                        .map_err(|e| ctx.err(format!("timestamps: {e}")))?;
+                    bytemuck::cast_slice(&view).to_vec()
+                };
+                t.readback.unmap();
+                let period = ctx.queue.get_timestamp_period() as f64;
+                t.total_ns += ts[1].saturating_sub(ts[0]) as f64 * period;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// An owned device tensor: a buffer with a shape and an element type.
+#[derive(Debug)]
+pub struct GpuTensor {
+    /// The buffer (usage `STORAGE | COPY_SRC | COPY_DST`), at least `numel * dtype.size()`
+    /// bytes, rounded up to a multiple of 4.
+    pub buffer: wgpu::Buffer,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// The element type.
+    pub dtype: DType,
+}
+
+impl GpuTensor {
+    /// Buffer usages of every tensor linrec allocates.
+    pub const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+        .union(wgpu::BufferUsages::COPY_SRC)
+        .union(wgpu::BufferUsages::COPY_DST);
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Size of the data in bytes.
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+
+    /// A borrowed view of the whole tensor.
+    pub fn as_ref(&self) -> GpuRef<'_> {
+        GpuRef {
+            buffer: &self.buffer,
+            offset: 0,
+            len: self.numel(),
+            dtype: self.dtype,
+        }
+    }
+}
+
+/// A borrowed range of a caller's device buffer: the zero-copy argument type of the wgpu API.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuRef<'a> {
+    /// The buffer; must have `STORAGE` usage.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first element (a multiple of the element size; 8 for complex data).
+    pub offset: u64,
+    /// Number of elements.
+    pub len: usize,
+    /// Element type.
+    pub dtype: DType,
+}
+
+impl<'a> GpuRef<'a> {
+    /// A view of `len` elements of `dtype` starting `offset` bytes into `buffer`.
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u64, len: usize, dtype: DType) -> Self {
+        GpuRef {
+            buffer,
+            offset,
+            len,
+            dtype,
+        }
+    }
+}
+
+impl crate::ops::ArgBuf for GpuRef<'_> {
+    const FLAG_DTYPES: &'static [DType] = &[DType::U32];
+    fn dtype(&self) -> Option<DType> {
+        Some(self.dtype)
+    }
+    fn shape(&self) -> Option<&[usize]> {
+        None
+    }
+    fn numel(&self) -> usize {
+        self.len
+    }
+    fn check_extent(&self, arg: &'static str) -> Result<()> {
+        if !self.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::value(arg, "a buffer with STORAGE usage", format!("{:?}", self.buffer.usage())));
+        }
+        if self.offset % self.dtype.size() as u64 != 0 {
+            return Err(Error::value(
+                arg,
+                format!("a byte offset that is a multiple of {}", self.dtype.size()),
+                self.offset,
+            ));
+        }
+        let end = self.offset + (self.len * self.dtype.size()) as u64;
+        if end > self.buffer.size() {
+            return Err(Error::Size {
+                arg,
+                expected: self.len,
+                shape: vec![self.len],
+                found: (self.buffer.size().saturating_sub(self.offset) / self.dtype.size() as u64)
+                    as usize,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<'a> GpuRef<'a> {
+    /// Rows `b0 .. b0 + nb` of a tensor whose leading axis has rows of `row` elements.
+    pub(crate) fn rows(self, b0: usize, nb: usize, row: usize) -> GpuRef<'a> {
+        GpuRef {
+            buffer: self.buffer,
+            offset: self.offset + (b0 * row * self.dtype.size()) as u64,
+            len: nb * row,
+            dtype: self.dtype,
+        }
+    }
+}
+
+impl WgpuContext {
+    /// Split `batch` rows into groups whose bindings each fit the device's binding-size limit,
+    /// given the bytes one row occupies in each row-split buffer.
+    pub(crate) fn row_groups(&self, batch: usize, row_bytes: &[u64]) -> Result<Vec<(usize, usize)>> {
+        let slack = self.limits.min_storage_buffer_offset_alignment as u64 + 4;
+        let widest = row_bytes.iter().copied().max().unwrap_or(1).max(1);
+        let limit = self.max_binding().saturating_sub(slack);
+        let per = (limit / widest) as usize;
+        if per == 0 {
+            return Err(Error::Limit {
+                backend: BACKEND,
+                what: format!(
+                    "one batch row needs a {widest}-byte binding; max_storage_buffer_binding_size is {}",
+                    self.max_binding()
+                ),
+            });
+        }
+        Ok((0..batch)
+            .step_by(per)
+            .map(|b0| (b0, per.min(batch - b0)))
+            .collect())
+    }
+
+    /// Sum the `rows` rows of `input` (`[rows, cols]` f32) into `out` (`[cols]` f32), in a
+    /// fixed order (see `shaders/common/reduce_rows.wgsl`).
+    pub(crate) fn reduce_rows<'b>(
+        &self,
+        launch: &mut Launch<'b>,
+        input: &GpuRef<'b>,
+        out: &GpuRef<'b>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct Params {
+            rows: u32,
+            cols: u32,
+            off_in: u32,
+            off_out: u32,
+        }
+        let pipe = self.pipeline("common/reduce_rows.wgsl", "main", &[], &[])?;
+        let (bi, off_in) = self.bind(input)?;
+        let (bo, off_out) = self.bind(out)?;
+        let params = Params {
+            rows: rows as u32,
+            cols: cols as u32,
+            off_in,
+            off_out,
+        };
+        launch.dispatch(pipe, &params, vec![bi, bo], cols.div_ceil(256) as u32)
+    }
+}
+
+/// Channels per workgroup for kernels that put a block of channels side by side: the smallest
+/// power of two covering `dim`, at most 32.
+pub(crate) fn channel_block(dim: usize) -> u32 {
+    (dim.next_power_of_two().min(32)) as u32
+}
+
+/// Check that a problem dimension fits the u32 index arithmetic of the kernels.
+pub(crate) fn check_u32(arg: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&v| v < u32::MAX / 4)
+        .ok_or_else(|| Error::Limit {
+            backend: BACKEND,
+            what: format!("{arg} = {v} exceeds the kernels' 32-bit indexing"),
+        })
+}

@@ -1,0 +1,238 @@
+//! Shared test plumbing: a seeded RNG, the SPEC error metric, finite differences, backend
+//! discovery that reports skips (as `ignored, <reason>` in the test output), and the harness.
+#![allow(dead_code)]
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use linrec::{Device, Tensor};
+use std::sync::OnceLock;
+
+/// Why a test stopped early: a skip (no device) or a failure.
+pub enum Stop {
+    Skip(String),
+    Fail(String),
+}
+impl From<linrec::Error> for Stop {
+    fn from(e: linrec::Error) -> Self {
+        Stop::Fail(format!("linrec error: {e}"))
+    }
+}
+impl From<String> for Stop {
+    fn from(e: String) -> Self {
+        Stop::Fail(e)
+    }
+}
+pub type T = Result<(), Stop>;
+
+/// Fail with a message.
+#[macro_export]
+macro_rules! fail {
+    ($($t:tt)*) => { return Err($crate::common::Stop::Fail(format!($($t)*))) };
+}
+/// Fail unless a condition holds.
+#[macro_export]
+macro_rules! ensure {
+    ($c:expr, $($t:tt)*) => { if !$c { $crate::fail!($($t)*) } };
+}
+
+/// Wrap test functions into trials.
+#[macro_export]
+macro_rules! trials {
+    ($($f:path),* $(,)?) => {
+        vec![$( $crate::common::trial(stringify!($f), $f) ),*]
+    };
+}
+
+pub fn trial(name: &str, f: fn() -> T) -> Trial {
+    Trial::ignorable_test(name.replace(' ', ""), move || match f() {
+        Ok(()) => Ok(Completion::Completed),
+        Err(Stop::Skip(r)) => Ok(Completion::ignored_with(r)),
+        Err(Stop::Fail(m)) => Err(Failed::from(m)),
+    })
+}
+
+/// Run the trials and exit with the harness's status.
+pub fn main(trials: Vec<Trial>) {
+    let args = Arguments::from_args();
+    if let Ok(ctx) = wgpu_ctx() {
+        eprintln!("wgpu tests run on: {}", ctx.describe());
+    } else if let Err(Stop::Skip(r)) = wgpu_ctx() {
+        eprintln!("wgpu tests skipped: {r}");
+    }
+    match cuda_dev() {
+        Ok(d) => eprintln!("cuda tests run on: {}", d.describe()),
+        Err(Stop::Skip(r)) | Err(Stop::Fail(r)) => eprintln!("cuda tests skipped: {r}"),
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+// ------------------------------------------------------------------ devices
+
+static WGPU: OnceLock<Result<std::sync::Arc<linrec::WgpuContext>, String>> = OnceLock::new();
+
+/// The shared wgpu context (lavapipe in CI), or a skip naming why there is none.
+pub fn wgpu_ctx() -> Result<std::sync::Arc<linrec::WgpuContext>, Stop> {
+    WGPU.get_or_init(|| linrec::WgpuContext::new().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Stop::Skip)
+}
+
+/// The wgpu device.
+pub fn wgpu() -> Result<Device, Stop> {
+    Ok(Device::Wgpu(wgpu_ctx()?))
+}
+
+/// The CUDA device, or a skip naming why there is none (or that the build lacks `cuda`).
+pub fn cuda_dev() -> Result<Device, Stop> {
+    #[cfg(feature = "cuda")]
+    {
+        static CUDA: OnceLock<Result<Device, String>> = OnceLock::new();
+        CUDA.get_or_init(|| Device::cuda(0).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Stop::Skip)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(Stop::Skip("built without feature `cuda`".into()))
+}
+
+/// Every GPU backend, for tests that run the same check on each: `(name, device or skip)`.
+pub fn gpus() -> Vec<(&'static str, Result<Device, Stop>)> {
+    vec![("wgpu", wgpu()), ("cuda", cuda_dev())]
+}
+
+// ------------------------------------------------------------------ data
+
+/// SplitMix64: small, seedable, good enough for test data.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        let extra = std::env::var("LINREC_SEED")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        Rng(seed ^ extra.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    pub fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = self.uniform(1e-12, 1.0);
+        let v = self.uniform(0.0, 1.0);
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    pub fn normals(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+    /// Flags with probability `p`.
+    pub fn flags(&mut self, n: usize, p: f64) -> Vec<u8> {
+        (0..n).map(|_| u8::from(self.uniform(0.0, 1.0) < p)).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Round f64 data to f32 and back, so the f64 reference sees exactly what an f32 kernel sees.
+pub fn f32_exact(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| x as f32 as f64).collect()
+}
+
+/// A host tensor of f64 values rounded to `dtype`.
+pub fn tensor(shape: &[usize], v: &[f64], dtype: linrec::DType) -> Tensor {
+    Tensor::from_f64(shape.to_vec(), v, dtype).expect("shape matches data")
+}
+
+// ------------------------------------------------------------------ metrics
+
+/// SPEC's metric: ||out - ref||_2 / ||ref||_2 (NaN anywhere gives NaN). An all-zero reference
+/// falls back to the absolute norm.
+pub fn rel(out: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len(), "length mismatch");
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (o, r) in out.iter().zip(reference) {
+        num += (o - r) * (o - r);
+        den += r * r;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Fail unless `rel(out, reference) <= tol` (NaN never passes).
+pub fn close(what: &str, out: &[f64], reference: &[f64], tol: f64) -> T {
+    if out.len() != reference.len() {
+        fail!("{what}: {} values, reference has {}", out.len(), reference.len());
+    }
+    let r = rel(out, reference);
+    if r.is_nan() || r > tol {
+        let worst = out
+            .iter()
+            .zip(reference)
+            .enumerate()
+            .max_by(|a, b| {
+                let ea = (a.1 .0 - a.1 .1).abs();
+                let eb = (b.1 .0 - b.1 .1).abs();
+                ea.partial_cmp(&eb).unwrap_or(std::cmp::Ordering::Greater)
+            })
+            .map(|(i, (o, r))| format!("worst at {i}: {o} vs {r}"))
+            .unwrap_or_default();
+        fail!("{what}: rel error {r:.3e} > {tol:.1e} ({worst})");
+    }
+    Ok(())
+}
+
+/// Central finite differences of `f` at `theta` on up to `max` coordinates (spread evenly),
+/// compared with `analytic` (the gradient claimed by a backward pass) in the SPEC metric.
+pub fn fd_check(
+    what: &str,
+    theta: &[f64],
+    analytic: &[f64],
+    f: impl Fn(&[f64]) -> f64,
+    max: usize,
+    tol: f64,
+) -> T {
+    assert_eq!(theta.len(), analytic.len());
+    let n = theta.len();
+    let step = (n / max.max(1)).max(1);
+    let eps = 1e-6;
+    let mut num = Vec::new();
+    let mut ana = Vec::new();
+    let mut th = theta.to_vec();
+    for i in (0..n).step_by(step) {
+        let x0 = th[i];
+        th[i] = x0 + eps;
+        let fp = f(&th);
+        th[i] = x0 - eps;
+        let fm = f(&th);
+        th[i] = x0;
+        num.push((fp - fm) / (2.0 * eps));
+        ana.push(analytic[i]);
+    }
+    close(&format!("{what} vs finite differences"), &ana, &num, tol)
+}
+
+/// `sum(g * v)`: the scalar loss whose gradient with respect to `v` is `g`.
+pub fn dot(g: &[f64], v: &[f64]) -> f64 {
+    g.iter().zip(v).map(|(a, b)| a * b).sum()
+}
+
+/// Bitwise equality of two f32 result vectors.
+pub fn bitwise(what: &str, a: &[f32], b: &[f32]) -> T {
+    let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    ensure!(same, "{what}: two runs differ bitwise");
+    Ok(())
+}

@@ -1,0 +1,557 @@
+//! Linear scan (SPEC §3a): the reference pinned against an independent transcription of the
+//! equations, finite differences, packing and chaining identities, and every backend against
+//! the reference (randomized shapes, resets, initial states, reverse, complex, determinism).
+
+mod common;
+use common::*;
+use linrec::scan::{self, LinearScan, ScanBackwardInputs, ScanInputs};
+use linrec::{DType, Device, Error, Problem, Tensor};
+
+/// Inputs of one scan problem in f64 (already rounded to f32).
+#[derive(Clone)]
+struct Data {
+    p: LinearScan,
+    x: Vec<f64>,
+    a: Vec<f64>,
+    h0: Option<Vec<f64>>,
+    start: Option<Vec<u8>>,
+    g: Vec<f64>,
+    gf: Option<Vec<f64>>,
+}
+
+#[derive(Clone, Copy)]
+enum Starts {
+    None,
+    /// t = 0, a mid-chunk step, T-1, and a few random ones.
+    Edges,
+}
+
+fn gen(p: LinearScan, h0: bool, starts: Starts, seed: u64) -> Data {
+    let mut r = Rng::new(seed);
+    let w = p.width();
+    let n = p.batch * p.len * p.dim * w;
+    let x = f32_exact(&r.vec(n, -1.0, 1.0));
+    let na = p.spec("a").numel() / w;
+    let mut a = Vec::new();
+    for _ in 0..na {
+        if p.complex {
+            let m = r.uniform(0.7, 0.999);
+            let th = r.uniform(-3.14, 3.14);
+            a.extend([m * th.cos(), m * th.sin()]);
+        } else {
+            a.push(r.uniform(-0.999, 0.999));
+        }
+    }
+    let a = f32_exact(&a);
+    let h0 = h0.then(|| f32_exact(&r.vec(p.batch * p.dim * w, -1.0, 1.0)));
+    let start = match starts {
+        Starts::None => None,
+        Starts::Edges => {
+            let mut s = r.flags(p.batch * p.len, 0.03);
+            for b in 0..p.batch {
+                let row = &mut s[b * p.len..(b + 1) * p.len];
+                row[0] = u8::from(b % 2 == 0);
+                row[p.len / 2] = 1;
+                row[p.len - 1] = 1;
+            }
+            Some(s)
+        }
+    };
+    let g = f32_exact(&r.vec(n, -1.0, 1.0));
+    let gf = Some(f32_exact(&r.vec(p.batch * p.dim * w, -1.0, 1.0)));
+    Data {
+        p,
+        x,
+        a,
+        h0,
+        start,
+        g,
+        gf,
+    }
+}
+
+fn fwd_ref(d: &Data) -> scan::ScanOutputs<Vec<f64>> {
+    scan::reference::forward(
+        &d.p,
+        &ScanInputs {
+            x: &d.x[..],
+            a: &d.a[..],
+            h0: d.h0.as_deref(),
+            start: d.start.as_deref(),
+        },
+    )
+    .expect("valid problem")
+}
+
+fn bwd_ref(d: &Data, h: &[f64]) -> scan::ScanGrads<Vec<f64>> {
+    scan::reference::backward(
+        &d.p,
+        &ScanBackwardInputs {
+            a: &d.a[..],
+            h,
+            h0: d.h0.as_deref(),
+            start: d.start.as_deref(),
+            grad_h: &d.g[..],
+            grad_final: d.gf.as_deref(),
+        },
+    )
+    .expect("valid problem")
+}
+
+/// SPEC §3a transcribed directly, in physical time, as an independent oracle.
+fn naive(d: &Data) -> (Vec<f64>, Vec<f64>) {
+    let p = &d.p;
+    let (bn, tn, dn, w) = (p.batch, p.len, p.dim, p.width());
+    let ld = |v: &[f64], i: usize| {
+        if w == 2 {
+            (v[2 * i], v[2 * i + 1])
+        } else {
+            (v[i], 0.0)
+        }
+    };
+    let mul = |a: (f64, f64), b: (f64, f64)| (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0);
+    let st = |b: usize, t: usize| d.start.as_ref().is_some_and(|s| t < tn && s[b * tn + t] != 0);
+    let mut h = vec![0.0; bn * tn * dn * w];
+    let mut hf = vec![0.0; bn * dn * w];
+    for b in 0..bn {
+        for c in 0..dn {
+            let mut prev = d.h0.as_ref().map_or((0.0, 0.0), |h0| ld(h0, b * dn + c));
+            let ts: Vec<usize> = if p.reverse { (0..tn).rev().collect() } else { (0..tn).collect() };
+            for t in ts {
+                let i = (b * tn + t) * dn + c;
+                let at = ld(&d.a, if p.time_varying { i } else { c });
+                let reset = if p.reverse { st(b, t + 1) } else { st(b, t) };
+                let carried = if reset { (0.0, 0.0) } else { mul(at, prev) };
+                let xt = ld(&d.x, i);
+                prev = (carried.0 + xt.0, carried.1 + xt.1);
+                h[i * w] = prev.0;
+                if w == 2 {
+                    h[i * w + 1] = prev.1;
+                }
+            }
+            hf[(b * dn + c) * w] = prev.0;
+            if w == 2 {
+                hf[(b * dn + c) * w + 1] = prev.1;
+            }
+        }
+    }
+    (h, hf)
+}
+
+/// Every option combination on a few shapes.
+fn variants(b: usize, t: usize, d: usize) -> Vec<LinearScan> {
+    let mut v = Vec::new();
+    for complex in [false, true] {
+        for tv in [true, false] {
+            for rev in [false, true] {
+                let mut p = LinearScan::new(b, t, d);
+                p.complex = complex;
+                p.time_varying = tv;
+                p.reverse = rev;
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+fn name(p: &LinearScan) -> String {
+    format!(
+        "B={} T={} D={} {}{}{}",
+        p.batch,
+        p.len,
+        p.dim,
+        if p.complex { "complex" } else { "real" },
+        if p.time_varying { "" } else { " time-invariant" },
+        if p.reverse { " reverse" } else { "" }
+    )
+}
+
+// ------------------------------------------------------------------ reference semantics
+
+fn reference_matches_spec_transcription() -> T {
+    for (k, p) in variants(3, 37, 5).into_iter().enumerate() {
+        for (h0, starts) in [(false, Starts::None), (true, Starts::Edges)] {
+            let d = gen(p, h0, starts, 100 + k as u64);
+            let out = fwd_ref(&d);
+            let (h, hf) = naive(&d);
+            close(&format!("{} h", name(&p)), &out.h, &h, 1e-12)?;
+            close(&format!("{} h_final", name(&p)), &out.h_final, &hf, 1e-12)?;
+        }
+    }
+    Ok(())
+}
+
+fn reference_gradients_match_finite_differences() -> T {
+    for (k, p) in variants(2, 9, 3).into_iter().enumerate() {
+        let d = gen(p, true, Starts::Edges, 200 + k as u64);
+        let out = fwd_ref(&d);
+        let gr = bwd_ref(&d, &out.h);
+        let loss = |d: &Data| {
+            let o = fwd_ref(d);
+            dot(&d.g, &o.h) + dot(d.gf.as_ref().unwrap(), &o.h_final)
+        };
+        let n = name(&p);
+        fd_check(&format!("{n} dx"), &d.x, &gr.dx, |v| loss(&Data { x: v.to_vec(), ..d.clone() }), 60, 1e-6)?;
+        fd_check(&format!("{n} da"), &d.a, &gr.da, |v| loss(&Data { a: v.to_vec(), ..d.clone() }), 60, 1e-6)?;
+        let h0 = d.h0.clone().unwrap();
+        fd_check(&format!("{n} dh0"), &h0, &gr.dh0, |v| loss(&Data { h0: Some(v.to_vec()), ..d.clone() }), 60, 1e-6)?;
+    }
+    Ok(())
+}
+
+/// Rows packed with `start` flags equal the same sequences run as separate rows.
+fn packed_rows_equal_separate_rows() -> T {
+    for p0 in variants(1, 30, 4) {
+        let (l1, l2) = (11, 19);
+        let d = gen(p0, false, Starts::None, 300);
+        let mut packed = d.clone();
+        let mut s = vec![0u8; 30];
+        // episodes [0, 11) and [11, 30) in forward time
+        s[0] = 1;
+        s[l1] = 1;
+        packed.start = Some(s);
+        let out = fwd_ref(&packed);
+        let w = p0.width();
+        let row = p0.dim * w;
+        let part = |t0: usize, len: usize| {
+            let mut q = p0;
+            q.len = len;
+            let sl = |v: &Vec<f64>| v[t0 * row..(t0 + len) * row].to_vec();
+            let dd = Data {
+                p: q,
+                x: sl(&d.x),
+                a: if p0.time_varying { sl(&d.a) } else { d.a.clone() },
+                h0: None,
+                start: None,
+                g: sl(&d.g),
+                gf: None,
+            };
+            fwd_ref(&dd).h
+        };
+        let sep = [part(0, l1), part(l1, l2)].concat();
+        close(&format!("{} packed vs separate", name(&p0)), &out.h, &sep, 1e-12)?;
+    }
+    Ok(())
+}
+
+/// Two calls chained through the final state equal one call.
+fn chained_calls_equal_one_call() -> T {
+    for p0 in variants(2, 40, 3) {
+        let d = gen(p0, true, Starts::Edges, 400);
+        let whole = fwd_ref(&d);
+        let cut = 17;
+        let w = p0.width();
+        let row = p0.dim * w;
+        let sub = |t0: usize, len: usize, h0: Option<Vec<f64>>| {
+            let mut q = p0;
+            q.len = len;
+            let sl = |v: &Vec<f64>| {
+                (0..p0.batch)
+                    .flat_map(|b| v[(b * p0.len + t0) * row..(b * p0.len + t0 + len) * row].to_vec())
+                    .collect::<Vec<_>>()
+            };
+            let st = d.start.as_ref().map(|s| {
+                (0..p0.batch)
+                    .flat_map(|b| s[b * p0.len + t0..b * p0.len + t0 + len].to_vec())
+                    .collect::<Vec<_>>()
+            });
+            Data {
+                p: q,
+                x: sl(&d.x),
+                a: if p0.time_varying { sl(&d.a) } else { d.a.clone() },
+                h0,
+                start: st,
+                g: sl(&d.g),
+                gf: None,
+            }
+        };
+        // forward: [0, cut) then [cut, T); reverse: [cut, T) first, then [0, cut). In the
+        // reverse case the second call's steps depend on start_{cut}, which sits in the other
+        // half, so the chained state must be dropped by hand when an episode starts at `cut`.
+        let (first, second) = if p0.reverse { ((cut, p0.len - cut), (0, cut)) } else { ((0, cut), (cut, p0.len - cut)) };
+        let o1 = fwd_ref(&sub(first.0, first.1, d.h0.clone()));
+        let mut carry = o1.h_final.clone();
+        if p0.reverse {
+            let s = d.start.as_ref().unwrap();
+            for b in 0..p0.batch {
+                if s[b * p0.len + cut] != 0 {
+                    carry[b * row..(b + 1) * row].iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+        }
+        let o2 = fwd_ref(&sub(second.0, second.1, Some(carry)));
+        close(&format!("{} chained final", name(&p0)), &o2.h_final, &whole.h_final, 1e-12)?;
+    }
+    Ok(())
+}
+
+fn errors_name_the_argument() -> T {
+    let p = LinearScan::new(2, 5, 3);
+    let x = Tensor::zeros([2, 5, 3], DType::F32);
+    let a = Tensor::zeros([2, 5, 3], DType::F32);
+    let dev = Device::Cpu;
+    let run = |inp: ScanInputs<&Tensor>, p: &LinearScan| scan::forward(&dev, p, &inp);
+    // wrong shape
+    let bad = Tensor::zeros([2, 5, 4], DType::F32);
+    match run(ScanInputs { x: &bad, a: &a, h0: None, start: None }, &p) {
+        Err(Error::Shape { arg: "x", expected, found }) => {
+            ensure!(expected == vec![2, 5, 3] && found == vec![2, 5, 4], "shape error fields: {expected:?} {found:?}")
+        }
+        r => fail!("wrong shape: {r:?}"),
+    }
+    // wrong rank for h0
+    let h0 = Tensor::zeros([2, 3, 1], DType::F32);
+    ensure!(matches!(run(ScanInputs { x: &x, a: &a, h0: Some(&h0), start: None }, &p), Err(Error::Shape { arg: "h0", .. })), "h0 rank");
+    // mismatched dtype
+    let xh = Tensor::zeros([2, 5, 3], DType::F16);
+    ensure!(
+        matches!(run(ScanInputs { x: &xh, a: &a, h0: None, start: None }, &p), Err(Error::DType { arg: "x", expected: DType::F32, found: DType::F16 })),
+        "dtype"
+    );
+    // flags must be integers
+    let sf = Tensor::zeros([2, 5], DType::F32);
+    ensure!(matches!(run(ScanInputs { x: &x, a: &a, h0: None, start: Some(&sf) }, &p), Err(Error::DType { arg: "start", .. })), "start dtype");
+    // empty dims
+    for q in [LinearScan::new(0, 5, 3), LinearScan::new(2, 0, 3), LinearScan::new(2, 5, 0)] {
+        let e = scan::forward(&dev, &q, &ScanInputs { x: &x, a: &a, h0: None, start: None });
+        ensure!(matches!(e, Err(Error::Value { .. })), "empty dim accepted: {e:?}");
+    }
+    // time-invariant `a` must be [D]
+    let ti = p.time_invariant();
+    ensure!(matches!(run(ScanInputs { x: &x, a: &a, h0: None, start: None }, &ti), Err(Error::Shape { arg: "a", .. })), "ti a");
+    // buffer too small (slice-level API)
+    let xs = vec![0.0; 29];
+    let av = vec![0.0; 30];
+    let e = scan::reference::forward(&p, &ScanInputs { x: &xs[..], a: &av[..], h0: None, start: None });
+    ensure!(matches!(e, Err(Error::Size { arg: "x", expected: 30, found: 29, .. })), "size: {e:?}");
+    // messages name the argument and both shapes
+    let msg = run(ScanInputs { x: &bad, a: &a, h0: None, start: None }, &p).unwrap_err().to_string();
+    ensure!(msg.contains("`x`") && msg.contains("[2, 5, 3]") && msg.contains("[2, 5, 4]"), "message: {msg}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ backends
+
+fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
+    let p = &d.p;
+    let sh = |n: &str| p.spec(n).shape;
+    let t = |n: &str, v: &[f64]| tensor(&sh(n), v, DType::F32);
+    let (x, a) = (t("x", &d.x), t("a", &d.a));
+    let h0 = d.h0.as_ref().map(|v| t("h0", v));
+    let st = d.start.as_ref().map(|s| Tensor::new(sh("start"), s.clone()).unwrap());
+    let inp = ScanInputs { x: &x, a: &a, h0: h0.as_ref(), start: st.as_ref() };
+    let out = scan::forward(dev, p, &inp)?;
+    let r = fwd_ref(d);
+    close(&format!("{what} h"), &out.h.to_f64_vec(), &r.h, 1e-5)?;
+    close(&format!("{what} h_final"), &out.h_final.to_f64_vec(), &r.h_final, 1e-5)?;
+    // backward from the backend's own h (as a framework would), vs the reference from its own
+    let (g, gf) = (t("grad_h", &d.g), d.gf.as_ref().map(|v| t("grad_final", v)));
+    let bin = ScanBackwardInputs { a: &a, h: &out.h, h0: h0.as_ref(), start: st.as_ref(), grad_h: &g, grad_final: gf.as_ref() };
+    let gr = scan::backward(dev, p, &bin)?;
+    let rr = bwd_ref(d, &r.h);
+    close(&format!("{what} dx"), &gr.dx.to_f64_vec(), &rr.dx, 1e-4)?;
+    close(&format!("{what} da"), &gr.da.to_f64_vec(), &rr.da, 1e-4)?;
+    close(&format!("{what} dh0"), &gr.dh0.to_f64_vec(), &rr.dh0, 1e-4)?;
+    // bitwise reproducible
+    let again = scan::forward(dev, p, &inp)?;
+    bitwise(&format!("{what} h"), &out.h.to_f32_vec(), &again.h.to_f32_vec())?;
+    let again = scan::backward(dev, p, &bin)?;
+    bitwise(&format!("{what} da"), &gr.da.to_f32_vec(), &again.da.to_f32_vec())?;
+    Ok(())
+}
+
+fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
+    let mut ran = false;
+    let mut skipped = Vec::new();
+    for (bk, dev) in gpus() {
+        match dev {
+            Ok(dev) => {
+                f(&dev, bk)?;
+                ran = true;
+            }
+            Err(Stop::Skip(r)) => skipped.push(format!("{bk}: {r}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if !ran {
+        return Err(Stop::Skip(skipped.join("; ")));
+    }
+    Ok(())
+}
+
+fn backend(dev_name: &str) -> Result<Device, Stop> {
+    match dev_name {
+        "wgpu" => wgpu(),
+        _ => cuda_dev(),
+    }
+}
+
+fn each_option_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    // T not a multiple of any chunk; D odd; B > 1
+    for (k, p) in variants(3, 301, 5).into_iter().enumerate() {
+        for (h0, st) in [(false, Starts::None), (true, Starts::Edges)] {
+            let d = gen(p, h0, st, 500 + k as u64);
+            check_backend(&dev, &d, &format!("{bk} {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+fn wgpu_each_option() -> T {
+    each_option_on("wgpu")
+}
+fn cuda_each_option() -> T {
+    each_option_on("cuda")
+}
+
+fn shapes_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    // T = 1, B = 1, D = 1, wide channel blocks, long rows across many chunks
+    for (i, &(b, t, dd)) in [(1, 1, 1), (1, 1, 7), (2, 1, 33), (1, 2, 1), (4, 1000, 1), (1, 70, 64), (5, 257, 40), (2, 4096, 3)]
+        .iter()
+        .enumerate()
+    {
+        for (k, p) in variants(b, t, dd).into_iter().enumerate() {
+            let d = gen(p, k % 2 == 0, if k % 3 == 0 { Starts::None } else { Starts::Edges }, 600 + (i * 10 + k) as u64);
+            check_backend(&dev, &d, &format!("{bk} {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+fn wgpu_shapes() -> T {
+    shapes_on("wgpu")
+}
+fn cuda_shapes() -> T {
+    shapes_on("cuda")
+}
+
+/// Property-based: random shapes and options, every GPU backend against the reference.
+fn random_shapes_all_backends() -> T {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    on_gpus(|dev, bk| {
+        let mut runner = TestRunner::new(Config { cases: 24, failure_persistence: None, ..Config::default() });
+        let strat = (1usize..4, 1usize..300, 1usize..40, any::<[bool; 5]>(), any::<u64>());
+        runner
+            .run(&strat, |(b, t, dd, o, seed)| {
+                let mut p = LinearScan::new(b, t, dd);
+                p.complex = o[0];
+                p.time_varying = o[1];
+                p.reverse = o[2];
+                let d = gen(p, o[3], if o[4] { Starts::Edges } else { Starts::None }, seed);
+                match check_backend(dev, &d, &format!("{bk} {}", name(&p))) {
+                    Ok(()) => Ok(()),
+                    Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
+                }
+            })
+            .map_err(|e| Stop::Fail(e.to_string()))
+    })
+}
+
+/// T = 2^20 in one row: the chunk loop carries the state through 1024+ chunks.
+fn wgpu_long_sequence() -> T {
+    let dev = wgpu()?;
+    for p in [LinearScan::new(1, 1 << 20, 1), LinearScan::new(1, 1 << 20, 2).complex()] {
+        let mut d = gen(p, true, Starts::None, 700);
+        d.start = Some({
+            let mut s = vec![0u8; p.len];
+            s[123_457] = 1;
+            s
+        });
+        let t = |n: &str, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
+        let (x, a, h0) = (t("x", &d.x), t("a", &d.a), t("h0", d.h0.as_ref().unwrap()));
+        let st = Tensor::new([1, p.len], d.start.clone().unwrap()).unwrap();
+        let out = scan::forward(&dev, &p, &ScanInputs { x: &x, a: &a, h0: Some(&h0), start: Some(&st) })?;
+        let r = fwd_ref(&d);
+        close(&format!("wgpu {} h", name(&p)), &out.h.to_f64_vec(), &r.h, 1e-5)?;
+    }
+    Ok(())
+}
+
+/// A device whose bindings and grids are tiny: the scan splits rows across dispatches and
+/// grids across two dimensions, and still matches.
+fn wgpu_split_limits() -> T {
+    let _ = wgpu_ctx()?;
+    let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+        force_fallback_adapter: false,
+        max_storage_buffer_binding_size: Some(4096),
+        max_compute_workgroups_per_dimension: Some(3),
+        ..Default::default()
+    })?;
+    let dev = Device::Wgpu(ctx);
+    for (k, p) in variants(11, 50, 9).into_iter().enumerate() {
+        let d = gen(p, true, Starts::Edges, 800 + k as u64);
+        check_backend(&dev, &d, &format!("split {}", name(&p)))?;
+    }
+    // a row that cannot fit one binding is a clear error, not a crash
+    let p = LinearScan::new(1, 2000, 1);
+    let d = gen(p, false, Starts::None, 9);
+    match check_backend(&dev, &d, "too big") {
+        Err(Stop::Fail(m)) if m.contains("max_storage_buffer_binding_size") => Ok(()),
+        Err(Stop::Fail(m)) => fail!("unexpected error: {m}"),
+        _ => fail!("a 8000-byte row was accepted with 4096-byte bindings"),
+    }
+}
+
+/// The zero-copy API on ranges at odd offsets inside larger caller buffers.
+fn wgpu_zero_copy_offsets() -> T {
+    use linrec::GpuRef;
+    use wgpu::util::DeviceExt;
+    let ctx = wgpu_ctx()?;
+    let p = LinearScan::new(2, 45, 3).complex();
+    let d = gen(p, true, Starts::Edges, 900);
+    let mk = |v: &[f64], pad: usize| {
+        let mut f: Vec<f32> = vec![7.0; pad];
+        f.extend(v.iter().map(|&x| x as f32));
+        f.extend([7.0f32; 3]);
+        ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&f),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let (bx, ba, bh0) = (mk(&d.x, 5), mk(&d.a, 33), mk(d.h0.as_ref().unwrap(), 1));
+    let flags: Vec<u32> = d.start.as_ref().unwrap().iter().map(|&f| f as u32).collect();
+    let mut fl = vec![9u32; 2];
+    fl.extend(flags);
+    let bs = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&fl),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let inp = ScanInputs {
+        x: GpuRef::new(&bx, 20, d.x.len(), DType::F32),
+        a: GpuRef::new(&ba, 132, d.a.len(), DType::F32),
+        h0: Some(GpuRef::new(&bh0, 4, d.h0.as_ref().unwrap().len(), DType::F32)),
+        start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U32)),
+    };
+    let out = scan::wgpu::forward(&ctx, &p, &inp)?;
+    let r = fwd_ref(&d);
+    close("zero-copy h", &ctx.download(&out.h)?.to_f64_vec(), &r.h, 1e-5)?;
+    // a range past the end of its buffer is rejected
+    let bad = ScanInputs { x: GpuRef::new(&bx, 40, d.x.len(), DType::F32), ..inp };
+    ensure!(matches!(scan::wgpu::forward(&ctx, &p, &bad), Err(Error::Size { arg: "x", .. })), "range past the end accepted");
+    // flags must be u32 words at this level
+    let bad = ScanInputs { start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U8)), ..inp };
+    ensure!(matches!(scan::wgpu::forward(&ctx, &p, &bad), Err(Error::DType { arg: "start", .. })), "u8 flags accepted");
+    Ok(())
+}
+
+fn main() {
+    common::main(trials![
+        reference_matches_spec_transcription,
+        reference_gradients_match_finite_differences,
+        packed_rows_equal_separate_rows,
+        chained_calls_equal_one_call,
+        errors_name_the_argument,
+        wgpu_each_option,
+        cuda_each_option,
+        wgpu_shapes,
+        cuda_shapes,
+        random_shapes_all_backends,
+        wgpu_long_sequence,
+        wgpu_split_limits,
+        wgpu_zero_copy_offsets,
+    ]);
+}
