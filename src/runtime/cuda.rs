@@ -226,22 +226,34 @@ impl CudaBackend {
         Ok((r, Duration::from_secs_f64(ms as f64 / 1e3)))
     }
 
-    /// Launch `func` with `cfg`; `args` pushes the kernel's parameters in order.
+    /// A launch configuration of `blocks` blocks (split into a 2-D grid when needed; kernels
+    /// use `linear_block()` from `kernels/common.cuh`) of `threads` threads.
+    pub(crate) fn grid(&self, blocks: u64, threads: u32, smem: u32) -> Result<LaunchConfig> {
+        const MAX_X: u64 = (1 << 31) - 1;
+        let x = blocks.clamp(1, MAX_X);
+        let y = blocks.div_ceil(x).max(1);
+        if y > 65535 {
+            return Err(Error::Limit {
+                backend: BACKEND,
+                what: format!("{blocks} blocks exceed the grid limit"),
+            });
+        }
+        Ok(LaunchConfig {
+            grid_dim: (x as u32, y as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        })
+    }
+
+    /// Submit a launch built with `self.stream.launch_builder(..)`.
     ///
     /// # Safety
-    /// The parameters pushed by `args` must match the kernel's signature, and the grid in
-    /// `cfg` must only make the kernel touch memory inside the buffers it is given (each
-    /// launch site states why in a `SAFETY:` comment).
-    pub(crate) unsafe fn launch(
-        &self,
-        func: &CudaFunction,
-        cfg: LaunchConfig,
-        args: impl FnOnce(&mut LaunchArgs<'_>),
-    ) -> Result<()> {
-        let mut b = self.stream.launch_builder(func);
-        args(&mut b);
+    /// The parameters pushed on `args` must match the kernel's signature, and `cfg` must only
+    /// make the kernel touch memory inside the buffers it was given; every call site states
+    /// why in a `SAFETY:` comment.
+    pub(crate) unsafe fn run(&self, mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
         // SAFETY: forwarded to the caller's contract above.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(drv)
+        unsafe { args.launch(cfg) }.map(|_| ()).map_err(drv)
     }
 }
 
@@ -270,6 +282,17 @@ pub struct CuTensor {
 }
 
 impl CuTensor {
+    /// Push this tensor as a kernel pointer parameter the kernel writes.
+    pub(crate) fn push_mut<'b>(&'b mut self, b: &mut LaunchArgs<'b>) {
+        match &mut self.data {
+            CuData::F32(v) => b.arg(v),
+            CuData::F16(v) => b.arg(v),
+            CuData::BF16(v) => b.arg(v),
+            CuData::U8(v) => b.arg(v),
+            CuData::U32(v) => b.arg(v),
+        };
+    }
+
     /// Number of elements of the shape.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -395,4 +418,12 @@ impl crate::ops::ArgBuf for CuRef<'_> {
     fn numel(&self) -> usize {
         self.len()
     }
+}
+
+/// A problem size as the `int` kernels take, or a Limit error.
+pub(crate) fn int(arg: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Limit {
+        backend: BACKEND,
+        what: format!("{arg} = {v} exceeds the kernels' 32-bit sizes"),
+    })
 }
