@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -24,7 +26,10 @@ fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
 }
 
 fn rel(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/")
+    p.strip_prefix(root)
+        .unwrap()
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 fn fail(msg: &str) -> ! {
@@ -39,7 +44,9 @@ fn validate_wgsl(root: &Path, name: &str, text: &str) {
         let exp = shader_pp::expand(name, &d, &lookup)
             .unwrap_or_else(|e| fail(&format!("shaders/{name} [{d:?}]: {e}")));
         let module = naga::front::wgsl::parse_str(&exp.source).unwrap_or_else(|e| {
-            let line = e.location(&exp.source).map_or(0, |l| l.line_number as usize);
+            let line = e
+                .location(&exp.source)
+                .map_or(0, |l| l.line_number as usize);
             fail(&format!(
                 "error: WGSL parse error at shaders/{} (variant {d:?}): {}\n{}",
                 exp.locate(line),
@@ -52,7 +59,9 @@ fn validate_wgsl(root: &Path, name: &str, text: &str) {
             naga::valid::Capabilities::all(),
         );
         if let Err(e) = v.validate(&module) {
-            let line = e.location(&exp.source).map_or(0, |l| l.line_number as usize);
+            let line = e
+                .location(&exp.source)
+                .map_or(0, |l| l.line_number as usize);
             fail(&format!(
                 "error: WGSL validation error at shaders/{} (variant {d:?}): {}\n{}",
                 exp.locate(line),
@@ -101,7 +110,12 @@ fn main() {
         if !shader_pp::is_include_only(&text) {
             validate_wgsl(&sroot, &name, &text);
         }
-        writeln!(gen, "    ({name:?}, include_str!({:?})),", p.display().to_string()).unwrap();
+        writeln!(
+            gen,
+            "    ({name:?}, include_str!({:?})),",
+            p.display().to_string()
+        )
+        .unwrap();
     }
     gen.push_str("];\n");
     std::fs::write(out_dir.join("shaders.rs"), gen).unwrap();
@@ -115,7 +129,9 @@ fn main() {
     if cuda && nvcc.is_none() {
         println!("cargo:warning=linrec: nvcc not found (set NVCC or CUDA_HOME); CUDA kernels will be compiled by NVRTC at run time");
     }
-    let mut gen = String::from("/// Every CUDA module: (name, self-contained source, PTX for sm_80, PTX for sm_90).\n");
+    let mut gen = String::from(
+        "/// Every CUDA module: (name, self-contained source, PTX for sm_80, PTX for sm_90).\n",
+    );
     gen.push_str("pub static MODULES: &[(&str, &str, Option<&str>, Option<&str>)] = &[\n");
     let lookup = |n: &str| std::fs::read_to_string(kroot.join(n)).ok();
     for p in &cu {

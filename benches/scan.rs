@@ -11,7 +11,9 @@ fn data(p: &LinearScan, name: &str) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
     // deterministic, non-zero, |a| < 1
-    let v: Vec<f64> = (0..n).map(|i| 0.5 + 0.45 * ((i as f64) * 0.618).sin()).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|i| 0.5 + 0.45 * ((i as f64) * 0.618).sin())
+        .collect();
     Tensor::from_f64(spec.shape, &v, DType::F32).unwrap()
 }
 
@@ -31,31 +33,79 @@ fn bench(c: &mut Criterion) {
                 let elems = (b * t * d * p.width()) as u64;
                 match &dev {
                     Device::Wgpu(ctx) => {
-                        let (x, a, gh) = (ctx.upload(&x).unwrap(), ctx.upload(&a).unwrap(), ctx.upload(&gh).unwrap());
-                        let inp = ScanInputs { x: x.as_ref(), a: a.as_ref(), h0: None, start: None };
+                        let (x, a, gh) = (
+                            ctx.upload(&x).unwrap(),
+                            ctx.upload(&a).unwrap(),
+                            ctx.upload(&gh).unwrap(),
+                        );
+                        let inp = ScanInputs {
+                            x: x.as_ref(),
+                            a: a.as_ref(),
+                            h0: None,
+                            start: None,
+                        };
                         let out = scan::wgpu::forward(ctx, &p, &inp).unwrap();
                         // forward: read x, a; write h
-                        common::bench_gpu(&mut g, format!("forward/{kind}/{b}x{t}x{d}"), &dev, elems * 12, || {
-                            scan::wgpu::forward(ctx, &p, &inp).map(|_| ())
-                        });
-                        let bin = ScanBackwardInputs { a: a.as_ref(), h: out.h.as_ref(), h0: None, start: None, grad_h: gh.as_ref(), grad_final: None };
+                        common::bench_gpu(
+                            &mut g,
+                            format!("forward/{kind}/{b}x{t}x{d}"),
+                            &dev,
+                            elems * 12,
+                            || scan::wgpu::forward(ctx, &p, &inp).map(|_| ()),
+                        );
+                        let bin = ScanBackwardInputs {
+                            a: a.as_ref(),
+                            h: out.h.as_ref(),
+                            h0: None,
+                            start: None,
+                            grad_h: gh.as_ref(),
+                            grad_final: None,
+                        };
                         // backward: read a, h, g; write dx, da
-                        common::bench_gpu(&mut g, format!("backward/{kind}/{b}x{t}x{d}"), &dev, elems * 20, || {
-                            scan::wgpu::backward(ctx, &p, &bin).map(|_| ())
-                        });
+                        common::bench_gpu(
+                            &mut g,
+                            format!("backward/{kind}/{b}x{t}x{d}"),
+                            &dev,
+                            elems * 20,
+                            || scan::wgpu::backward(ctx, &p, &bin).map(|_| ()),
+                        );
                     }
                     #[cfg(feature = "cuda")]
                     Device::Cuda(be) => {
-                        let (x, a, gh) = (be.upload(&x).unwrap(), be.upload(&a).unwrap(), be.upload(&gh).unwrap());
-                        let inp = ScanInputs { x: x.as_ref(), a: a.as_ref(), h0: None, start: None };
+                        let (x, a, gh) = (
+                            be.upload(&x).unwrap(),
+                            be.upload(&a).unwrap(),
+                            be.upload(&gh).unwrap(),
+                        );
+                        let inp = ScanInputs {
+                            x: x.as_ref(),
+                            a: a.as_ref(),
+                            h0: None,
+                            start: None,
+                        };
                         let out = scan::cuda::forward(be, &p, &inp).unwrap();
-                        common::bench_gpu(&mut g, format!("forward/{kind}/{b}x{t}x{d}"), &dev, elems * 12, || {
-                            scan::cuda::forward(be, &p, &inp).map(|_| ())
-                        });
-                        let bin = ScanBackwardInputs { a: a.as_ref(), h: out.h.as_ref(), h0: None, start: None, grad_h: gh.as_ref(), grad_final: None };
-                        common::bench_gpu(&mut g, format!("backward/{kind}/{b}x{t}x{d}"), &dev, elems * 20, || {
-                            scan::cuda::backward(be, &p, &bin).map(|_| ())
-                        });
+                        common::bench_gpu(
+                            &mut g,
+                            format!("forward/{kind}/{b}x{t}x{d}"),
+                            &dev,
+                            elems * 12,
+                            || scan::cuda::forward(be, &p, &inp).map(|_| ()),
+                        );
+                        let bin = ScanBackwardInputs {
+                            a: a.as_ref(),
+                            h: out.h.as_ref(),
+                            h0: None,
+                            start: None,
+                            grad_h: gh.as_ref(),
+                            grad_final: None,
+                        };
+                        common::bench_gpu(
+                            &mut g,
+                            format!("backward/{kind}/{b}x{t}x{d}"),
+                            &dev,
+                            elems * 20,
+                            || scan::cuda::backward(be, &p, &bin).map(|_| ()),
+                        );
                     }
                     Device::Cpu => {}
                 }
@@ -70,7 +120,19 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(criterion::Throughput::Bytes((2 * 1024 * 64 * 12) as u64));
     g.bench_function("forward/real/2x1024x64", |bch| {
-        bch.iter(|| scan::forward(&Device::Cpu, &p, &ScanInputs { x: &x, a: &a, h0: None, start: None }).unwrap())
+        bch.iter(|| {
+            scan::forward(
+                &Device::Cpu,
+                &p,
+                &ScanInputs {
+                    x: &x,
+                    a: &a,
+                    h0: None,
+                    start: None,
+                },
+            )
+            .unwrap()
+        })
     });
     g.finish();
 }

@@ -62,7 +62,9 @@ impl Device {
     /// CUDA device `ordinal`, or why there is none.
     #[cfg(feature = "cuda")]
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        Ok(Device::Cuda(crate::runtime::cuda::CudaBackend::new(ordinal)?))
+        Ok(Device::Cuda(crate::runtime::cuda::CudaBackend::new(
+            ordinal,
+        )?))
     }
 
     /// Which backend this is.
@@ -73,6 +75,27 @@ impl Device {
             Device::Wgpu(_) => BackendKind::Wgpu,
             #[cfg(feature = "cuda")]
             Device::Cuda(_) => BackendKind::Cuda,
+        }
+    }
+
+    /// Run `f` and return its result with the device time of the kernels it launched:
+    /// timestamp queries on wgpu (wall time where the adapter has none), CUDA events around
+    /// each launch, wall time on the CPU. Uploads and downloads are not counted on GPUs.
+    pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, std::time::Duration)> {
+        let wall = |f: Box<dyn FnOnce() -> Result<R> + '_>| {
+            let t = std::time::Instant::now();
+            f().map(|r| (r, t.elapsed()))
+        };
+        match self {
+            Device::Cpu => wall(Box::new(f)),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(c) if c.features.contains(wgpu::Features::TIMESTAMP_QUERY) => {
+                c.gpu_time(f)
+            }
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(_) => wall(Box::new(f)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => c.gpu_time(f),
         }
     }
 

@@ -4,10 +4,10 @@
 //! long-sequence models, with forward *and* backward passes, initial and final states and
 //! episode resets inside a sequence:
 //!
-//! - [`ffm`]: the aggregator of Fast and Forgetful Memory (complex, decaying, oscillating);
-//! - [`efla`]: error-free linear attention and the delta rule (recurrent and chunked);
+//! - `ffm`: the aggregator of Fast and Forgetful Memory (complex, decaying, oscillating);
+//! - `efla`: error-free linear attention and the delta rule (recurrent and chunked);
 //! - [`scan`]: the diagonal linear scan (real or complex, S5 / LRU style);
-//! - [`selective`]: Mamba's selective scan.
+//! - `selective`: Mamba's selective scan.
 //!
 //! Every operation runs on the f64 CPU reference, on WGSL kernels through `wgpu` (any
 //! Vulkan / Metal / DX12 GPU, or lavapipe on the CPU) and, with feature `cuda`, on CUDA

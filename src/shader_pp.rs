@@ -66,7 +66,9 @@ fn expand_into(
         } else if let Some(rest) = t.strip_prefix("#ifndef ") {
             stack.push((!defines.contains(&rest.trim()), false));
         } else if t == "#else" {
-            let top = stack.last_mut().ok_or_else(|| format!("{}: #else without #if", at()))?;
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| format!("{}: #else without #if", at()))?;
             if top.1 {
                 return Err(format!("{}: second #else", at()));
             }
@@ -78,7 +80,8 @@ fn expand_into(
         } else if let Some(rest) = t.strip_prefix("#include ") {
             if active(&stack) {
                 let inc = rest.trim().trim_matches('"');
-                expand_into(inc, defines, lookup, out, seen).map_err(|e| format!("{}: {e}", at()))?;
+                expand_into(inc, defines, lookup, out, seen)
+                    .map_err(|e| format!("{}: {e}", at()))?;
             }
         } else if active(&stack) {
             out.source.push_str(line);

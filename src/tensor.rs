@@ -193,7 +193,10 @@ impl Tensor {
 
     /// A `[..]` tensor of reset flags (`u8`, 1 = true).
     pub fn flags(shape: impl Into<Vec<usize>>, flags: &[bool]) -> Result<Self> {
-        Tensor::new(shape, flags.iter().map(|&f| u8::from(f)).collect::<Vec<u8>>())
+        Tensor::new(
+            shape,
+            flags.iter().map(|&f| u8::from(f)).collect::<Vec<u8>>(),
+        )
     }
 
     /// All zeros.
@@ -269,8 +272,7 @@ impl Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        Tensor::from_f64(self.shape.clone(), &self.to_f64_vec(), dtype)
-            .expect("same element count")
+        Tensor::from_f64(self.shape.clone(), &self.to_f64_vec(), dtype).expect("same element count")
     }
 
     /// Same data, another shape with the same element count.
@@ -323,8 +325,15 @@ mod tests {
         assert_eq!(b, t);
         assert!(matches!(
             Tensor::new([2, 2], vec![1.0f32]),
-            Err(Error::Size { expected: 4, found: 1, .. })
+            Err(Error::Size {
+                expected: 4,
+                found: 1,
+                ..
+            })
         ));
-        assert_eq!(Tensor::flags([3], &[true, false, true]).unwrap().to_flags(), vec![1, 0, 1]);
+        assert_eq!(
+            Tensor::flags([3], &[true, false, true]).unwrap().to_flags(),
+            vec![1, 0, 1]
+        );
     }
 }

@@ -36,7 +36,7 @@ fn gen(p: LinearScan, h0: bool, starts: Starts, seed: u64) -> Data {
     for _ in 0..na {
         if p.complex {
             let m = r.uniform(0.7, 0.999);
-            let th = r.uniform(-3.14, 3.14);
+            let th = r.uniform(-std::f64::consts::PI, std::f64::consts::PI);
             a.extend([m * th.cos(), m * th.sin()]);
         } else {
             a.push(r.uniform(-0.999, 0.999));
@@ -110,13 +110,21 @@ fn naive(d: &Data) -> (Vec<f64>, Vec<f64>) {
         }
     };
     let mul = |a: (f64, f64), b: (f64, f64)| (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0);
-    let st = |b: usize, t: usize| d.start.as_ref().is_some_and(|s| t < tn && s[b * tn + t] != 0);
+    let st = |b: usize, t: usize| {
+        d.start
+            .as_ref()
+            .is_some_and(|s| t < tn && s[b * tn + t] != 0)
+    };
     let mut h = vec![0.0; bn * tn * dn * w];
     let mut hf = vec![0.0; bn * dn * w];
     for b in 0..bn {
         for c in 0..dn {
             let mut prev = d.h0.as_ref().map_or((0.0, 0.0), |h0| ld(h0, b * dn + c));
-            let ts: Vec<usize> = if p.reverse { (0..tn).rev().collect() } else { (0..tn).collect() };
+            let ts: Vec<usize> = if p.reverse {
+                (0..tn).rev().collect()
+            } else {
+                (0..tn).collect()
+            };
             for t in ts {
                 let i = (b * tn + t) * dn + c;
                 let at = ld(&d.a, if p.time_varying { i } else { c });
@@ -162,7 +170,11 @@ fn name(p: &LinearScan) -> String {
         p.len,
         p.dim,
         if p.complex { "complex" } else { "real" },
-        if p.time_varying { "" } else { " time-invariant" },
+        if p.time_varying {
+            ""
+        } else {
+            " time-invariant"
+        },
         if p.reverse { " reverse" } else { "" }
     )
 }
@@ -192,10 +204,46 @@ fn reference_gradients_match_finite_differences() -> T {
             dot(&d.g, &o.h) + dot(d.gf.as_ref().unwrap(), &o.h_final)
         };
         let n = name(&p);
-        fd_check(&format!("{n} dx"), &d.x, &gr.dx, |v| loss(&Data { x: v.to_vec(), ..d.clone() }), 60, 1e-6)?;
-        fd_check(&format!("{n} da"), &d.a, &gr.da, |v| loss(&Data { a: v.to_vec(), ..d.clone() }), 60, 1e-6)?;
+        fd_check(
+            &format!("{n} dx"),
+            &d.x,
+            &gr.dx,
+            |v| {
+                loss(&Data {
+                    x: v.to_vec(),
+                    ..d.clone()
+                })
+            },
+            60,
+            1e-6,
+        )?;
+        fd_check(
+            &format!("{n} da"),
+            &d.a,
+            &gr.da,
+            |v| {
+                loss(&Data {
+                    a: v.to_vec(),
+                    ..d.clone()
+                })
+            },
+            60,
+            1e-6,
+        )?;
         let h0 = d.h0.clone().unwrap();
-        fd_check(&format!("{n} dh0"), &h0, &gr.dh0, |v| loss(&Data { h0: Some(v.to_vec()), ..d.clone() }), 60, 1e-6)?;
+        fd_check(
+            &format!("{n} dh0"),
+            &h0,
+            &gr.dh0,
+            |v| {
+                loss(&Data {
+                    h0: Some(v.to_vec()),
+                    ..d.clone()
+                })
+            },
+            60,
+            1e-6,
+        )?;
     }
     Ok(())
 }
@@ -221,7 +269,11 @@ fn packed_rows_equal_separate_rows() -> T {
             let dd = Data {
                 p: q,
                 x: sl(&d.x),
-                a: if p0.time_varying { sl(&d.a) } else { d.a.clone() },
+                a: if p0.time_varying {
+                    sl(&d.a)
+                } else {
+                    d.a.clone()
+                },
                 h0: None,
                 start: None,
                 g: sl(&d.g),
@@ -230,7 +282,12 @@ fn packed_rows_equal_separate_rows() -> T {
             fwd_ref(&dd).h
         };
         let sep = [part(0, l1), part(l1, l2)].concat();
-        close(&format!("{} packed vs separate", name(&p0)), &out.h, &sep, 1e-12)?;
+        close(
+            &format!("{} packed vs separate", name(&p0)),
+            &out.h,
+            &sep,
+            1e-12,
+        )?;
     }
     Ok(())
 }
@@ -248,7 +305,9 @@ fn chained_calls_equal_one_call() -> T {
             q.len = len;
             let sl = |v: &Vec<f64>| {
                 (0..p0.batch)
-                    .flat_map(|b| v[(b * p0.len + t0) * row..(b * p0.len + t0 + len) * row].to_vec())
+                    .flat_map(|b| {
+                        v[(b * p0.len + t0) * row..(b * p0.len + t0 + len) * row].to_vec()
+                    })
                     .collect::<Vec<_>>()
             };
             let st = d.start.as_ref().map(|s| {
@@ -259,7 +318,11 @@ fn chained_calls_equal_one_call() -> T {
             Data {
                 p: q,
                 x: sl(&d.x),
-                a: if p0.time_varying { sl(&d.a) } else { d.a.clone() },
+                a: if p0.time_varying {
+                    sl(&d.a)
+                } else {
+                    d.a.clone()
+                },
                 h0,
                 start: st,
                 g: sl(&d.g),
@@ -269,19 +332,30 @@ fn chained_calls_equal_one_call() -> T {
         // forward: [0, cut) then [cut, T); reverse: [cut, T) first, then [0, cut). In the
         // reverse case the second call's steps depend on start_{cut}, which sits in the other
         // half, so the chained state must be dropped by hand when an episode starts at `cut`.
-        let (first, second) = if p0.reverse { ((cut, p0.len - cut), (0, cut)) } else { ((0, cut), (cut, p0.len - cut)) };
+        let (first, second) = if p0.reverse {
+            ((cut, p0.len - cut), (0, cut))
+        } else {
+            ((0, cut), (cut, p0.len - cut))
+        };
         let o1 = fwd_ref(&sub(first.0, first.1, d.h0.clone()));
         let mut carry = o1.h_final.clone();
         if p0.reverse {
             let s = d.start.as_ref().unwrap();
             for b in 0..p0.batch {
                 if s[b * p0.len + cut] != 0 {
-                    carry[b * row..(b + 1) * row].iter_mut().for_each(|v| *v = 0.0);
+                    carry[b * row..(b + 1) * row]
+                        .iter_mut()
+                        .for_each(|v| *v = 0.0);
                 }
             }
         }
         let o2 = fwd_ref(&sub(second.0, second.1, Some(carry)));
-        close(&format!("{} chained final", name(&p0)), &o2.h_final, &whole.h_final, 1e-12)?;
+        close(
+            &format!("{} chained final", name(&p0)),
+            &o2.h_final,
+            &whole.h_final,
+            1e-12,
+        )?;
     }
     Ok(())
 }
@@ -294,40 +368,160 @@ fn errors_name_the_argument() -> T {
     let run = |inp: ScanInputs<&Tensor>, p: &LinearScan| scan::forward(&dev, p, &inp);
     // wrong shape
     let bad = Tensor::zeros([2, 5, 4], DType::F32);
-    match run(ScanInputs { x: &bad, a: &a, h0: None, start: None }, &p) {
-        Err(Error::Shape { arg: "x", expected, found }) => {
-            ensure!(expected == vec![2, 5, 3] && found == vec![2, 5, 4], "shape error fields: {expected:?} {found:?}")
+    match run(
+        ScanInputs {
+            x: &bad,
+            a: &a,
+            h0: None,
+            start: None,
+        },
+        &p,
+    ) {
+        Err(Error::Shape {
+            arg: "x",
+            expected,
+            found,
+        }) => {
+            ensure!(
+                expected == vec![2, 5, 3] && found == vec![2, 5, 4],
+                "shape error fields: {expected:?} {found:?}"
+            )
         }
         r => fail!("wrong shape: {r:?}"),
     }
     // wrong rank for h0
     let h0 = Tensor::zeros([2, 3, 1], DType::F32);
-    ensure!(matches!(run(ScanInputs { x: &x, a: &a, h0: Some(&h0), start: None }, &p), Err(Error::Shape { arg: "h0", .. })), "h0 rank");
+    ensure!(
+        matches!(
+            run(
+                ScanInputs {
+                    x: &x,
+                    a: &a,
+                    h0: Some(&h0),
+                    start: None
+                },
+                &p
+            ),
+            Err(Error::Shape { arg: "h0", .. })
+        ),
+        "h0 rank"
+    );
     // mismatched dtype
     let xh = Tensor::zeros([2, 5, 3], DType::F16);
     ensure!(
-        matches!(run(ScanInputs { x: &xh, a: &a, h0: None, start: None }, &p), Err(Error::DType { arg: "x", expected: DType::F32, found: DType::F16 })),
+        matches!(
+            run(
+                ScanInputs {
+                    x: &xh,
+                    a: &a,
+                    h0: None,
+                    start: None
+                },
+                &p
+            ),
+            Err(Error::DType {
+                arg: "x",
+                expected: DType::F32,
+                found: DType::F16
+            })
+        ),
         "dtype"
     );
     // flags must be integers
     let sf = Tensor::zeros([2, 5], DType::F32);
-    ensure!(matches!(run(ScanInputs { x: &x, a: &a, h0: None, start: Some(&sf) }, &p), Err(Error::DType { arg: "start", .. })), "start dtype");
+    ensure!(
+        matches!(
+            run(
+                ScanInputs {
+                    x: &x,
+                    a: &a,
+                    h0: None,
+                    start: Some(&sf)
+                },
+                &p
+            ),
+            Err(Error::DType { arg: "start", .. })
+        ),
+        "start dtype"
+    );
     // empty dims
-    for q in [LinearScan::new(0, 5, 3), LinearScan::new(2, 0, 3), LinearScan::new(2, 5, 0)] {
-        let e = scan::forward(&dev, &q, &ScanInputs { x: &x, a: &a, h0: None, start: None });
-        ensure!(matches!(e, Err(Error::Value { .. })), "empty dim accepted: {e:?}");
+    for q in [
+        LinearScan::new(0, 5, 3),
+        LinearScan::new(2, 0, 3),
+        LinearScan::new(2, 5, 0),
+    ] {
+        let e = scan::forward(
+            &dev,
+            &q,
+            &ScanInputs {
+                x: &x,
+                a: &a,
+                h0: None,
+                start: None,
+            },
+        );
+        ensure!(
+            matches!(e, Err(Error::Value { .. })),
+            "empty dim accepted: {e:?}"
+        );
     }
     // time-invariant `a` must be [D]
     let ti = p.time_invariant();
-    ensure!(matches!(run(ScanInputs { x: &x, a: &a, h0: None, start: None }, &ti), Err(Error::Shape { arg: "a", .. })), "ti a");
+    ensure!(
+        matches!(
+            run(
+                ScanInputs {
+                    x: &x,
+                    a: &a,
+                    h0: None,
+                    start: None
+                },
+                &ti
+            ),
+            Err(Error::Shape { arg: "a", .. })
+        ),
+        "ti a"
+    );
     // buffer too small (slice-level API)
     let xs = vec![0.0; 29];
     let av = vec![0.0; 30];
-    let e = scan::reference::forward(&p, &ScanInputs { x: &xs[..], a: &av[..], h0: None, start: None });
-    ensure!(matches!(e, Err(Error::Size { arg: "x", expected: 30, found: 29, .. })), "size: {e:?}");
+    let e = scan::reference::forward(
+        &p,
+        &ScanInputs {
+            x: &xs[..],
+            a: &av[..],
+            h0: None,
+            start: None,
+        },
+    );
+    ensure!(
+        matches!(
+            e,
+            Err(Error::Size {
+                arg: "x",
+                expected: 30,
+                found: 29,
+                ..
+            })
+        ),
+        "size: {e:?}"
+    );
     // messages name the argument and both shapes
-    let msg = run(ScanInputs { x: &bad, a: &a, h0: None, start: None }, &p).unwrap_err().to_string();
-    ensure!(msg.contains("`x`") && msg.contains("[2, 5, 3]") && msg.contains("[2, 5, 4]"), "message: {msg}");
+    let msg = run(
+        ScanInputs {
+            x: &bad,
+            a: &a,
+            h0: None,
+            start: None,
+        },
+        &p,
+    )
+    .unwrap_err()
+    .to_string();
+    ensure!(
+        msg.contains("`x`") && msg.contains("[2, 5, 3]") && msg.contains("[2, 5, 4]"),
+        "message: {msg}"
+    );
     Ok(())
 }
 
@@ -339,15 +533,35 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     let t = |n: &str, v: &[f64]| tensor(&sh(n), v, DType::F32);
     let (x, a) = (t("x", &d.x), t("a", &d.a));
     let h0 = d.h0.as_ref().map(|v| t("h0", v));
-    let st = d.start.as_ref().map(|s| Tensor::new(sh("start"), s.clone()).unwrap());
-    let inp = ScanInputs { x: &x, a: &a, h0: h0.as_ref(), start: st.as_ref() };
+    let st = d
+        .start
+        .as_ref()
+        .map(|s| Tensor::new(sh("start"), s.clone()).unwrap());
+    let inp = ScanInputs {
+        x: &x,
+        a: &a,
+        h0: h0.as_ref(),
+        start: st.as_ref(),
+    };
     let out = scan::forward(dev, p, &inp)?;
     let r = fwd_ref(d);
     close(&format!("{what} h"), &out.h.to_f64_vec(), &r.h, 1e-5)?;
-    close(&format!("{what} h_final"), &out.h_final.to_f64_vec(), &r.h_final, 1e-5)?;
+    close(
+        &format!("{what} h_final"),
+        &out.h_final.to_f64_vec(),
+        &r.h_final,
+        1e-5,
+    )?;
     // backward from the backend's own h (as a framework would), vs the reference from its own
     let (g, gf) = (t("grad_h", &d.g), d.gf.as_ref().map(|v| t("grad_final", v)));
-    let bin = ScanBackwardInputs { a: &a, h: &out.h, h0: h0.as_ref(), start: st.as_ref(), grad_h: &g, grad_final: gf.as_ref() };
+    let bin = ScanBackwardInputs {
+        a: &a,
+        h: &out.h,
+        h0: h0.as_ref(),
+        start: st.as_ref(),
+        grad_h: &g,
+        grad_final: gf.as_ref(),
+    };
     let gr = scan::backward(dev, p, &bin)?;
     let rr = bwd_ref(d, &r.h);
     close(&format!("{what} dx"), &gr.dx.to_f64_vec(), &rr.dx, 1e-4)?;
@@ -355,9 +569,17 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     close(&format!("{what} dh0"), &gr.dh0.to_f64_vec(), &rr.dh0, 1e-4)?;
     // bitwise reproducible
     let again = scan::forward(dev, p, &inp)?;
-    bitwise(&format!("{what} h"), &out.h.to_f32_vec(), &again.h.to_f32_vec())?;
+    bitwise(
+        &format!("{what} h"),
+        &out.h.to_f32_vec(),
+        &again.h.to_f32_vec(),
+    )?;
     let again = scan::backward(dev, p, &bin)?;
-    bitwise(&format!("{what} da"), &gr.da.to_f32_vec(), &again.da.to_f32_vec())?;
+    bitwise(
+        &format!("{what} da"),
+        &gr.da.to_f32_vec(),
+        &again.da.to_f32_vec(),
+    )?;
     Ok(())
 }
 
@@ -408,12 +630,30 @@ fn cuda_each_option() -> T {
 fn shapes_on(bk: &str) -> T {
     let dev = backend(bk)?;
     // T = 1, B = 1, D = 1, wide channel blocks, long rows across many chunks
-    for (i, &(b, t, dd)) in [(1, 1, 1), (1, 1, 7), (2, 1, 33), (1, 2, 1), (4, 1000, 1), (1, 70, 64), (5, 257, 40), (2, 4096, 3)]
-        .iter()
-        .enumerate()
+    for (i, &(b, t, dd)) in [
+        (1, 1, 1),
+        (1, 1, 7),
+        (2, 1, 33),
+        (1, 2, 1),
+        (4, 1000, 1),
+        (1, 70, 64),
+        (5, 257, 40),
+        (2, 4096, 3),
+    ]
+    .iter()
+    .enumerate()
     {
         for (k, p) in variants(b, t, dd).into_iter().enumerate() {
-            let d = gen(p, k % 2 == 0, if k % 3 == 0 { Starts::None } else { Starts::Edges }, 600 + (i * 10 + k) as u64);
+            let d = gen(
+                p,
+                k % 2 == 0,
+                if k % 3 == 0 {
+                    Starts::None
+                } else {
+                    Starts::Edges
+                },
+                600 + (i * 10 + k) as u64,
+            );
             check_backend(&dev, &d, &format!("{bk} {}", name(&p)))?;
         }
     }
@@ -431,15 +671,30 @@ fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
     on_gpus(|dev, bk| {
-        let mut runner = TestRunner::new(Config { cases: 24, failure_persistence: None, ..Config::default() });
-        let strat = (1usize..4, 1usize..300, 1usize..40, any::<[bool; 5]>(), any::<u64>());
+        let mut runner = TestRunner::new(Config {
+            cases: 24,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strat = (
+            1usize..4,
+            1usize..300,
+            1usize..40,
+            any::<[bool; 5]>(),
+            any::<u64>(),
+        );
         runner
             .run(&strat, |(b, t, dd, o, seed)| {
                 let mut p = LinearScan::new(b, t, dd);
                 p.complex = o[0];
                 p.time_varying = o[1];
                 p.reverse = o[2];
-                let d = gen(p, o[3], if o[4] { Starts::Edges } else { Starts::None }, seed);
+                let d = gen(
+                    p,
+                    o[3],
+                    if o[4] { Starts::Edges } else { Starts::None },
+                    seed,
+                );
                 match check_backend(dev, &d, &format!("{bk} {}", name(&p))) {
                     Ok(()) => Ok(()),
                     Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
@@ -452,7 +707,10 @@ fn random_shapes_all_backends() -> T {
 /// T = 2^20 in one row: the chunk loop carries the state through 1024+ chunks.
 fn wgpu_long_sequence() -> T {
     let dev = wgpu()?;
-    for p in [LinearScan::new(1, 1 << 20, 1), LinearScan::new(1, 1 << 20, 2).complex()] {
+    for p in [
+        LinearScan::new(1, 1 << 20, 1),
+        LinearScan::new(1, 1 << 20, 2).complex(),
+    ] {
         let mut d = gen(p, true, Starts::None, 700);
         d.start = Some({
             let mut s = vec![0u8; p.len];
@@ -462,9 +720,23 @@ fn wgpu_long_sequence() -> T {
         let t = |n: &str, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
         let (x, a, h0) = (t("x", &d.x), t("a", &d.a), t("h0", d.h0.as_ref().unwrap()));
         let st = Tensor::new([1, p.len], d.start.clone().unwrap()).unwrap();
-        let out = scan::forward(&dev, &p, &ScanInputs { x: &x, a: &a, h0: Some(&h0), start: Some(&st) })?;
+        let out = scan::forward(
+            &dev,
+            &p,
+            &ScanInputs {
+                x: &x,
+                a: &a,
+                h0: Some(&h0),
+                start: Some(&st),
+            },
+        )?;
         let r = fwd_ref(&d);
-        close(&format!("wgpu {} h", name(&p)), &out.h.to_f64_vec(), &r.h, 1e-5)?;
+        close(
+            &format!("wgpu {} h", name(&p)),
+            &out.h.to_f64_vec(),
+            &r.h,
+            1e-5,
+        )?;
     }
     Ok(())
 }
@@ -505,36 +777,73 @@ fn wgpu_zero_copy_offsets() -> T {
         let mut f: Vec<f32> = vec![7.0; pad];
         f.extend(v.iter().map(|&x| x as f32));
         f.extend([7.0f32; 3]);
-        ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&f),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
+        ctx.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&f),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
     };
     let (bx, ba, bh0) = (mk(&d.x, 5), mk(&d.a, 33), mk(d.h0.as_ref().unwrap(), 1));
-    let flags: Vec<u32> = d.start.as_ref().unwrap().iter().map(|&f| f as u32).collect();
+    let flags: Vec<u32> = d
+        .start
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|&f| f as u32)
+        .collect();
     let mut fl = vec![9u32; 2];
     fl.extend(flags);
-    let bs = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: None,
-        contents: bytemuck::cast_slice(&fl),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
+    let bs = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&fl),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
     let inp = ScanInputs {
         x: GpuRef::new(&bx, 20, d.x.len(), DType::F32),
         a: GpuRef::new(&ba, 132, d.a.len(), DType::F32),
-        h0: Some(GpuRef::new(&bh0, 4, d.h0.as_ref().unwrap().len(), DType::F32)),
+        h0: Some(GpuRef::new(
+            &bh0,
+            4,
+            d.h0.as_ref().unwrap().len(),
+            DType::F32,
+        )),
         start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U32)),
     };
     let out = scan::wgpu::forward(&ctx, &p, &inp)?;
     let r = fwd_ref(&d);
-    close("zero-copy h", &ctx.download(&out.h)?.to_f64_vec(), &r.h, 1e-5)?;
+    close(
+        "zero-copy h",
+        &ctx.download(&out.h)?.to_f64_vec(),
+        &r.h,
+        1e-5,
+    )?;
     // a range past the end of its buffer is rejected
-    let bad = ScanInputs { x: GpuRef::new(&bx, 40, d.x.len(), DType::F32), ..inp };
-    ensure!(matches!(scan::wgpu::forward(&ctx, &p, &bad), Err(Error::Size { arg: "x", .. })), "range past the end accepted");
+    let bad = ScanInputs {
+        x: GpuRef::new(&bx, 40, d.x.len(), DType::F32),
+        ..inp
+    };
+    ensure!(
+        matches!(
+            scan::wgpu::forward(&ctx, &p, &bad),
+            Err(Error::Size { arg: "x", .. })
+        ),
+        "range past the end accepted"
+    );
     // flags must be u32 words at this level
-    let bad = ScanInputs { start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U8)), ..inp };
-    ensure!(matches!(scan::wgpu::forward(&ctx, &p, &bad), Err(Error::DType { arg: "start", .. })), "u8 flags accepted");
+    let bad = ScanInputs {
+        start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U8)),
+        ..inp
+    };
+    ensure!(
+        matches!(
+            scan::wgpu::forward(&ctx, &p, &bad),
+            Err(Error::DType { arg: "start", .. })
+        ),
+        "u8 flags accepted"
+    );
     Ok(())
 }
 

@@ -37,18 +37,11 @@ pub fn is_slow(dev: &Device) -> bool {
     }
 }
 
-/// GPU time of `f` on `dev` (timestamp queries on wgpu, events on CUDA; wall time on CPU).
+/// GPU time of `f` on `dev` (see [`Device::gpu_time`]).
 pub fn gpu_time(dev: &Device, f: &mut dyn FnMut() -> Result<()>) -> Duration {
-    let r = match dev {
-        Device::Wgpu(c) => c.gpu_time(|| f()).map(|(_, d)| d),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(c) => c.gpu_time(|| f()).map(|(_, d)| d),
-        Device::Cpu => {
-            let t = std::time::Instant::now();
-            f().map(|_| t.elapsed())
-        }
-    };
-    r.unwrap_or_else(|e| panic!("benchmark launch failed: {e}"))
+    dev.gpu_time(f)
+        .map(|(_, d)| d)
+        .unwrap_or_else(|e| panic!("benchmark launch failed: {e}"))
 }
 
 /// Register one benchmark timed on the device: `bytes` moved per call gives GB/s.

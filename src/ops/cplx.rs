@@ -15,6 +15,7 @@ impl C64 {
     /// Zero.
     pub const ZERO: C64 = C64 { re: 0.0, im: 0.0 };
     /// One.
+    #[allow(dead_code)]
     pub const ONE: C64 = C64 { re: 1.0, im: 0.0 };
     /// `re + i im`.
     pub const fn new(re: f64, im: f64) -> Self {
@@ -25,6 +26,7 @@ impl C64 {
         C64::new(self.re, -self.im)
     }
     /// `exp(re + i im)`.
+    #[allow(dead_code)]
     pub fn exp(self) -> Self {
         let m = self.re.exp();
         C64::new(m * self.im.cos(), m * self.im.sin())

@@ -66,6 +66,8 @@ pub struct CudaBackend {
     name: String,
     arch: (i32, i32),
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Kernel time accumulated while [`CudaBackend::gpu_time`] runs (milliseconds).
+    timer: Mutex<Option<f64>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -99,6 +101,7 @@ impl CudaBackend {
             name,
             arch,
             modules: Mutex::new(HashMap::new()),
+            timer: Mutex::new(None),
         }))
     }
 
@@ -134,7 +137,10 @@ impl CudaBackend {
                         if self.arch.0 < 8 {
                             return Err(Error::unsupported(
                                 BACKEND,
-                                format!("compute capability {}.{} (needs 8.0+)", self.arch.0, self.arch.1),
+                                format!(
+                                    "compute capability {}.{} (needs 8.0+)",
+                                    self.arch.0, self.arch.1
+                                ),
                             ));
                         }
                         let arch: &'static str = if self.arch.0 >= 9 { "sm_90" } else { "sm_80" };
@@ -199,11 +205,21 @@ impl CudaBackend {
         let s = &self.stream;
         let n = g.numel();
         match &g.data {
-            CuData::F32(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
-            CuData::F16(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
-            CuData::BF16(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
-            CuData::U8(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
-            CuData::U32(d) => Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?),
+            CuData::F32(d) => {
+                Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?)
+            }
+            CuData::F16(d) => {
+                Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?)
+            }
+            CuData::BF16(d) => {
+                Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?)
+            }
+            CuData::U8(d) => {
+                Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?)
+            }
+            CuData::U32(d) => {
+                Tensor::new(g.shape.clone(), s.clone_dtoh(&d.slice(..n)).map_err(drv)?)
+            }
         }
     }
 
@@ -212,18 +228,13 @@ impl CudaBackend {
         self.stream.synchronize().map_err(drv)
     }
 
-    /// Run `f` and return its result with the GPU time between events recorded before and
-    /// after it on the stream.
+    /// Run `f` and return its result with the GPU time of the kernels it launched (events
+    /// recorded around each launch; copies and allocations are not counted).
     pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
-        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let a = self.ctx.new_event(flags).map_err(drv)?;
-        let b = self.ctx.new_event(flags).map_err(drv)?;
-        a.record(&self.stream).map_err(drv)?;
-        let r = f()?;
-        b.record(&self.stream).map_err(drv)?;
-        b.synchronize().map_err(drv)?;
-        let ms = a.elapsed_ms(&b).map_err(drv)?;
-        Ok((r, Duration::from_secs_f64(ms as f64 / 1e3)))
+        *self.timer.lock().unwrap() = Some(0.0);
+        let r = f();
+        let ms = self.timer.lock().unwrap().take().unwrap_or(0.0);
+        Ok((r?, Duration::from_secs_f64(ms / 1e3)))
     }
 
     /// A launch configuration of `blocks` blocks (split into a 2-D grid when needed; kernels
@@ -252,8 +263,20 @@ impl CudaBackend {
     /// make the kernel touch memory inside the buffers it was given; every call site states
     /// why in a `SAFETY:` comment.
     pub(crate) unsafe fn run(&self, mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
+        let timing = self.timer.lock().unwrap().is_some();
+        if timing {
+            args.record_kernel_launch(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        }
         // SAFETY: forwarded to the caller's contract above.
-        unsafe { args.launch(cfg) }.map(|_| ()).map_err(drv)
+        let events = unsafe { args.launch(cfg) }.map_err(drv)?;
+        if let Some((a, b)) = events {
+            b.synchronize().map_err(drv)?;
+            let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
+            if let Some(t) = self.timer.lock().unwrap().as_mut() {
+                *t += ms;
+            }
+        }
+        Ok(())
     }
 }
 

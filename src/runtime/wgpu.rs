@@ -137,7 +137,9 @@ impl WgpuContext {
             })?;
         // Errors are captured by error scopes around every operation; anything that escapes is
         // reported here instead of aborting the process.
-        device.on_uncaptured_error(Arc::new(|e| eprintln!("linrec: uncaptured wgpu error: {e}")));
+        device.on_uncaptured_error(Arc::new(|e| {
+            eprintln!("linrec: uncaptured wgpu error: {e}")
+        }));
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("linrec dummy"),
             size: 16,
@@ -428,7 +430,10 @@ impl WgpuContext {
     /// device has no `TIMESTAMP_QUERY`.
     pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
         if !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return Err(Error::unsupported(BACKEND, "timestamp queries on this adapter"));
+            return Err(Error::unsupported(
+                BACKEND,
+                "timestamp queries on this adapter",
+            ));
         }
         {
             let mut t = self.timer.lock().unwrap();
@@ -453,7 +458,12 @@ impl WgpuContext {
             });
         }
         let r = f();
-        let total = self.timer.lock().unwrap().take().map_or(0.0, |t| t.total_ns);
+        let total = self
+            .timer
+            .lock()
+            .unwrap()
+            .take()
+            .map_or(0.0, |t| t.total_ns);
         Ok((r?, Duration::from_nanos(total as u64)))
     }
 }
@@ -674,9 +684,13 @@ impl crate::ops::ArgBuf for GpuRef<'_> {
     }
     fn check_extent(&self, arg: &'static str) -> Result<()> {
         if !self.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::value(arg, "a buffer with STORAGE usage", format!("{:?}", self.buffer.usage())));
+            return Err(Error::value(
+                arg,
+                "a buffer with STORAGE usage",
+                format!("{:?}", self.buffer.usage()),
+            ));
         }
-        if self.offset % self.dtype.size() as u64 != 0 {
+        if !self.offset.is_multiple_of(self.dtype.size() as u64) {
             return Err(Error::value(
                 arg,
                 format!("a byte offset that is a multiple of {}", self.dtype.size()),
@@ -712,7 +726,11 @@ impl<'a> GpuRef<'a> {
 impl WgpuContext {
     /// Split `batch` rows into groups whose bindings each fit the device's binding-size limit,
     /// given the bytes one row occupies in each row-split buffer.
-    pub(crate) fn row_groups(&self, batch: usize, row_bytes: &[u64]) -> Result<Vec<(usize, usize)>> {
+    pub(crate) fn row_groups(
+        &self,
+        batch: usize,
+        row_bytes: &[u64],
+    ) -> Result<Vec<(usize, usize)>> {
         let slack = self.limits.min_storage_buffer_offset_alignment as u64 + 4;
         let widest = row_bytes.iter().copied().max().unwrap_or(1).max(1);
         let limit = self.max_binding().saturating_sub(slack);

@@ -136,7 +136,9 @@ impl Rng {
     }
     /// Flags with probability `p`.
     pub fn flags(&mut self, n: usize, p: f64) -> Vec<u8> {
-        (0..n).map(|_| u8::from(self.uniform(0.0, 1.0) < p)).collect()
+        (0..n)
+            .map(|_| u8::from(self.uniform(0.0, 1.0) < p))
+            .collect()
     }
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
@@ -175,7 +177,11 @@ pub fn rel(out: &[f64], reference: &[f64]) -> f64 {
 /// Fail unless `rel(out, reference) <= tol` (NaN never passes).
 pub fn close(what: &str, out: &[f64], reference: &[f64], tol: f64) -> T {
     if out.len() != reference.len() {
-        fail!("{what}: {} values, reference has {}", out.len(), reference.len());
+        fail!(
+            "{what}: {} values, reference has {}",
+            out.len(),
+            reference.len()
+        );
     }
     let r = rel(out, reference);
     if r.is_nan() || r > tol {

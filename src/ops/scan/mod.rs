@@ -15,11 +15,11 @@
 //! recomputed) and returns `dx`, `da` (summed over batch and time for a time-invariant `a`)
 //! and `dh0` (always returned; it is zero-free only where an `h0` was meaningful).
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-#[cfg(feature = "cuda")]
-pub mod cuda;
 
 use super::{arg_struct, check_nonzero, host_entry, ArgSpec, Problem};
 use crate::error::{Error, Result};

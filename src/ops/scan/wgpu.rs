@@ -67,7 +67,10 @@ fn plan(ctx: &WgpuContext, p: &LinearScan) -> Result<Plan> {
     if p.dtype != DType::F32 {
         return Err(Error::unsupported(
             "wgpu",
-            format!("linear_scan with {} storage (the WGSL scan is f32)", p.dtype),
+            format!(
+                "linear_scan with {} storage (the WGSL scan is f32)",
+                p.dtype
+            ),
         ));
     }
     check_u32("batch * len * dim", p.batch * p.len * p.dim * p.width())?;
@@ -125,7 +128,11 @@ pub fn forward(
     for &(b0, nb) in &pl.groups {
         let (sr, str_) = (pl.seq_row, pl.state_row);
         let x = inp.x.rows(b0, nb, sr);
-        let a = if p.time_varying { inp.a.rows(b0, nb, sr) } else { inp.a };
+        let a = if p.time_varying {
+            inp.a.rows(b0, nb, sr)
+        } else {
+            inp.a
+        };
         let h0 = inp.h0.map(|r| r.rows(b0, nb, str_));
         let start = inp.start.map(|r| r.rows(b0, nb, pl.flag_row));
         let (h_out, hf_out) = (hr.rows(b0, nb, sr), hfr.rows(b0, nb, str_));
@@ -189,7 +196,11 @@ pub fn backward(
     let mut launch = ctx.launch("linear_scan backward");
     for &(b0, nb) in &pl.groups {
         let (sr, str_) = (pl.seq_row, pl.state_row);
-        let a = if p.time_varying { inp.a.rows(b0, nb, sr) } else { inp.a };
+        let a = if p.time_varying {
+            inp.a.rows(b0, nb, sr)
+        } else {
+            inp.a
+        };
         let da_out = match partr {
             Some(part) => part.rows(b0, nb, str_),
             None => dar.rows(b0, nb, sr),
