@@ -41,7 +41,7 @@ fn gen(p: Ffm, s0: bool, starts: Starts, seed: u64) -> Data {
         .map(|_| 0.01f64.ln() / r.uniform(0.0, 1024f64.ln()).exp())
         .collect();
     let a = f32_exact(&a);
-    let b = f32_exact(&r.vec(cn, -3.14, 3.14));
+    let b = f32_exact(&r.vec(cn, -std::f64::consts::PI, std::f64::consts::PI));
     let s0 = s0.then(|| f32_exact(&r.vec(bn * mn * cn * 2, -1.0, 1.0)));
     let start = match starts {
         Starts::None => None,
@@ -475,10 +475,10 @@ fn as_scan(dev: Option<&Device>, d: &Data) -> Result<Results, Stop> {
     }
     // G = dL/dRe(gamma) + i dL/dIm(gamma); dgamma/da = gamma, dgamma/db = i gamma
     let (mut da, mut db) = (vec![0.0; mn], vec![0.0; cn]);
-    for m in 0..mn {
-        for c in 0..cn {
+    for (m, &am) in d.a.iter().enumerate() {
+        for (c, &bc) in d.b.iter().enumerate() {
             let g = ld(&das, m * cn + c);
-            let gam = gpow(d.a[m], d.b[c], 1);
+            let gam = gpow(am, bc, 1);
             let gb = cmul((0.0, 1.0), gam);
             da[m] += g.0 * gam.0 + g.1 * gam.1;
             db[c] += g.0 * gb.0 + g.1 * gb.1;

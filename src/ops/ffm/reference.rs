@@ -87,8 +87,7 @@ pub fn backward(p: &Ffm, inp: &FfmBackwardInputs<&[f64], &[u8]>) -> Result<FfmGr
         },
     )?;
     let mut dx = vec![0.0; bn * tn * mn];
-    let mut da = vec![0.0; mn];
-    let mut db = vec![0.0; cn];
+    let mut dlog = vec![C64::ZERO; mn * cn];
     let mut ds0 = vec![0.0; bn * mn * cn * 2];
     for m in 0..mn {
         for c in 0..cn {
@@ -126,10 +125,15 @@ pub fn backward(p: &Ffm, inp: &FfmBackwardInputs<&[f64], &[u8]>) -> Result<FfmGr
                     (g.conj() * h).store(&mut ds0, ix.state(b, m, c), true);
                 }
             }
-            let dlog = g.conj() * dgamma;
-            da[m] += dlog.re;
-            db[c] += dlog.im;
+            dlog[m * cn + c] = g.conj() * dgamma;
         }
     }
+    // da[m] = sum_c Re(dlog[m][c]); db[c] = sum_m Im(dlog[m][c])
+    let da = (0..mn)
+        .map(|m| (0..cn).map(|c| dlog[m * cn + c].re).sum())
+        .collect();
+    let db = (0..cn)
+        .map(|c| (0..mn).map(|m| dlog[m * cn + c].im).sum())
+        .collect();
     Ok(FfmGrads { dx, da, db, ds0 })
 }
