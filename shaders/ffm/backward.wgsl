@@ -9,6 +9,9 @@
 // block (ncb = 1, cw = C), so dx needs no other workgroup. `part` ([B, M, C] complex) is summed
 // over rows by common/reduce_rows.wgsl and split into da, db by ffm/params.wgsl: every sum has
 // a fixed order, no float atomics.
+// With GVEC (grad_s bound at an even float offset) each complex G is one 8-byte load.
+//! variant:
+//! variant: GVEC
 #include "ffm/common.wgsl"
 
 struct Params {
@@ -28,11 +31,24 @@ const HAS_GF: u32 = 4u;
 @group(0) @binding(3) var<storage, read> BF: array<f32>;
 @group(0) @binding(4) var<storage, read> START: array<u32>;
 @group(0) @binding(5) var<storage, read> CK: array<f32>;
+#ifdef GVEC
+@group(0) @binding(6) var<storage, read> G: array<vec2<f32>>;
+#else
 @group(0) @binding(6) var<storage, read> G: array<f32>;
+#endif
 @group(0) @binding(7) var<storage, read> GF: array<f32>;
 @group(0) @binding(8) var<storage, read_write> DX: array<f32>;
 @group(0) @binding(9) var<storage, read_write> DS0: array<f32>;
 @group(0) @binding(10) var<storage, read_write> PART: array<f32>;
+
+// Complex element i of grad_s (P.off_g counts floats).
+fn load_g(i: u32) -> vec2<f32> {
+#ifdef GVEC
+    return G[P.off_g / 2u + i];
+#else
+    return vec2<f32>(G[P.off_g + 2u * i], G[P.off_g + 2u * i + 1u]);
+#endif
+}
 
 // Re(H) of every thread's E steps, for the sums over c.
 var<workgroup> red: array<f32, 1024>;
@@ -124,8 +140,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let t = t0 + e;
             var ge = vec2<f32>(0.0);
             if ch.live && t < T {
-                let i = P.off_g + 2u * ((row * T + t) * MC + q);
-                ge = vec2<f32>(G[i], G[i + 1u]);
+                ge = load_g((row * T + t) * MC + q);
                 if t + 1u == T && (P.flags & HAS_GF) != 0u {
                     let f = P.off_gf + 2u * (row * MC + q);
                     ge += vec2<f32>(GF[f], GF[f + 1u]);

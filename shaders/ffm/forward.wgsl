@@ -25,10 +25,12 @@ const HAS_START: u32 = 2u;
 @group(0) @binding(3) var<storage, read> BF: array<f32>;
 @group(0) @binding(4) var<storage, read> S0: array<f32>;
 @group(0) @binding(5) var<storage, read> START: array<u32>;
-// S (forward) or the chunk checkpoints (CKPT)
-@group(0) @binding(6) var<storage, read_write> OUT: array<f32>;
+// S (forward) or the chunk checkpoints (CKPT), and the final state: buffers the launcher
+// allocates, bound at even float offsets, so each complex value is one 8-byte store
+// (off_out, off_sf count floats).
+@group(0) @binding(6) var<storage, read_write> OUT: array<vec2<f32>>;
 #ifndef CKPT
-@group(0) @binding(7) var<storage, read_write> SF: array<f32>;
+@group(0) @binding(7) var<storage, read_write> SF: array<vec2<f32>>;
 #endif
 
 @compute @workgroup_size(256)
@@ -67,9 +69,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var k = 0u; k < P.K; k++) {
 #ifdef CKPT
         if j == 0u && ch.live {
-            let i = P.off_out + 2u * ((row * P.K + k) * MC + q);
-            OUT[i] = carry[ql].x;
-            OUT[i + 1u] = carry[ql].y;
+            OUT[P.off_out / 2u + (row * P.K + k) * MC + q] = carry[ql];
         }
 #endif
         let t0 = k * L + j * E;
@@ -113,13 +113,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #ifndef CKPT
             let t = t0 + e;
             if ch.live && t < T {
-                let i = P.off_out + 2u * ((row * T + t) * MC + q);
-                OUT[i] = s.x;
-                OUT[i + 1u] = s.y;
+                OUT[P.off_out / 2u + (row * T + t) * MC + q] = s;
                 if t + 1u == T {
-                    let f = P.off_sf + 2u * (row * MC + q);
-                    SF[f] = s.x;
-                    SF[f + 1u] = s.y;
+                    SF[P.off_sf / 2u + row * MC + q] = s;
                 }
             }
 #endif

@@ -175,6 +175,19 @@ fn rows(p: &Ffm, lay: &Layout) -> Result<Rows> {
     Ok(r)
 }
 
+/// The kernels store complex values of the buffers they allocate as `vec2<f32>`: their float
+/// offsets are even (row offsets are multiples of 8 bytes and binding offsets of 4 or of the
+/// device's alignment, itself a multiple of 8 when above 4); checked, never assumed.
+fn even(offsets: &[u32]) -> Result<()> {
+    match offsets.iter().find(|&&o| o % 2 != 0) {
+        Some(o) => Err(Error::Device {
+            backend: "wgpu",
+            what: format!("ffm: an output bound at an odd float offset {o}"),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn bytes(elems: &[usize]) -> Vec<u64> {
     elems.iter().map(|&e| (e * 4) as u64).collect()
 }
@@ -205,6 +218,7 @@ pub fn forward(
         let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
         let (bs, off_out) = ctx.bind(&sr.rows(b0, nb, r.s))?;
         let (bsf, off_sf) = ctx.bind(&sfr.rows(b0, nb, r.state))?;
+        even(&[off_out, off_sf])?;
         let params = FwdParams {
             rows: nb as u32,
             t: p.len as u32,
@@ -275,6 +289,7 @@ pub fn backward(
     let w = [("W", lay.w as f64)];
     let ckpt = ctx.pipeline("ffm/forward.wgsl", "main", &["CKPT"], &w)?;
     let pipe = ctx.pipeline("ffm/backward.wgsl", "main", &[], &w)?;
+    let pipe_vec = ctx.pipeline("ffm/backward.wgsl", "main", &["GVEC"], &w)?;
     let finish = ctx.pipeline("ffm/params.wgsl", "main", &[], &[])?;
     let (dxr, dar, dbr, ds0r) = (dx.as_ref(), da.as_ref(), db.as_ref(), ds0.as_ref());
     let (ckr, partr, dlogr) = (ck.as_ref(), part.as_ref(), dlog.as_ref());
@@ -306,6 +321,7 @@ pub fn backward(
         let (bs0, off_s0) = ctx.bind_opt(s0.as_ref())?;
         let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
         let (bck, off_ck) = ctx.bind(&ckg)?;
+        even(&[off_ck])?;
         let params = FwdParams {
             flags: flags(s0.is_some(), start.is_some(), false),
             off_x,
@@ -358,6 +374,9 @@ pub fn backward(
             off_part,
             ..Default::default()
         };
+        // complex loads of grad_s when it sits at an even float offset (always, unless a
+        // zero-copy caller passed an odd one)
+        let pipe = if off_g % 2 == 0 { &pipe_vec } else { &pipe };
         launch.dispatch(
             pipe.clone(),
             &params,
