@@ -9,6 +9,7 @@
 mod common;
 use criterion::{criterion_group, criterion_main, Criterion};
 use linrec::ffm::{self, Ffm, FfmBackwardInputs, FfmInputs};
+use linrec::scan::{self, LinearScan, ScanInputs};
 use linrec::{DType, Device, Problem, Tensor};
 
 fn data(p: &Ffm, name: &str) -> Tensor {
@@ -21,6 +22,13 @@ fn data(p: &Ffm, name: &str) -> Tensor {
             .collect(),
         _ => (0..n).map(|i| ((i as f64) * 0.618).sin()).collect(),
     };
+    Tensor::from_f64(spec.shape, &v, DType::F32).unwrap()
+}
+
+fn data_scan(p: &LinearScan, name: &str) -> Tensor {
+    let spec = p.spec(name);
+    let n = spec.numel();
+    let v: Vec<f64> = (0..n).map(|i| 0.9 * ((i as f64) * 0.618).sin()).collect();
     Tensor::from_f64(spec.shape, &v, DType::F32).unwrap()
 }
 
@@ -71,6 +79,24 @@ fn bench(c: &mut Criterion) {
                     common::bench_gpu(&mut g, format!("backward/{id}"), &dev, 2 * xb + sb, || {
                         ffm::wgpu::backward(ctx, &p, &bin).map(|_| ())
                     });
+                    // peer: the same recurrence as the generic complex time-invariant linear
+                    // scan over D = M * C channels (x expanded to complex [B, T, D]); same
+                    // bytes counted as for FFM, so the GB/s compare directly
+                    let q = LinearScan::new(b, t, m * cc).complex().time_invariant();
+                    let (xs, as_) = (up(&data_scan(&q, "x")), up(&data_scan(&q, "a")));
+                    let sin = ScanInputs {
+                        x: xs.as_ref(),
+                        a: as_.as_ref(),
+                        h0: None,
+                        start: None,
+                    };
+                    common::bench_gpu(
+                        &mut g,
+                        format!("scan-peer-forward/{id}"),
+                        &dev,
+                        xb + sb,
+                        || scan::wgpu::forward(ctx, &q, &sin).map(|_| ()),
+                    );
                 }
                 #[cfg(feature = "cuda")]
                 Device::Cuda(be) => {

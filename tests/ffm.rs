@@ -1090,6 +1090,31 @@ fn cuda_shapes() -> T {
     shapes_on("cuda")
 }
 
+/// Flags at their extremes: every step starts an episode (S_t = x_t, no gradient reaches a, b
+/// or s0), and flags that are nonzero but not 1.
+fn flag_extremes_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    for (k, &(b, t, m, c)) in [(2, 150, 3, 4), (1, 1, 2, 2)].iter().enumerate() {
+        let mut d = gen(Ffm::new(b, t, m, c), true, Starts::None, 760 + k as u64);
+        d.start = Some(vec![1; b * t]);
+        check_backend(&dev, &d, &format!("{bk} all starts {}", name(&d)))?;
+        let r = run(Some(&dev), &d)?;
+        ensure!(
+            r.da.iter().chain(&r.db).chain(&r.ds0).all(|&v| v == 0.0),
+            "{bk}: gradients of a, b, s0 must be exactly zero when every step starts an episode"
+        );
+        let mut e = gen(Ffm::new(b, t, m, c), true, Starts::Edges, 770 + k as u64);
+        e.start = e
+            .start
+            .map(|s| s.iter().map(|&f| if f != 0 { 255 } else { 0 }).collect());
+        check_backend(&dev, &e, &format!("{bk} flags 255 {}", name(&e)))?;
+    }
+    Ok(())
+}
+fn wgpu_flag_extremes() -> T {
+    flag_extremes_on("wgpu")
+}
+
 /// Context sizes above 256: the forward splits the context axis over workgroups; the backward
 /// (which sums dx over the context inside one workgroup) says it does not support them.
 fn wide_context_on(bk: &str) -> T {
@@ -1414,6 +1439,7 @@ fn main() {
         wgpu_shapes,
         cuda_shapes,
         wgpu_wide_context,
+        wgpu_flag_extremes,
         random_shapes_all_backends,
         gpu_identities,
         wgpu_long_sequences,
