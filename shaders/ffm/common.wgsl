@@ -36,11 +36,17 @@ fn reduce_angle(th: f32) -> f32 {
     return (th - k * 6.28125) - k * 1.9353071795864769e-3;
 }
 
-// gamma^n = exp(n a) (cos(n b), sin(n b)), n b formed in f32 from the integer n; b must
-// already be reduced to [-pi, pi] so that n b stays small enough to reduce exactly.
+// gamma^n = exp(n a) (cos(n b), sin(n b)), the angle n b formed in f32 from the integer n in
+// two parts: b = hi + lo with hi keeping 12 significant bits, so n hi is exact for n < 4096
+// (every n the kernels use is below 4 * 256) and is reduced exactly; n lo is small. The angle
+// is then good to a few ulps of pi rather than to an ulp of n b (a single rounding of n b
+// would cost up to n |b| 2^-24 radians, the largest error in a long slowly decaying scan).
+// b must already be reduced to [-pi, pi].
 fn cpow(a: f32, b: f32, n: u32) -> vec2<f32> {
     let nf = f32(n);
-    let th = reduce_angle(nf * b);
+    let hi = bitcast<f32>(bitcast<u32>(b) & 0xfffff000u);
+    let lo = b - hi;
+    let th = reduce_angle(nf * hi) + nf * lo;
     return exp(nf * a) * vec2<f32>(cos(th), sin(th));
 }
 
