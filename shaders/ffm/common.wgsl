@@ -36,18 +36,56 @@ fn reduce_angle(th: f32) -> f32 {
     return (th - k * 6.28125) - k * 1.9353071795864769e-3;
 }
 
+// exp(x), to about an ulp whatever the driver's exp: x = k ln2 + r (Cody-Waite, ln2 split so
+// k * hi is exact), |r| <= ln2 / 2, Taylor series of e^r to r^8 (remainder < 2^-32).
+fn exp_acc(x_in: f32) -> f32 {
+    let x = clamp(x_in, -100.0, 88.0);
+    let k = round(x * 1.4426950408889634);
+    let r = (x - k * 0.693145751953125) - k * 1.4286068202862268e-6;
+    var p = 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    return ldexp(p, i32(k));
+}
+
+// (cos th, sin th), to about an ulp whatever the driver's sin and cos (Vulkan allows an
+// absolute error of 2^-11): th = q pi/2 + r (Cody-Waite, pi/2 split so q * hi is exact),
+// |r| <= pi/4, Taylor series to r^9 / r^10 (remainders < 2^-28), then the quadrant.
+fn cis_acc(th: f32) -> vec2<f32> {
+    let q = round(th * 0.6366197723675814);
+    let r = (th - q * 1.5703125) - q * 4.8382679489661923e-4;
+    let r2 = r * r;
+    let s = r + r * r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362880.0))));
+    let c = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40320.0 + r2 * (-1.0 / 3628800.0)))));
+    switch i32(q) & 3 {
+        case 0: { return vec2<f32>(c, s); }
+        case 1: { return vec2<f32>(-s, c); }
+        case 2: { return vec2<f32>(-c, -s); }
+        default: { return vec2<f32>(s, -c); }
+    }
+}
+
 // gamma^n = exp(n a) (cos(n b), sin(n b)), the angle n b formed in f32 from the integer n in
 // two parts: b = hi + lo with hi keeping 12 significant bits, so n hi is exact for n < 4096
 // (every n the kernels use is below 4 * 256) and is reduced exactly; n lo is small. The angle
 // is then good to a few ulps of pi rather than to an ulp of n b (a single rounding of n b
 // would cost up to n |b| 2^-24 radians, the largest error in a long slowly decaying scan).
-// b must already be reduced to [-pi, pi].
+// b must already be reduced to [-pi, pi]. The powers are computed once per thread, so exp,
+// cos and sin are evaluated by hand (exp_acc, cis_acc): the state's drift over a long,
+// slowly decaying sequence is the drift of these powers, and drivers' transcendentals can be
+// far less accurate than an ulp.
 fn cpow(a: f32, b: f32, n: u32) -> vec2<f32> {
     let nf = f32(n);
     let hi = bitcast<f32>(bitcast<u32>(b) & 0xfffff000u);
     let lo = b - hi;
     let th = reduce_angle(nf * hi) + nf * lo;
-    return exp(nf * a) * vec2<f32>(cos(th), sin(th));
+    return exp_acc(nf * a) * cis_acc(th);
 }
 
 struct Chan {
