@@ -20,6 +20,22 @@
 //!
 //! Kernels never form `gamma^{-t}`: they scan, and the power `gamma^n` of a span of `n` steps
 //! is `exp(n a) (cos(n b), sin(n b))` with `n b` formed from the integer `n`.
+//!
+//! # Backends
+//!
+//! - [`reference`](mod@reference): f64, any size.
+//! - `wgpu` (`shaders/ffm/`): a chunked scan inside each workgroup (one workgroup per batch
+//!   row and block of channels, a loop over chunks of time carrying the state), `S` written
+//!   once with contiguous stores. The backward first stores the state entering each chunk
+//!   (a pass that reads only `x`), then recomputes each chunk's states from it, runs the
+//!   reverse scan, and reduces `da`/`db` in a fixed order (bitwise reproducible, no atomics).
+//!   The forward takes any `C`; the backward needs `C <= 256` (it sums `dx` over `c` inside a
+//!   workgroup) and 10 storage buffers per shader stage, and returns
+//!   [`Error::Unsupported`](crate::Error::Unsupported) / [`Error::Limit`](crate::Error::Limit)
+//!   otherwise. Rows are split over several dispatches when a binding would exceed the
+//!   device's limit. Measured against the reference on lavapipe: `rel <= 3e-6` for `T = 4096`
+//!   and `T = 65536`, non-decaying (`a = 0`) channels included.
+//! - `cuda`: not written yet; the entry points return `Error::Unsupported`.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
