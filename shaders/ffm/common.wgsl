@@ -73,7 +73,7 @@ fn cis_acc(th: f32) -> vec2<f32> {
 
 // gamma^n = exp(n a) (cos(n b), sin(n b)), the angle n b formed in f32 from the integer n in
 // two parts: b = hi + lo with hi keeping 12 significant bits, so n hi is exact for n < 4096
-// (every n the kernels use is below 4 * 256) and is reduced exactly; n lo is small. The angle
+// (the kernels use n <= E * 32 = 128) and is reduced exactly; n lo is small. The angle
 // is then good to a few ulps of pi rather than to an ulp of n b (a single rounding of n b
 // would cost up to n |b| 2^-24 radians, the largest error in a long slowly decaying scan).
 // b must already be reduced to [-pi, pi]. The powers are computed once per thread, so exp,
