@@ -26,7 +26,6 @@ impl C64 {
         C64::new(self.re, -self.im)
     }
     /// `exp(re + i im)`.
-    #[allow(dead_code)]
     pub fn exp(self) -> Self {
         let m = self.re.exp();
         C64::new(m * self.im.cos(), m * self.im.sin())

@@ -1,0 +1,417 @@
+//! Launch code for the WGSL FFM aggregation (`shaders/ffm/`).
+//!
+//! Forward: one dispatch of `ffm/forward.wgsl` per group of batch rows. Backward, per group:
+//! `ffm/forward.wgsl` with `CKPT` (the state entering every chunk), then `ffm/backward.wgsl`
+//! (recomputes the states chunk by chunk, reverse scan, `dx`, `ds0` and each row's `dlog`);
+//! then `common/reduce_rows.wgsl` sums the rows' `dlog` and `ffm/params.wgsl` splits it into
+//! `da` and `db`. All in one compute pass.
+
+use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
+use crate::error::{Error, Result};
+use crate::ops::Problem;
+use crate::runtime::wgpu::{check_u32, GpuRef, GpuTensor, WgpuContext};
+use crate::tensor::DType;
+
+/// Threads per workgroup and steps per thread per chunk (`WG`, `E` in `ffm/common.wgsl`).
+const WG: usize = 256;
+const E: usize = 4;
+/// Below this many workgroups the channel blocks are narrowed (down to 8 columns) to give the
+/// device more of them; each narrower block has longer chunks (more lanes) instead.
+const TARGET_WORKGROUPS: usize = 256;
+
+const HAS_S0: u32 = 1;
+const HAS_START: u32 = 2;
+const HAS_GF: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct FwdParams {
+    rows: u32,
+    t: u32,
+    m: u32,
+    c: u32,
+    mb: u32,
+    cw: u32,
+    ncb: u32,
+    nblk: u32,
+    flags: u32,
+    k: u32,
+    _p: [u32; 2],
+    off_x: u32,
+    off_a: u32,
+    off_b: u32,
+    off_s0: u32,
+    off_start: u32,
+    off_out: u32,
+    off_sf: u32,
+    _q: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct BwdParams {
+    rows: u32,
+    t: u32,
+    m: u32,
+    c: u32,
+    mb: u32,
+    cw: u32,
+    ncb: u32,
+    nblk: u32,
+    flags: u32,
+    k: u32,
+    _p: [u32; 2],
+    off_x: u32,
+    off_a: u32,
+    off_b: u32,
+    off_start: u32,
+    off_ck: u32,
+    off_g: u32,
+    off_gf: u32,
+    off_dx: u32,
+    off_ds0: u32,
+    off_part: u32,
+    _q: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ParamParams {
+    m: u32,
+    c: u32,
+    off_in: u32,
+    off_da: u32,
+    off_db: u32,
+    _p: [u32; 3],
+}
+
+/// How a problem is laid out on workgroups.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// Channel columns per workgroup (`W`); `WG / w` time lanes.
+    w: usize,
+    /// Memory channels per block.
+    mb: usize,
+    /// Context channels per block.
+    cw: usize,
+    /// Context blocks per memory block.
+    ncb: usize,
+    /// Blocks per batch row.
+    nblk: usize,
+    /// Chunks per row.
+    k: usize,
+}
+
+/// Choose the block width: wide blocks (32 columns) store longer contiguous runs per step,
+/// narrow ones give more workgroups. A block holds whole memory channels (all `C` context
+/// channels of each) whenever `C <= 256`; the backward relies on it to sum `dx` over `c`.
+fn layout(p: &Ffm, backward: bool) -> Result<Layout> {
+    let (m, c) = (p.memory, p.context);
+    let (w, mb, cw, ncb) = if c > WG {
+        if backward {
+            return Err(Error::unsupported(
+                "wgpu",
+                format!("ffm backward with context = {c} (at most {WG})"),
+            ));
+        }
+        (WG, 1, WG, c.div_ceil(WG))
+    } else {
+        let wmin = c.next_power_of_two().max(8);
+        let mut w = wmin.max(32);
+        while w > wmin && p.batch * m.div_ceil(w / c) < TARGET_WORKGROUPS {
+            w /= 2;
+        }
+        (w, w / c, c, 1)
+    };
+    Ok(Layout {
+        w,
+        mb,
+        cw,
+        ncb,
+        nblk: m.div_ceil(mb) * ncb,
+        k: p.len.div_ceil((WG / w) * E),
+    })
+}
+
+fn flags(s0: bool, start: bool, gf: bool) -> u32 {
+    let mut f = 0;
+    if s0 {
+        f |= HAS_S0;
+    }
+    if start {
+        f |= HAS_START;
+    }
+    if gf {
+        f |= HAS_GF;
+    }
+    f
+}
+
+/// Elements per batch row of each row-split tensor.
+struct Rows {
+    /// `x`, `dx`: `T * M`.
+    x: usize,
+    /// `S`, `grad_s`: `T * M * C * 2`.
+    s: usize,
+    /// `s0`, `s_final`, `grad_final`, `ds0`, the rows' `dlog`: `M * C * 2`.
+    state: usize,
+    /// `start`: `T`.
+    flags: usize,
+    /// Checkpoints: `K * M * C * 2`.
+    ck: usize,
+}
+
+fn rows(p: &Ffm, lay: &Layout) -> Result<Rows> {
+    let mc2 = p.channels() * 2;
+    let r = Rows {
+        x: p.len * p.memory,
+        s: p.len * mc2,
+        state: mc2,
+        flags: p.len,
+        ck: lay.k * mc2,
+    };
+    check_u32("len * memory * context * 2", r.s)?;
+    check_u32("memory * context", p.channels())?;
+    Ok(r)
+}
+
+/// The kernels store complex values of the buffers they allocate as `vec2<f32>`: their float
+/// offsets are even (row offsets are multiples of 8 bytes and binding offsets of 4 or of the
+/// device's alignment, itself a multiple of 8 when above 4); checked, never assumed.
+fn even(offsets: &[u32]) -> Result<()> {
+    match offsets.iter().find(|&&o| o % 2 != 0) {
+        Some(o) => Err(Error::Device {
+            backend: "wgpu",
+            what: format!("ffm: an output bound at an odd float offset {o}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn bytes(elems: &[usize]) -> Vec<u64> {
+    elems.iter().map(|&e| (e * 4) as u64).collect()
+}
+
+/// Forward pass on the caller's buffers.
+pub fn forward(
+    ctx: &WgpuContext,
+    p: &Ffm,
+    inp: &FfmInputs<GpuRef<'_>>,
+) -> Result<FfmOutputs<GpuTensor>> {
+    p.validate()?;
+    inp.check(p)?;
+    let lay = layout(p, false)?;
+    let r = rows(p, &lay)?;
+    let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags]))?;
+    let s = ctx.zeros(&p.spec("s").shape, DType::F32)?;
+    let sf = ctx.zeros(&p.spec("s_final").shape, DType::F32)?;
+    let pipe = ctx.pipeline("ffm/forward.wgsl", "main", &[], &[("W", lay.w as f64)])?;
+    let (sr, sfr) = (s.as_ref(), sf.as_ref());
+    let mut launch = ctx.launch("ffm forward");
+    for &(b0, nb) in &groups {
+        let s0 = inp.s0.map(|v| v.rows(b0, nb, r.state));
+        let start = inp.start.map(|v| v.rows(b0, nb, r.flags));
+        let (bx, off_x) = ctx.bind(&inp.x.rows(b0, nb, r.x))?;
+        let (ba, off_a) = ctx.bind(&inp.a)?;
+        let (bb, off_b) = ctx.bind(&inp.b)?;
+        let (bs0, off_s0) = ctx.bind_opt(s0.as_ref())?;
+        let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
+        let (bs, off_out) = ctx.bind(&sr.rows(b0, nb, r.s))?;
+        let (bsf, off_sf) = ctx.bind(&sfr.rows(b0, nb, r.state))?;
+        even(&[off_out, off_sf])?;
+        let params = FwdParams {
+            rows: nb as u32,
+            t: p.len as u32,
+            m: p.memory as u32,
+            c: p.context as u32,
+            mb: lay.mb as u32,
+            cw: lay.cw as u32,
+            ncb: lay.ncb as u32,
+            nblk: lay.nblk as u32,
+            flags: flags(s0.is_some(), start.is_some(), false),
+            k: lay.k as u32,
+            off_x,
+            off_a,
+            off_b,
+            off_s0,
+            off_start,
+            off_out,
+            off_sf,
+            ..Default::default()
+        };
+        launch.dispatch(
+            pipe.clone(),
+            &params,
+            vec![bx, ba, bb, bs0, bst, bs, bsf],
+            check_u32("workgroups", nb * lay.nblk)?,
+        )?;
+    }
+    launch.submit()?;
+    Ok(FfmOutputs { s, s_final: sf })
+}
+
+/// Backward pass on the caller's buffers: recomputes the states from `x` (see the module
+/// docs of [`ffm`](super)).
+pub fn backward(
+    ctx: &WgpuContext,
+    p: &Ffm,
+    inp: &FfmBackwardInputs<GpuRef<'_>>,
+) -> Result<FfmGrads<GpuTensor>> {
+    p.validate()?;
+    inp.check(p)?;
+    let lay = layout(p, true)?;
+    let r = rows(p, &lay)?;
+    let need = 10;
+    if ctx.limits.max_storage_buffers_per_shader_stage < need {
+        return Err(Error::Limit {
+            backend: "wgpu",
+            what: format!(
+                "the ffm backward binds {need} storage buffers; max_storage_buffers_per_shader_stage is {}",
+                ctx.limits.max_storage_buffers_per_shader_stage
+            ),
+        });
+    }
+    let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, r.ck]))?;
+    let mc2 = r.state;
+    let dx = ctx.zeros(&p.spec("dx").shape, DType::F32)?;
+    let da = ctx.zeros(&p.spec("da").shape, DType::F32)?;
+    let db = ctx.zeros(&p.spec("db").shape, DType::F32)?;
+    let ds0 = ctx.zeros(&p.spec("ds0").shape, DType::F32)?;
+    let ck = ctx.zeros(&[p.batch, r.ck], DType::F32)?;
+    let part = ctx.zeros(&[p.batch, mc2], DType::F32)?;
+    // rows' dlog summed per row group (when there are several), then over the groups
+    let mid = if groups.len() > 1 {
+        Some(ctx.zeros(&[groups.len(), mc2], DType::F32)?)
+    } else {
+        None
+    };
+    let dlog = ctx.zeros(&[mc2], DType::F32)?;
+    let w = [("W", lay.w as f64)];
+    let ckpt = ctx.pipeline("ffm/forward.wgsl", "main", &["CKPT"], &w)?;
+    let pipe = ctx.pipeline("ffm/backward.wgsl", "main", &[], &w)?;
+    let pipe_vec = ctx.pipeline("ffm/backward.wgsl", "main", &["GVEC"], &w)?;
+    let finish = ctx.pipeline("ffm/params.wgsl", "main", &[], &[])?;
+    let (dxr, dar, dbr, ds0r) = (dx.as_ref(), da.as_ref(), db.as_ref(), ds0.as_ref());
+    let (ckr, partr, dlogr) = (ck.as_ref(), part.as_ref(), dlog.as_ref());
+    let midr = mid.as_ref().map(GpuTensor::as_ref);
+    let mut launch = ctx.launch("ffm backward");
+    for &(b0, nb) in &groups {
+        let s0 = inp.s0.map(|v| v.rows(b0, nb, r.state));
+        let start = inp.start.map(|v| v.rows(b0, nb, r.flags));
+        let gf = inp.grad_final.map(|v| v.rows(b0, nb, r.state));
+        let x = inp.x.rows(b0, nb, r.x);
+        let ckg = ckr.rows(b0, nb, r.ck);
+        let base = FwdParams {
+            rows: nb as u32,
+            t: p.len as u32,
+            m: p.memory as u32,
+            c: p.context as u32,
+            mb: lay.mb as u32,
+            cw: lay.cw as u32,
+            ncb: lay.ncb as u32,
+            nblk: lay.nblk as u32,
+            k: lay.k as u32,
+            ..Default::default()
+        };
+        let count = check_u32("workgroups", nb * lay.nblk)?;
+        // pass 1: checkpoints
+        let (bx, off_x) = ctx.bind(&x)?;
+        let (ba, off_a) = ctx.bind(&inp.a)?;
+        let (bb, off_b) = ctx.bind(&inp.b)?;
+        let (bs0, off_s0) = ctx.bind_opt(s0.as_ref())?;
+        let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
+        let (bck, off_ck) = ctx.bind(&ckg)?;
+        even(&[off_ck])?;
+        let params = FwdParams {
+            flags: flags(s0.is_some(), start.is_some(), false),
+            off_x,
+            off_a,
+            off_b,
+            off_s0,
+            off_start,
+            off_out: off_ck,
+            ..base
+        };
+        launch.dispatch(
+            ckpt.clone(),
+            &params,
+            vec![
+                bx.clone(),
+                ba.clone(),
+                bb.clone(),
+                bs0,
+                bst.clone(),
+                bck.clone(),
+            ],
+            count,
+        )?;
+        // pass 2: the backward proper
+        let (bg, off_g) = ctx.bind(&inp.grad_s.rows(b0, nb, r.s))?;
+        let (bgf, off_gf) = ctx.bind_opt(gf.as_ref())?;
+        let (bdx, off_dx) = ctx.bind(&dxr.rows(b0, nb, r.x))?;
+        let (bds0, off_ds0) = ctx.bind(&ds0r.rows(b0, nb, r.state))?;
+        let (bpart, off_part) = ctx.bind(&partr.rows(b0, nb, mc2))?;
+        let params = BwdParams {
+            rows: base.rows,
+            t: base.t,
+            m: base.m,
+            c: base.c,
+            mb: base.mb,
+            cw: base.cw,
+            ncb: base.ncb,
+            nblk: base.nblk,
+            flags: flags(false, start.is_some(), gf.is_some()),
+            k: base.k,
+            off_x,
+            off_a,
+            off_b,
+            off_start,
+            off_ck,
+            off_g,
+            off_gf,
+            off_dx,
+            off_ds0,
+            off_part,
+            ..Default::default()
+        };
+        // complex loads of grad_s when it sits at an even float offset (always, unless a
+        // zero-copy caller passed an odd one)
+        let pipe = if off_g % 2 == 0 { &pipe_vec } else { &pipe };
+        launch.dispatch(
+            pipe.clone(),
+            &params,
+            vec![bx, ba, bb, bst, bck, bg, bgf, bdx, bds0, bpart],
+            count,
+        )?;
+    }
+    match &midr {
+        None => ctx.reduce_rows(&mut launch, &partr, &dlogr, p.batch, mc2)?,
+        Some(mid) => {
+            for (gi, &(b0, nb)) in groups.iter().enumerate() {
+                ctx.reduce_rows(
+                    &mut launch,
+                    &partr.rows(b0, nb, mc2),
+                    &mid.rows(gi, 1, mc2),
+                    nb,
+                    mc2,
+                )?;
+            }
+            ctx.reduce_rows(&mut launch, mid, &dlogr, groups.len(), mc2)?;
+        }
+    }
+    let (bl, off_in) = ctx.bind(&dlogr)?;
+    let (bda, off_da) = ctx.bind(&dar)?;
+    let (bdb, off_db) = ctx.bind(&dbr)?;
+    let params = ParamParams {
+        m: p.memory as u32,
+        c: p.context as u32,
+        off_in,
+        off_da,
+        off_db,
+        ..Default::default()
+    };
+    let count = check_u32("workgroups", (p.memory + p.context).div_ceil(WG))?;
+    launch.dispatch(finish, &params, vec![bl, bda, bdb], count)?;
+    launch.submit()?;
+    Ok(FfmGrads { dx, da, db, ds0 })
+}
