@@ -33,6 +33,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod device;
 pub mod error;
 pub mod ops;

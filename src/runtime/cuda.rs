@@ -39,7 +39,11 @@ fn drv(e: cudarc::driver::DriverError) -> Error {
 pub fn device_count() -> Result<usize> {
     // SAFETY: probing for the driver library only opens it with libloading; no CUDA call is
     // made unless it is present, so a machine without CUDA never reaches a panicking path.
+    #[cfg(not(feature = "candle-cuda"))]
     let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    // With candle's CUDA build, cudarc links libcuda: a process that started has it.
+    #[cfg(feature = "candle-cuda")]
+    let present = true;
     if !present {
         return Err(Error::NoDevice {
             backend: BACKEND,
@@ -449,4 +453,17 @@ pub(crate) fn int(arg: &'static str, v: usize) -> Result<i32> {
         backend: BACKEND,
         what: format!("{arg} = {v} exceeds the kernels' 32-bit sizes"),
     })
+}
+
+impl CuRef<'_> {
+    /// A second view of the same memory (views are not `Clone`).
+    pub fn reborrow(&self) -> CuRef<'_> {
+        match self {
+            CuRef::F32(v) => CuRef::F32(v.slice(..)),
+            CuRef::F16(v) => CuRef::F16(v.slice(..)),
+            CuRef::BF16(v) => CuRef::BF16(v.slice(..)),
+            CuRef::U8(v) => CuRef::U8(v.slice(..)),
+            CuRef::U32(v) => CuRef::U32(v.slice(..)),
+        }
+    }
 }

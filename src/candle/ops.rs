@@ -1,0 +1,343 @@
+//! Each linrec op as a [`Parts`] implementation plus its public candle function.
+
+use super::{apply, cerr, flags_host, pack, unpack, Parts};
+use crate::ffm::{Ffm, FfmBackwardInputs, FfmInputs};
+use crate::ops::Problem;
+use crate::scan::{LinearScan, ScanBackwardInputs, ScanInputs};
+use crate::{DType, Device, Tensor as LTensor};
+use candle_core::{Result, Tensor};
+
+/// A host linrec tensor of the problem's shape for `name`.
+fn lt<P: Problem>(p: &P, name: &str, v: &[f32]) -> crate::Result<LTensor> {
+    LTensor::new(p.spec(name).shape, v.to_vec())
+}
+
+/// Host flags of an optional start tensor.
+fn start_host<P: Problem>(p: &P, start: &Option<Tensor>) -> crate::Result<Option<LTensor>> {
+    start
+        .as_ref()
+        .map(|t| {
+            let f = flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e))?;
+            LTensor::new(p.spec("start").shape, f)
+        })
+        .transpose()
+}
+
+/// Flags prepared for the op's device: kept on the host side for CPU tensors, turned into a
+/// u8 device tensor for CUDA ones.
+fn prepare_flags(start: Option<&Tensor>) -> Result<Option<Tensor>> {
+    match start {
+        None => Ok(None),
+        #[cfg(feature = "candle-cuda")]
+        Some(t) if t.device().is_cuda() => Ok(Some(super::flags_cuda(t)?)),
+        Some(t) => Ok(Some(t.clone())),
+    }
+}
+
+/// Run `f` with a CUDA view of the flags (if any).
+#[cfg(feature = "candle-cuda")]
+fn with_flags<R>(
+    start: &Option<Tensor>,
+    f: impl FnOnce(Option<crate::CuRef<'_>>) -> crate::Result<R>,
+) -> crate::Result<R> {
+    match start {
+        None => f(None),
+        Some(t) => {
+            let (s, l) = t.storage_and_layout();
+            let candle_core::Storage::Cuda(cs) = &*s else {
+                return Err(crate::Error::value(
+                    "start",
+                    "flags on the CUDA device of the inputs",
+                    "a CPU tensor",
+                ));
+            };
+            let v =
+                super::flag_view(cs, l).map_err(|e| crate::Error::value("start", "u8 flags", e))?;
+            f(Some(crate::CuRef::U8(v)))
+        }
+    }
+}
+
+fn f32_only<P: Problem>(p: &P) -> Result<()> {
+    if p.dtype() != DType::F32 {
+        return Err(cerr(crate::Error::unsupported(
+            "candle",
+            format!(
+                "{} with {} storage (the candle ops take f32 tensors)",
+                P::NAME,
+                p.dtype()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+fn zeros_or<P: Problem>(p: &P, name: &str, t: Option<&Tensor>, like: &Tensor) -> Result<Tensor> {
+    match t {
+        Some(t) => Ok(t.clone()),
+        None => Tensor::zeros(p.spec(name).shape, candle_core::DType::F32, like.device()),
+    }
+}
+
+// ------------------------------------------------------------------ linear scan
+
+#[derive(Clone)]
+struct ScanParts {
+    p: LinearScan,
+    start: Option<Tensor>,
+}
+
+impl Parts for ScanParts {
+    fn name(&self) -> &'static str {
+        "linrec-linear-scan"
+    }
+    fn in_lens(&self) -> Vec<usize> {
+        ["x", "a", "h0"].map(|n| self.p.spec(n).numel()).to_vec()
+    }
+    fn out_lens(&self) -> Vec<usize> {
+        ["h", "h_final"].map(|n| self.p.spec(n).numel()).to_vec()
+    }
+    fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
+        let p = &self.p;
+        let (x, a, h0) = (
+            lt(p, "x", ins[0])?,
+            lt(p, "a", ins[1])?,
+            lt(p, "h0", ins[2])?,
+        );
+        let st = start_host(p, &self.start)?;
+        let inp = ScanInputs {
+            x: &x,
+            a: &a,
+            h0: Some(&h0),
+            start: st.as_ref(),
+        };
+        let o = crate::scan::forward(&Device::Cpu, p, &inp)?;
+        Ok(vec![o.h.to_f32_vec(), o.h_final.to_f32_vec()])
+    }
+    fn bwd_host(
+        &self,
+        ins: &[&[f32]],
+        outs: &[&[f32]],
+        grads: &[&[f32]],
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let p = &self.p;
+        let (a, h0, h) = (
+            lt(p, "a", ins[1])?,
+            lt(p, "h0", ins[2])?,
+            lt(p, "h", outs[0])?,
+        );
+        let (g, gf) = (lt(p, "grad_h", grads[0])?, lt(p, "grad_final", grads[1])?);
+        let st = start_host(p, &self.start)?;
+        let inp = ScanBackwardInputs {
+            a: &a,
+            h: &h,
+            h0: Some(&h0),
+            start: st.as_ref(),
+            grad_h: &g,
+            grad_final: Some(&gf),
+        };
+        let r = crate::scan::backward(&Device::Cpu, p, &inp)?;
+        Ok(vec![
+            r.dx.to_f32_vec(),
+            r.da.to_f32_vec(),
+            r.dh0.to_f32_vec(),
+        ])
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn fwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = ScanInputs {
+                x: ins[0].reborrow(),
+                a: ins[1].reborrow(),
+                h0: Some(ins[2].reborrow()),
+                start,
+            };
+            let o = crate::scan::cuda::forward(be, &self.p, &inp)?;
+            Ok(vec![o.h, o.h_final])
+        })
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn bwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+        outs: &[crate::CuRef<'_>],
+        grads: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = ScanBackwardInputs {
+                a: ins[1].reborrow(),
+                h: outs[0].reborrow(),
+                h0: Some(ins[2].reborrow()),
+                start,
+                grad_h: grads[0].reborrow(),
+                grad_final: Some(grads[1].reborrow()),
+            };
+            let r = crate::scan::cuda::backward(be, &self.p, &inp)?;
+            Ok(vec![r.dx, r.da, r.dh0])
+        })
+    }
+}
+
+/// The diagonal linear scan (SPEC §3a) on candle tensors, differentiable in `x`, `a` and
+/// `h0`: returns `(h, h_final)`. Shapes as in [`crate::scan`] (complex data has a trailing
+/// axis of 2); `start` is `[B, T]` (u8, u32 or f32, nonzero = new episode).
+pub fn linear_scan(
+    p: &LinearScan,
+    x: &Tensor,
+    a: &Tensor,
+    h0: Option<&Tensor>,
+    start: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    p.validate().map_err(cerr)?;
+    ScanInputs { x, a, h0, start }.check(p).map_err(cerr)?;
+    f32_only(p)?;
+    let h0 = zeros_or(p, "h0", h0, x)?;
+    let parts = ScanParts {
+        p: *p,
+        start: prepare_flags(start)?,
+    };
+    let out = apply(parts, &pack(&[x, a, &h0])?)?;
+    let v = unpack(&out, &[p.spec("h").shape, p.spec("h_final").shape])?;
+    Ok((v[0].clone(), v[1].clone()))
+}
+
+// ------------------------------------------------------------------ FFM
+
+#[derive(Clone)]
+struct FfmParts {
+    p: Ffm,
+    start: Option<Tensor>,
+}
+
+impl Parts for FfmParts {
+    fn name(&self) -> &'static str {
+        "linrec-ffm"
+    }
+    fn in_lens(&self) -> Vec<usize> {
+        ["x", "a", "b", "s0"]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
+    }
+    fn out_lens(&self) -> Vec<usize> {
+        ["s", "s_final"].map(|n| self.p.spec(n).numel()).to_vec()
+    }
+    fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
+        let p = &self.p;
+        let (x, a, b, s0) = (
+            lt(p, "x", ins[0])?,
+            lt(p, "a", ins[1])?,
+            lt(p, "b", ins[2])?,
+            lt(p, "s0", ins[3])?,
+        );
+        let st = start_host(p, &self.start)?;
+        let inp = FfmInputs {
+            x: &x,
+            a: &a,
+            b: &b,
+            s0: Some(&s0),
+            start: st.as_ref(),
+        };
+        let o = crate::ffm::forward(&Device::Cpu, p, &inp)?;
+        Ok(vec![o.s.to_f32_vec(), o.s_final.to_f32_vec()])
+    }
+    fn bwd_host(
+        &self,
+        ins: &[&[f32]],
+        _outs: &[&[f32]],
+        grads: &[&[f32]],
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let p = &self.p;
+        let (x, a, b, s0) = (
+            lt(p, "x", ins[0])?,
+            lt(p, "a", ins[1])?,
+            lt(p, "b", ins[2])?,
+            lt(p, "s0", ins[3])?,
+        );
+        let (g, gf) = (lt(p, "grad_s", grads[0])?, lt(p, "grad_final", grads[1])?);
+        let st = start_host(p, &self.start)?;
+        let inp = FfmBackwardInputs {
+            x: &x,
+            a: &a,
+            b: &b,
+            s0: Some(&s0),
+            start: st.as_ref(),
+            grad_s: &g,
+            grad_final: Some(&gf),
+        };
+        let r = crate::ffm::backward(&Device::Cpu, p, &inp)?;
+        Ok(vec![
+            r.dx.to_f32_vec(),
+            r.da.to_f32_vec(),
+            r.db.to_f32_vec(),
+            r.ds0.to_f32_vec(),
+        ])
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn fwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = FfmInputs {
+                x: ins[0].reborrow(),
+                a: ins[1].reborrow(),
+                b: ins[2].reborrow(),
+                s0: Some(ins[3].reborrow()),
+                start,
+            };
+            let o = crate::ffm::cuda::forward(be, &self.p, &inp)?;
+            Ok(vec![o.s, o.s_final])
+        })
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn bwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+        _outs: &[crate::CuRef<'_>],
+        grads: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = FfmBackwardInputs {
+                x: ins[0].reborrow(),
+                a: ins[1].reborrow(),
+                b: ins[2].reborrow(),
+                s0: Some(ins[3].reborrow()),
+                start,
+                grad_s: grads[0].reborrow(),
+                grad_final: Some(grads[1].reborrow()),
+            };
+            let r = crate::ffm::cuda::backward(be, &self.p, &inp)?;
+            Ok(vec![r.dx, r.da, r.db, r.ds0])
+        })
+    }
+}
+
+/// FFM aggregation (SPEC §1) on candle tensors, differentiable in `x`, `a`, `b` and `s0`:
+/// returns `(s, s_final)` with `s: [B, T, M, C, 2]` and `s_final: [B, M, C, 2]`.
+pub fn ffm(
+    p: &Ffm,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    s0: Option<&Tensor>,
+    start: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    p.validate().map_err(cerr)?;
+    FfmInputs { x, a, b, s0, start }.check(p).map_err(cerr)?;
+    f32_only(p)?;
+    let s0 = zeros_or(p, "s0", s0, x)?;
+    let parts = FfmParts {
+        p: *p,
+        start: prepare_flags(start)?,
+    };
+    let out = apply(parts, &pack(&[x, a, b, &s0])?)?;
+    let v = unpack(&out, &[p.spec("s").shape, p.spec("s_final").shape])?;
+    Ok((v[0].clone(), v[1].clone()))
+}
