@@ -1,6 +1,6 @@
 //! candle integration (feature `candle` for CPU tensors, `candle-cuda` for CUDA tensors): every
 //! linrec op as a candle op with a backward, so `loss.backward()` reaches every input, the
-//! initial state included.
+//! initial state included; and layers built on them ([`layers`]).
 //!
 //! ## How the three-tensor limit of candle's custom ops is handled
 //!
@@ -19,6 +19,7 @@
 //! CUDA tensors they run linrec's CUDA kernels on candle's own stream, zero-copy. Tensors must
 //! be f32 and contiguous-able; `start` flags may be u8, u32 or f32 (nonzero = a new episode).
 
+pub mod layers;
 mod ops;
 
 pub use ops::{ffm, linear_scan};

@@ -1,0 +1,242 @@
+//! Trains a small FFM model on a memory task, and a GRU of similar parameter count on the same
+//! data and budget, printing both results.
+//!
+//! The task (cue recall): each episode starts with a cue, one of 4 symbols; then come 100 to
+//! 200 steps of random distractor symbols; the last step of the episode is a query, where
+//! the model must output the cue. Recall spans 100+ steps. Episodes of varying length are
+//! packed into rows of 512 steps with `start` flags (the FFM resets its memory there; the GRU's
+//! state is zeroed there), as a recurrent RL learner would batch them. Accuracy is measured
+//! at query steps of held-out batches (chance is 25%).
+//!
+//! `cargo run --release --features candle --example train_memory`
+//! (CPU; add `candle-cuda` for a CUDA GPU). Options: `--max-steps N` (default 600),
+//! `--max-seconds S` (default 150, per model), `--seed N`.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::rnn::{gru, GRUConfig, GRUState, GRU, RNN};
+use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use linrec::candle::layers::{FfmCell, FfmCellConfig};
+use std::time::{Duration, Instant};
+
+const SYMBOLS: usize = 4;
+/// Observation: cue one-hot, distractor one-hot, query flag.
+const OBS: usize = 2 * SYMBOLS + 1;
+const ROWS: usize = 32;
+const LEN: usize = 512;
+const MIN_GAP: usize = 100;
+const MAX_GAP: usize = 200;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One batch: observations `[ROWS, LEN, OBS]`, starts `[ROWS, LEN]`, and the flat indices
+/// (`row * LEN + t`) and targets of the query steps.
+struct Batch {
+    obs: Tensor,
+    start: Tensor,
+    query: Tensor,
+    target: Tensor,
+}
+
+fn batch(rng: &mut Rng, dev: &Device) -> Result<Batch> {
+    let mut obs = vec![0f32; ROWS * LEN * OBS];
+    let mut start = vec![0u8; ROWS * LEN];
+    let (mut query, mut target) = (Vec::new(), Vec::new());
+    for r in 0..ROWS {
+        // the row begins mid-episode for realism: a random offset of distractors first
+        let mut t = rng.below(MAX_GAP);
+        for s in 0..t {
+            obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
+        }
+        while t < LEN {
+            let len = MIN_GAP + 2 + rng.below(MAX_GAP - MIN_GAP + 1);
+            let cue = rng.below(SYMBOLS);
+            start[r * LEN + t] = 1;
+            obs[(r * LEN + t) * OBS + cue] = 1.0;
+            for s in t + 1..(t + len).min(LEN) {
+                obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
+            }
+            let q = t + len - 1;
+            if q < LEN {
+                obs[(r * LEN + q) * OBS + 2 * SYMBOLS] = 1.0;
+                query.push((r * LEN + q) as u32);
+                target.push(cue as u32);
+            }
+            t += len;
+        }
+    }
+    let n = query.len();
+    Ok(Batch {
+        obs: Tensor::from_vec(obs, (ROWS, LEN, OBS), dev)?,
+        start: Tensor::from_vec(start, (ROWS, LEN), dev)?,
+        query: Tensor::from_vec(query, n, dev)?,
+        target: Tensor::from_vec(target, n, dev)?,
+    })
+}
+
+/// A sequence model mapping observations to symbol logits `[ROWS, LEN, SYMBOLS]`.
+trait Model {
+    fn logits(&self, b: &Batch) -> Result<Tensor>;
+}
+
+struct FfmModel {
+    cell: FfmCell,
+    head: Linear,
+}
+impl Model for FfmModel {
+    fn logits(&self, b: &Batch) -> Result<Tensor> {
+        let (y, _) = self.cell.forward(&b.obs, None, Some(&b.start))?;
+        self.head.forward(&y)
+    }
+}
+
+struct GruModel {
+    gru: GRU,
+    head: Linear,
+}
+impl Model for GruModel {
+    fn logits(&self, b: &Batch) -> Result<Tensor> {
+        let mut state = self.gru.zero_state(ROWS)?;
+        let keep = (1.0 - b.start.to_dtype(DType::F32)?)?;
+        let mut hs = Vec::with_capacity(LEN);
+        for t in 0..LEN {
+            let h = state.h.broadcast_mul(&keep.narrow(1, t, 1)?)?;
+            state = self.gru.step(&b.obs.narrow(1, t, 1)?.squeeze(1)?, &GRUState { h })?;
+            hs.push(state.h.clone());
+        }
+        self.head.forward(&Tensor::stack(&hs, 1)?)
+    }
+}
+
+/// Logits and targets at the query steps.
+fn at_queries(m: &dyn Model, b: &Batch) -> Result<(Tensor, Tensor)> {
+    let l = m.logits(b)?.reshape((ROWS * LEN, SYMBOLS))?;
+    Ok((l.index_select(&b.query, 0)?, b.target.clone()))
+}
+
+fn accuracy(m: &dyn Model, eval: &[Batch]) -> Result<f64> {
+    let (mut hit, mut n) = (0usize, 0usize);
+    for b in eval {
+        let (l, t) = at_queries(m, b)?;
+        let pred = l.argmax(D::Minus1)?;
+        hit += pred.eq(&t)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        n += t.dims1()?;
+    }
+    Ok(hit as f64 / n.max(1) as f64)
+}
+
+struct Outcome {
+    params: usize,
+    steps: usize,
+    wall: Duration,
+    acc: f64,
+    to_95: Option<Duration>,
+}
+
+fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> Result<Outcome> {
+    let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut opt = AdamW::new(vm.all_vars(), ParamsAdamW { lr: 3e-3, weight_decay: 0.0, ..Default::default() })?;
+    let mut rng = Rng(opts.seed);
+    let mut erng = Rng(opts.seed ^ 0xE7A1);
+    let eval: Vec<Batch> = (0..4).map(|_| batch(&mut erng, dev)).collect::<Result<_>>()?;
+    let pb = ProgressBar::new(opts.max_steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>4} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    pb.set_prefix(name.to_string());
+    let t0 = Instant::now();
+    let (mut acc, mut to_95, mut steps) = (0.25, None, 0);
+    while steps < opts.max_steps && t0.elapsed() < opts.max_time {
+        let b = batch(&mut rng, dev)?;
+        let (l, t) = at_queries(m, &b)?;
+        let loss = candle_nn::loss::cross_entropy(&l, &t)?;
+        opt.backward_step(&loss)?;
+        steps += 1;
+        if steps % 10 == 0 {
+            acc = accuracy(m, &eval)?;
+            if acc >= 0.95 && to_95.is_none() {
+                to_95 = Some(t0.elapsed());
+            }
+        }
+        pb.set_position(steps as u64);
+        pb.set_message(format!("loss {:.3}  eval acc {:.1}%", loss.to_scalar::<f32>()?, acc * 100.0));
+        if acc >= 0.99 {
+            break;
+        }
+    }
+    acc = accuracy(m, &eval)?;
+    pb.finish_with_message(format!("eval acc {:.1}%", acc * 100.0));
+    Ok(Outcome { params, steps, wall: t0.elapsed(), acc, to_95 })
+}
+
+struct Opts {
+    max_steps: usize,
+    max_time: Duration,
+    seed: u64,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts { max_steps: 600, max_time: Duration::from_secs(150), seed: 7 };
+    let args: Vec<String> = std::env::args().collect();
+    for w in args.windows(2) {
+        match w[0].as_str() {
+            "--max-steps" => o.max_steps = w[1].parse().expect("--max-steps N"),
+            "--max-seconds" => o.max_time = Duration::from_secs(w[1].parse().expect("--max-seconds S")),
+            "--seed" => o.seed = w[1].parse().expect("--seed N"),
+            _ => {}
+        }
+    }
+    o
+}
+
+fn main() -> Result<()> {
+    let o = opts();
+    #[cfg(feature = "candle-cuda")]
+    let dev = Device::cuda_if_available(0)?;
+    #[cfg(not(feature = "candle-cuda"))]
+    let dev = Device::Cpu;
+    println!(
+        "cue recall across {MIN_GAP}-{MAX_GAP} steps; {ROWS} rows x {LEN} steps per batch, episodes packed with resets; device {dev:?}"
+    );
+    println!("budget per model: {} steps or {} s", o.max_steps, o.max_time.as_secs());
+
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let cfg = FfmCellConfig { max_horizon: 512.0, ..FfmCellConfig::new(OBS, 32, 32, 4) };
+    let ffm = FfmModel { cell: FfmCell::new(cfg, vb.pp("ffm"))?, head: linear(32, SYMBOLS, vb.pp("head"))? };
+    let f = train("FFM", &ffm, &vm, &dev, &o)?;
+
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let hidden = 52; // about the FFM's parameter count
+    let g = GruModel { gru: gru(OBS, hidden, GRUConfig::default(), vb.pp("gru"))?, head: linear(hidden, SYMBOLS, vb.pp("head"))? };
+    let r = train("GRU", &g, &vm, &dev, &o)?;
+
+    println!();
+    println!("{:<5} {:>7} {:>6} {:>9} {:>10} {:>12}", "model", "params", "steps", "wall", "eval acc", "time to 95%");
+    for (n, x) in [("FFM", &f), ("GRU", &r)] {
+        println!(
+            "{:<5} {:>7} {:>6} {:>8.1}s {:>9.1}% {:>12}",
+            n,
+            x.params,
+            x.steps,
+            x.wall.as_secs_f64(),
+            x.acc * 100.0,
+            x.to_95.map_or("not reached".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Layers built from candle-nn modules and linrec's ops.
+
+use super::ffm;
+use crate::ffm::Ffm;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{layer_norm, linear, Init, LayerNorm, Linear, VarBuilder};
+
+/// Sizes of an [`FfmCell`].
+#[derive(Debug, Clone, Copy)]
+pub struct FfmCellConfig {
+    /// Input features per step.
+    pub input: usize,
+    /// Output features per step.
+    pub output: usize,
+    /// Memory size `M`: channels aggregated, each with its own learned decay.
+    pub memory: usize,
+    /// Context size `C`: learned frequencies each memory channel is kept at.
+    pub context: usize,
+    /// Shortest and longest initial memory horizon in steps: decays start log-uniform in
+    /// `[1/max_horizon, 1/min_horizon]` (`a = -1/horizon`).
+    pub min_horizon: f64,
+    /// See `min_horizon`.
+    pub max_horizon: f64,
+}
+
+impl FfmCellConfig {
+    /// `input -> output` with memory `M` and context `C`, horizons 1 to 1024 steps.
+    pub fn new(input: usize, output: usize, memory: usize, context: usize) -> Self {
+        FfmCellConfig {
+            input,
+            output,
+            memory,
+            context,
+            min_horizon: 1.0,
+            max_horizon: 1024.0,
+        }
+    }
+}
+
+/// The Fast and Forgetful Memory cell (Morad et al., NeurIPS 2023), a drop-in replacement for
+/// an RNN cell over whole sequences:
+///
+/// ```text
+/// x~_t = pre(x_t) * sigmoid(gate_in(x_t))                     input projection and gate  [M]
+/// S_t  = aggregate(x~)  (linrec's FFM op: decay exp(a), frequency b, resets, carried state)
+/// z_t  = mix([Re S_t, Im S_t])                                mix layer over 2*M*C features
+/// g_t  = sigmoid(gate_out(x_t))
+/// y_t  = LayerNorm(z_t) * g_t + skip(x_t) * (1 - g_t)         output gate and skip
+/// ```
+///
+/// The decay is parametrised as `a = -exp(log_rate)` so it stays negative (a forgetting
+/// memory), and `b` is learned freely.
+#[derive(Debug, Clone)]
+pub struct FfmCell {
+    cfg: FfmCellConfig,
+    pre: Linear,
+    gate_in: Linear,
+    gate_out: Linear,
+    skip: Linear,
+    mix: Linear,
+    norm: LayerNorm,
+    log_rate: Tensor,
+    freq: Tensor,
+}
+
+impl FfmCell {
+    /// A cell with parameters from `vb` (names `pre`, `gate_in`, `gate_out`, `skip`, `mix`,
+    /// `norm`, `log_rate`, `freq`).
+    pub fn new(cfg: FfmCellConfig, vb: VarBuilder) -> Result<Self> {
+        let (i, o, m, c) = (cfg.input, cfg.output, cfg.memory, cfg.context);
+        let log_rate = vb.get_with_hints(
+            m,
+            "log_rate",
+            Init::Uniform {
+                lo: -cfg.max_horizon.ln(),
+                up: -cfg.min_horizon.ln(),
+            },
+        )?;
+        let freq = vb.get_with_hints(
+            c,
+            "freq",
+            Init::Uniform {
+                lo: 0.0,
+                up: std::f64::consts::PI / 4.0,
+            },
+        )?;
+        Ok(FfmCell {
+            cfg,
+            pre: linear(i, m, vb.pp("pre"))?,
+            gate_in: linear(i, m, vb.pp("gate_in"))?,
+            gate_out: linear(i, o, vb.pp("gate_out"))?,
+            skip: linear(i, o, vb.pp("skip"))?,
+            mix: linear(2 * m * c, o, vb.pp("mix"))?,
+            norm: layer_norm(o, 1e-5, vb.pp("norm"))?,
+            log_rate,
+            freq,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FfmCellConfig {
+        &self.cfg
+    }
+
+    /// Run over `x: [B, T, input]` from `state: [B, M, C, 2]` (zeros when `None`), with
+    /// optional episode starts `[B, T]`: returns `y: [B, T, output]` and the final state.
+    pub fn forward(&self, x: &Tensor, state: Option<&Tensor>, start: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let (m, c) = (self.cfg.memory, self.cfg.context);
+        let xin = (self.pre.forward(x)? * candle_nn::ops::sigmoid(&self.gate_in.forward(x)?)?)?;
+        let a = self.log_rate.exp()?.neg()?;
+        let p = Ffm::new(b, t, m, c);
+        let (s, s_final) = ffm(&p, &xin.contiguous()?, &a, &self.freq, state, start)?;
+        let z = self.mix.forward(&s.reshape((b, t, 2 * m * c))?)?;
+        let g = candle_nn::ops::sigmoid(&self.gate_out.forward(x)?)?;
+        let y = ((self.norm.forward(&z)? * &g)? + (self.skip.forward(x)? * (1.0 - &g)?)?)?;
+        Ok((y, s_final))
+    }
+}
