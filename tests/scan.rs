@@ -36,7 +36,7 @@ fn gen(p: LinearScan, h0: bool, starts: Starts, seed: u64) -> Data {
     for _ in 0..na {
         if p.complex {
             let m = r.uniform(0.7, 0.999);
-            let th = r.uniform(-3.14, 3.14);
+            let th = r.uniform(-std::f64::consts::PI, std::f64::consts::PI);
             a.extend([m * th.cos(), m * th.sin()]);
         } else {
             a.push(r.uniform(-0.999, 0.999));

@@ -40,9 +40,9 @@ pub fn is_slow(dev: &Device) -> bool {
 /// GPU time of `f` on `dev` (timestamp queries on wgpu, events on CUDA; wall time on CPU).
 pub fn gpu_time(dev: &Device, f: &mut dyn FnMut() -> Result<()>) -> Duration {
     let r = match dev {
-        Device::Wgpu(c) => c.gpu_time(|| f()).map(|(_, d)| d),
+        Device::Wgpu(c) => c.gpu_time(&mut *f).map(|(_, d)| d),
         #[cfg(feature = "cuda")]
-        Device::Cuda(c) => c.gpu_time(|| f()).map(|(_, d)| d),
+        Device::Cuda(c) => c.gpu_time(&mut *f).map(|(_, d)| d),
         Device::Cpu => {
             let t = std::time::Instant::now();
             f().map(|_| t.elapsed())

@@ -65,6 +65,7 @@ pub struct CudaBackend {
     pub stream: Arc<CudaStream>,
     name: String,
     arch: (i32, i32),
+    #[allow(dead_code)] // used by CUDA kernels as they land
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
 }
 
@@ -114,6 +115,7 @@ impl CudaBackend {
 
     /// The kernel `func` of module `module` (a path under `kernels/`), loading the module once:
     /// the build-time PTX for this architecture when there is one, else NVRTC.
+    #[allow(dead_code)] // used by CUDA kernels as they land
     pub(crate) fn function(&self, module: &'static str, func: &str) -> Result<CudaFunction> {
         let mut cache = self.modules.lock().unwrap();
         let m = match cache.get(module) {
@@ -232,6 +234,7 @@ impl CudaBackend {
     /// The parameters pushed by `args` must match the kernel's signature, and the grid in
     /// `cfg` must only make the kernel touch memory inside the buffers it is given (each
     /// launch site states why in a `SAFETY:` comment).
+    #[allow(dead_code)] // used by CUDA kernels as they land
     pub(crate) unsafe fn launch(
         &self,
         func: &CudaFunction,
@@ -360,6 +363,7 @@ impl CuRef<'_> {
     }
 
     /// Push this view as a kernel pointer parameter.
+    #[allow(dead_code)] // used by CUDA kernels as they land
     pub(crate) fn push<'b>(&'b self, b: &mut LaunchArgs<'b>) {
         match self {
             CuRef::F32(v) => b.arg(v),
@@ -372,9 +376,11 @@ impl CuRef<'_> {
 }
 
 /// A null pointer parameter, for an absent optional buffer (kernels are told by a flag).
+#[allow(dead_code)] // used by CUDA kernels as they land
 pub(crate) static NULL: u64 = 0;
 
 /// Push an optional view, or a null pointer.
+#[allow(dead_code)] // used by CUDA kernels as they land
 pub(crate) fn push_opt<'b>(b: &mut LaunchArgs<'b>, r: Option<&'b CuRef<'_>>) {
     match r {
         Some(r) => r.push(b),

@@ -676,7 +676,7 @@ impl crate::ops::ArgBuf for GpuRef<'_> {
         if !self.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::value(arg, "a buffer with STORAGE usage", format!("{:?}", self.buffer.usage())));
         }
-        if self.offset % self.dtype.size() as u64 != 0 {
+        if !self.offset.is_multiple_of(self.dtype.size() as u64) {
             return Err(Error::value(
                 arg,
                 format!("a byte offset that is a multiple of {}", self.dtype.size()),
