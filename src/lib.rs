@@ -44,6 +44,7 @@ pub mod tensor;
 pub use device::{BackendKind, Device};
 pub use error::{Error, Result};
 pub use ops::{scan, ArgSpec, Problem, Role};
+pub use ops::efla;
 #[cfg(feature = "cuda")]
 pub use runtime::cuda::{CuRef, CuTensor, CudaBackend};
 #[cfg(feature = "wgpu")]
