@@ -962,6 +962,570 @@ fn random_shapes_reference() -> T {
         .map_err(|e| Stop::Fail(e.to_string()))
 }
 
+// ------------------------------------------------------------------ backends
+
+/// Tolerances by storage type: (outputs and gradients, states and ds0). Half results are
+/// rounded to half; states are f32 whatever the storage type.
+fn tols(dt: DType) -> (f64, f64, f64) {
+    match dt {
+        DType::F32 => (1e-5, 1e-4, 1e-4),
+        _ => (1e-2, 1e-2, 1e-4),
+    }
+}
+
+struct HostArgs {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    s0: Option<Tensor>,
+    start: Option<Tensor>,
+    go: Tensor,
+    gf: Option<Tensor>,
+}
+
+fn host_args(d: &Data) -> HostArgs {
+    let p = &d.p;
+    let t = |n: &str, v: &[f64]| {
+        let spec = p.spec(n);
+        tensor(&spec.shape, v, p.dtype_of(spec.role))
+    };
+    HostArgs {
+        q: t("q", &d.q),
+        k: t("k", &d.k),
+        v: t("v", &d.v),
+        beta: t("beta", &d.beta),
+        s0: d.s0.as_ref().map(|v| t("s0", v)),
+        start: d
+            .start
+            .as_ref()
+            .map(|s| Tensor::new(p.spec("start").shape, s.clone()).unwrap()),
+        go: t("grad_o", &d.go),
+        gf: d.gf.as_ref().map(|v| t("grad_final", v)),
+    }
+}
+
+fn run_forward(dev: &Device, p: &Efla, a: &HostArgs) -> linrec::Result<efla::EflaOutputs<Tensor>> {
+    let inp = EflaInputs {
+        q: &a.q,
+        k: &a.k,
+        v: &a.v,
+        beta: &a.beta,
+        s0: a.s0.as_ref(),
+        start: a.start.as_ref(),
+    };
+    efla::forward(dev, p, &inp)
+}
+
+fn run_backward(dev: &Device, p: &Efla, a: &HostArgs) -> linrec::Result<EflaGrads<Tensor>> {
+    let inp = EflaBackwardInputs {
+        q: &a.q,
+        k: &a.k,
+        v: &a.v,
+        beta: &a.beta,
+        s0: a.s0.as_ref(),
+        start: a.start.as_ref(),
+        grad_o: &a.go,
+        grad_final: a.gf.as_ref(),
+    };
+    efla::backward(dev, p, &inp)
+}
+
+/// Forward and backward on `dev` against the f64 reference, and bitwise reproducibility.
+fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
+    let p = &d.p;
+    let (tf, tb, ts) = tols(p.dtype);
+    let a = host_args(d);
+    let out = run_forward(dev, p, &a)?;
+    let r = fwd_ref(d);
+    close(&format!("{what} o"), &out.o.to_f64_vec(), &r.o, tf)?;
+    close(
+        &format!("{what} s_final"),
+        &out.s_final.to_f64_vec(),
+        &r.s_final,
+        ts,
+    )?;
+    let gr = run_backward(dev, p, &a)?;
+    let rr = bwd_ref(d);
+    close(&format!("{what} dq"), &gr.dq.to_f64_vec(), &rr.dq, tb)?;
+    close(&format!("{what} dk"), &gr.dk.to_f64_vec(), &rr.dk, tb)?;
+    close(&format!("{what} dv"), &gr.dv.to_f64_vec(), &rr.dv, tb)?;
+    close(
+        &format!("{what} dbeta"),
+        &gr.dbeta.to_f64_vec(),
+        &rr.dbeta,
+        tb,
+    )?;
+    close(&format!("{what} ds0"), &gr.ds0.to_f64_vec(), &rr.ds0, ts)?;
+    let again = run_forward(dev, p, &a)?;
+    bitwise(
+        &format!("{what} o"),
+        &out.o.to_f32_vec(),
+        &again.o.to_f32_vec(),
+    )?;
+    bitwise(
+        &format!("{what} s_final"),
+        &out.s_final.to_f32_vec(),
+        &again.s_final.to_f32_vec(),
+    )?;
+    let again = run_backward(dev, p, &a)?;
+    for (n, x, y) in [
+        ("dq", &gr.dq, &again.dq),
+        ("dk", &gr.dk, &again.dk),
+        ("dv", &gr.dv, &again.dv),
+        ("dbeta", &gr.dbeta, &again.dbeta),
+        ("ds0", &gr.ds0, &again.ds0),
+    ] {
+        bitwise(&format!("{what} {n}"), &x.to_f32_vec(), &y.to_f32_vec())?;
+    }
+    Ok(())
+}
+
+fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
+    let mut ran = false;
+    let mut skipped = Vec::new();
+    for (bk, dev) in gpus() {
+        match dev {
+            Ok(dev) => {
+                f(&dev, bk)?;
+                ran = true;
+            }
+            Err(Stop::Skip(r)) => skipped.push(format!("{bk}: {r}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if !ran {
+        return Err(Stop::Skip(skipped.join("; ")));
+    }
+    Ok(())
+}
+
+fn backend(bk: &str) -> Result<Device, Stop> {
+    match bk {
+        "wgpu" => wgpu(),
+        _ => cuda_dev(),
+    }
+}
+
+/// Both rules x (recurrent, chunked 64, chunked 16) x (no state or resets, both): T not a
+/// multiple of the chunk, K crossing a 64-column tile, odd V, B and H > 1.
+fn each_option_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    let mut seed = 1000;
+    for p in variants(2, 150, 2, 67, 9, &[64, 16]) {
+        for (s0, st) in [(false, Starts::None), (true, Starts::Edges)] {
+            seed += 1;
+            let d = gen(p, s0, st, seed);
+            check_backend(&dev, &d, &format!("{bk} {} s0={s0} {st:?}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+fn wgpu_each_option() -> T {
+    each_option_on("wgpu")
+}
+fn cuda_each_option() -> T {
+    each_option_on("cuda")
+}
+
+/// T = 1 (decode), B = H = 1, K = V = 1, K = V = 256, V > 64, long rows.
+fn shapes_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    let shapes: &[(usize, usize, usize, usize, usize)] = &[
+        (3, 1, 2, 16, 16),
+        (1, 1, 1, 1, 1),
+        (1, 2, 1, 1, 3),
+        (1, 33, 1, 256, 256),
+        (2, 70, 3, 5, 130),
+        (1, 4096, 1, 16, 8),
+        (5, 65, 1, 32, 40),
+    ];
+    for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
+        for (j, p) in variants(b, t, h, k, v, &[64, 32]).into_iter().enumerate() {
+            let st = if j % 2 == 0 {
+                Starts::Edges
+            } else {
+                Starts::None
+            };
+            let d = gen(p, j % 3 != 1, st, 2000 + (i * 10 + j) as u64);
+            check_backend(&dev, &d, &format!("{bk} {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+fn wgpu_shapes() -> T {
+    shapes_on("wgpu")
+}
+fn cuda_shapes() -> T {
+    shapes_on("cuda")
+}
+
+/// k = 0 and beta ||k||^2 up to 1e4 on the GPU kernels.
+fn extreme_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    for (i, p) in variants(2, 100, 2, 12, 7, &[64, 16])
+        .into_iter()
+        .filter(|p| p.rule == Rule::Efla)
+        .enumerate()
+    {
+        let d = extreme(p, 2500 + i as u64);
+        check_backend(&dev, &d, &format!("{bk} extreme {}", name(&p)))?;
+    }
+    Ok(())
+}
+fn wgpu_extreme_inputs() -> T {
+    extreme_on("wgpu")
+}
+fn cuda_extreme_inputs() -> T {
+    extreme_on("cuda")
+}
+
+/// f16 and bf16 storage (rel <= 1e-2 against the reference fed the same rounded inputs).
+fn half_storage_on(dev: &Device, what: &str) -> T {
+    for dt in [DType::F16, DType::BF16] {
+        for (i, p) in variants(2, 77, 2, 24, 10, &[32]).into_iter().enumerate() {
+            let d = gen(p.with_dtype(dt), i % 2 == 0, Starts::Edges, 3000 + i as u64);
+            check_backend(dev, &d, &format!("{what} {}", name(&d.p)))?;
+        }
+    }
+    Ok(())
+}
+fn wgpu_half_storage() -> T {
+    let dev = wgpu()?;
+    half_storage_on(&dev, "wgpu")
+}
+fn cuda_half_storage() -> T {
+    let dev = cuda_dev()?;
+    half_storage_on(&dev, "cuda")
+}
+
+/// f16 storage on a device without SHADER_F16 (packed words and unpack2x16float).
+fn wgpu_f16_without_shader_f16() -> T {
+    let _ = wgpu_ctx()?;
+    let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+        disable_f16: true,
+        ..Default::default()
+    })?;
+    ensure!(!ctx.has_f16(), "SHADER_F16 still enabled");
+    let dev = Device::Wgpu(ctx);
+    for (i, p) in variants(1, 40, 3, 9, 6, &[16]).into_iter().enumerate() {
+        let d = gen(
+            p.with_dtype(DType::F16),
+            true,
+            Starts::Edges,
+            3100 + i as u64,
+        );
+        check_backend(&dev, &d, &format!("packed f16 {}", name(&d.p)))?;
+    }
+    Ok(())
+}
+
+/// The workgroup-memory fallback of the recurrent kernels' lane sums (no subgroups).
+fn wgpu_without_subgroups() -> T {
+    let main = wgpu_ctx()?;
+    let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+        disable_subgroups: true,
+        ..Default::default()
+    })?;
+    ensure!(!ctx.has_subgroups(), "SUBGROUP still enabled");
+    if !main.has_subgroups() {
+        eprintln!("note: the default adapter has no subgroups; both runs use the fallback");
+    }
+    let dev = Device::Wgpu(ctx);
+    for (i, p) in variants(2, 90, 2, 37, 45, &[32]).into_iter().enumerate() {
+        let d = gen(p, true, Starts::Edges, 3200 + i as u64);
+        check_backend(&dev, &d, &format!("no subgroups {}", name(&p)))?;
+        let d = gen(
+            p.with_dtype(DType::BF16),
+            false,
+            Starts::None,
+            3250 + i as u64,
+        );
+        check_backend(&dev, &d, &format!("no subgroups {}", name(&d.p)))?;
+    }
+    Ok(())
+}
+
+/// T = 4096 (SPEC's longest required length) on both algorithms; prints the errors measured.
+fn long_sequences_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    for (i, p) in variants(1, 4096, 2, 32, 32, &[64]).into_iter().enumerate() {
+        for dt in [DType::F32, DType::BF16] {
+            let mut d = gen(p.with_dtype(dt), true, Starts::Edges, 3600 + i as u64);
+            // keep the initial state in play (its gradient is then not trivially zero)
+            d.start.as_mut().unwrap()[0] = 0;
+            let what = format!("{bk} {}", name(&d.p));
+            check_backend(&dev, &d, &what)?;
+            let a = host_args(&d);
+            let (o, g) = (run_forward(&dev, &d.p, &a)?, run_backward(&dev, &d.p, &a)?);
+            let (ro, rg) = (fwd_ref(&d), bwd_ref(&d));
+            eprintln!(
+                "{what}: rel o {:.1e} s_final {:.1e} dq {:.1e} dk {:.1e} dv {:.1e} dbeta {:.1e} ds0 {:.1e}",
+                rel(&o.o.to_f64_vec(), &ro.o),
+                rel(&o.s_final.to_f64_vec(), &ro.s_final),
+                rel(&g.dq.to_f64_vec(), &rg.dq),
+                rel(&g.dk.to_f64_vec(), &rg.dk),
+                rel(&g.dv.to_f64_vec(), &rg.dv),
+                rel(&g.dbeta.to_f64_vec(), &rg.dbeta),
+                rel(&g.ds0.to_f64_vec(), &rg.ds0),
+            );
+        }
+    }
+    Ok(())
+}
+fn wgpu_long_sequences() -> T {
+    long_sequences_on("wgpu")
+}
+fn cuda_long_sequences() -> T {
+    long_sequences_on("cuda")
+}
+
+/// Property-based: random shapes, options, dtypes and resets, every GPU backend.
+fn random_shapes_all_backends() -> T {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    on_gpus(|dev, bk| {
+        let mut runner = TestRunner::new(Config {
+            cases: 16,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let strat = (
+            1usize..4,
+            1usize..200,
+            1usize..4,
+            1usize..80,
+            1usize..80,
+            prop::sample::select(vec![0usize, 16, 32, 64, 7]),
+            0usize..3,
+            any::<[bool; 3]>(),
+            any::<u64>(),
+        );
+        runner
+            .run(&strat, |(b, t, h, k, v, c, dt, o, seed)| {
+                let mut p =
+                    Efla::new(b, t, h, k, v).with_rule(if o[0] { Rule::Efla } else { Rule::Delta });
+                p = if c == 0 { p.recurrent() } else { p.chunked(c) };
+                p = p.with_dtype([DType::F32, DType::F16, DType::BF16][dt]);
+                let d = gen(
+                    p,
+                    o[1],
+                    if o[2] { Starts::Edges } else { Starts::None },
+                    seed,
+                );
+                match check_backend(dev, &d, &format!("{bk} {}", name(&p))) {
+                    Ok(()) => Ok(()),
+                    Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
+                }
+            })
+            .map_err(|e| Stop::Fail(e.to_string()))
+    })
+}
+
+/// T = 1 calls chained through the state on the device equal one call (the decode path).
+fn decode_chain_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    for p0 in variants(3, 12, 2, 8, 5, &[64]) {
+        let d = gen(p0, true, Starts::Edges, 3300);
+        let whole = fwd_ref(&d);
+        let mut s = tensor(&p0.spec("s0").shape, d.s0.as_ref().unwrap(), DType::F32);
+        let mut outs = vec![Vec::new(); 3];
+        for t in 0..12 {
+            let sd = sub(&d, t, 1, None);
+            let mut a = host_args(&sd);
+            a.s0 = Some(s);
+            let o = run_forward(&dev, &sd.p, &a)?;
+            let ov = o.o.to_f64_vec();
+            for (b, ob) in outs.iter_mut().enumerate() {
+                ob.extend_from_slice(&ov[b * 10..(b + 1) * 10]);
+            }
+            s = o.s_final;
+        }
+        close(
+            &format!("{bk} decode {} final", name(&p0)),
+            &s.to_f64_vec(),
+            &whole.s_final,
+            1e-5,
+        )?;
+        close(
+            &format!("{bk} decode {} outputs", name(&p0)),
+            &outs.concat(),
+            &whole.o,
+            1e-5,
+        )?;
+    }
+    Ok(())
+}
+fn wgpu_decode_chain() -> T {
+    decode_chain_on("wgpu")
+}
+fn cuda_decode_chain() -> T {
+    decode_chain_on("cuda")
+}
+
+/// Devices with tiny bindings and grids: work is split over groups of batch rows, or over
+/// single rows and groups of heads when one row's scratch is too large, grids go 2-D, and
+/// results still match; what cannot be split is a clear Limit error.
+fn wgpu_split_limits() -> T {
+    let _ = wgpu_ctx()?;
+    let open = |bytes: u64| {
+        linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+            max_storage_buffer_binding_size: Some(bytes),
+            max_compute_workgroups_per_dimension: Some(16),
+            ..Default::default()
+        })
+    };
+    // 16 KiB: the recurrent kernels run 4 batch rows per group forward, 1 backward
+    let dev = Device::Wgpu(open(16 * 1024)?);
+    for rule in [Rule::Efla, Rule::Delta] {
+        let p = Efla::new(7, 40, 2, 12, 12).with_rule(rule).recurrent();
+        for (i, dt) in [DType::F32, DType::BF16].into_iter().enumerate() {
+            let d = gen(p.with_dtype(dt), true, Starts::Edges, 3400 + i as u64);
+            check_backend(&dev, &d, &format!("split {}", name(&d.p)))?;
+        }
+    }
+    // 256 KiB: the chunked backward of (2, 100, 6, ..) needs ~168 KB of scratch per (row,
+    // head), so it runs one head at a time; (7, 40, 2, ..) runs several rows per group
+    let dev = Device::Wgpu(open(256 * 1024)?);
+    for (b, t, h) in [(7, 40, 2), (2, 100, 6)] {
+        for (i, p) in variants(b, t, h, 16, 12, &[32]).into_iter().enumerate() {
+            let d = gen(p, true, Starts::Edges, 3410 + i as u64);
+            check_backend(&dev, &d, &format!("split {}", name(&p)))?;
+            let d = gen(
+                p.with_dtype(DType::BF16),
+                true,
+                Starts::Edges,
+                3450 + i as u64,
+            );
+            check_backend(&dev, &d, &format!("split {}", name(&d.p)))?;
+        }
+    }
+    // one batch row of o alone (320 KB) exceeds a binding
+    for p in [
+        Efla::new(1, 5000, 1, 16, 16),
+        Efla::new(1, 5000, 1, 16, 16).recurrent(),
+    ] {
+        let d = gen(p, false, Starts::None, 9);
+        match check_backend(&dev, &d, "too big") {
+            Err(Stop::Fail(m)) if m.contains("max_storage_buffer_binding_size") => {}
+            Err(Stop::Fail(m)) => fail!("unexpected error: {m}"),
+            _ => fail!("a 320000-byte row was accepted with 262144-byte bindings"),
+        }
+    }
+    Ok(())
+}
+
+/// The zero-copy API on ranges at odd element offsets inside larger caller buffers (f32 and
+/// bf16, whose odd offsets split packed words).
+fn wgpu_zero_copy_offsets() -> T {
+    use linrec::GpuRef;
+    use wgpu::util::DeviceExt;
+    let ctx = wgpu_ctx()?;
+    for (dt, alg) in [
+        (DType::F32, Algorithm::Recurrent),
+        (DType::BF16, Algorithm::Chunked { chunk: 16 }),
+        (DType::F32, Algorithm::Chunked { chunk: 64 }),
+    ] {
+        let p = Efla::new(2, 45, 2, 5, 3).with_dtype(dt).with_algorithm(alg);
+        let d = gen(p, true, Starts::Edges, 3500);
+        let mk = |v: &[f64], pad: usize, dt: DType| {
+            let mut f = vec![7.0; pad];
+            f.extend_from_slice(v);
+            f.extend([7.0; 3]);
+            let t = Tensor::from_f64([f.len()], &f, dt).unwrap();
+            let mut bytes = t.as_bytes().to_vec();
+            bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+            ctx.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: &bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                })
+        };
+        let es = dt.size() as u64;
+        let (bq, bk, bv, bb) = (
+            mk(&d.q, 5, dt),
+            mk(&d.k, 33, dt),
+            mk(&d.v, 1, dt),
+            mk(&d.beta, 3, dt),
+        );
+        let bs0 = mk(d.s0.as_ref().unwrap(), 7, DType::F32);
+        let mut fl = vec![9u32; 3];
+        fl.extend(d.start.as_ref().unwrap().iter().map(|&f| f as u32));
+        let bst = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(&fl),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+        let inp = EflaInputs {
+            q: GpuRef::new(&bq, 5 * es, d.q.len(), dt),
+            k: GpuRef::new(&bk, 33 * es, d.k.len(), dt),
+            v: GpuRef::new(&bv, es, d.v.len(), dt),
+            beta: GpuRef::new(&bb, 3 * es, d.beta.len(), dt),
+            s0: Some(GpuRef::new(
+                &bs0,
+                28,
+                d.s0.as_ref().unwrap().len(),
+                DType::F32,
+            )),
+            start: Some(GpuRef::new(&bst, 12, fl.len() - 3, DType::U32)),
+        };
+        let out = efla::wgpu::forward(&ctx, &p, &inp)?;
+        let r = fwd_ref(&d);
+        let (tf, _, ts) = tols(dt);
+        close(
+            &format!("zero-copy {dt} {alg:?} o"),
+            &ctx.download(&out.o)?.to_f64_vec(),
+            &r.o,
+            tf,
+        )?;
+        close(
+            &format!("zero-copy {dt} {alg:?} s_final"),
+            &ctx.download(&out.s_final)?.to_f64_vec(),
+            &r.s_final,
+            ts,
+        )?;
+        // a range past the end of its buffer is rejected
+        let bad = EflaInputs {
+            q: GpuRef::new(&bq, 9 * es, d.q.len(), dt),
+            ..inp
+        };
+        ensure!(
+            matches!(
+                efla::wgpu::forward(&ctx, &p, &bad),
+                Err(Error::Size { arg: "q", .. })
+            ),
+            "range past the end accepted"
+        );
+        // flags must be u32 words at this level
+        let bad = EflaInputs {
+            start: Some(GpuRef::new(&bst, 12, fl.len() - 3, DType::U8)),
+            ..inp
+        };
+        ensure!(
+            matches!(
+                efla::wgpu::forward(&ctx, &p, &bad),
+                Err(Error::DType { arg: "start", .. })
+            ),
+            "u8 flags accepted"
+        );
+    }
+    Ok(())
+}
+
+/// The CUDA entry points exist and say the kernels are missing (never a wrong answer).
+fn cuda_reports_unsupported() -> T {
+    let dev = cuda_dev()?;
+    let d = gen(Efla::new(1, 4, 1, 2, 2), false, Starts::None, 1);
+    let a = host_args(&d);
+    match run_forward(&dev, &d.p, &a) {
+        Err(Error::Unsupported { .. }) | Ok(_) => Ok(()),
+        Err(e) => fail!("cuda forward: {e}"),
+    }
+}
+
 fn main() {
     common::main(trials![
         reference_matches_spec_transcription,
@@ -973,5 +1537,23 @@ fn main() {
         chained_calls_equal_one_call,
         errors_name_the_argument,
         random_shapes_reference,
+        wgpu_each_option,
+        cuda_each_option,
+        wgpu_shapes,
+        cuda_shapes,
+        wgpu_extreme_inputs,
+        cuda_extreme_inputs,
+        wgpu_half_storage,
+        cuda_half_storage,
+        wgpu_f16_without_shader_f16,
+        wgpu_without_subgroups,
+        random_shapes_all_backends,
+        wgpu_decode_chain,
+        cuda_decode_chain,
+        wgpu_long_sequences,
+        cuda_long_sequences,
+        wgpu_split_limits,
+        wgpu_zero_copy_offsets,
+        cuda_reports_unsupported,
     ]);
 }
