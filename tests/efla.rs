@@ -1139,6 +1139,7 @@ fn shapes_on(bk: &str) -> T {
         (2, 70, 3, 5, 130),
         (1, 4096, 1, 16, 8),
         (5, 65, 1, 32, 40),
+        (16, 20, 3, 8, 8),
     ];
     for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
         for (j, p) in variants(b, t, h, k, v, &[64, 32]).into_iter().enumerate() {

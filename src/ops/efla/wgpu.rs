@@ -153,8 +153,35 @@ fn limit(what: String) -> Error {
     }
 }
 
+/// What the kernels need from the device beyond WebGPU's defaults: up to 11 storage buffers
+/// in one kernel (`rec_bwd_rows`), 256 invocations and 8.25 KiB of workgroup memory.
+fn check_device(ctx: &WgpuContext) -> Result<()> {
+    let l = &ctx.limits;
+    if l.max_storage_buffers_per_shader_stage < 11 {
+        return Err(limit(format!(
+            "efla kernels bind up to 11 storage buffers; max_storage_buffers_per_shader_stage is {}",
+            l.max_storage_buffers_per_shader_stage
+        )));
+    }
+    if l.max_compute_invocations_per_workgroup < 256 || l.max_compute_workgroup_size_x < 256 {
+        return Err(limit(format!(
+            "efla kernels run 256 invocations per workgroup; the device allows {}",
+            l.max_compute_invocations_per_workgroup
+                .min(l.max_compute_workgroup_size_x)
+        )));
+    }
+    if l.max_compute_workgroup_storage_size < 8448 {
+        return Err(limit(format!(
+            "efla kernels use 8448 bytes of workgroup memory; max_compute_workgroup_storage_size is {}",
+            l.max_compute_workgroup_storage_size
+        )));
+    }
+    Ok(())
+}
+
 impl Plan {
     fn new(ctx: &WgpuContext, p: &Efla, backward: bool, has_start: bool) -> Result<Self> {
+        check_device(ctx)?;
         let (bn, tn, hn, kd, vd) = (p.batch, p.len, p.heads, p.key_dim, p.value_dim);
         let mut storage = Vec::new();
         if let Some(d) = storage_define(ctx, p.dtype)? {
