@@ -4,7 +4,8 @@
 //!
 //! Everything works per `(batch row, head)`: the head's sequences are gathered into small
 //! row-major matrices (`q: [T][K]`, `v: [T][V]`, state `S: [K][V]`), processed, and scattered
-//! back.
+//! back. The recurrent backward keeps every step's state (`O(T K V)` memory per head, the most
+//! direct transcription); the chunked one keeps each chunk's incoming state only.
 
 // Index loops read like the equations they transcribe.
 #![allow(clippy::needless_range_loop)]
