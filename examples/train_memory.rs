@@ -113,7 +113,9 @@ impl Model for GruModel {
         let mut hs = Vec::with_capacity(LEN);
         for t in 0..LEN {
             let h = state.h.broadcast_mul(&keep.narrow(1, t, 1)?)?;
-            state = self.gru.step(&b.obs.narrow(1, t, 1)?.squeeze(1)?, &GRUState { h })?;
+            state = self
+                .gru
+                .step(&b.obs.narrow(1, t, 1)?.squeeze(1)?, &GRUState { h })?;
             hs.push(state.h.clone());
         }
         self.head.forward(&Tensor::stack(&hs, 1)?)
@@ -131,7 +133,11 @@ fn accuracy(m: &dyn Model, eval: &[Batch]) -> Result<f64> {
     for b in eval {
         let (l, t) = at_queries(m, b)?;
         let pred = l.argmax(D::Minus1)?;
-        hit += pred.eq(&t)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        hit += pred
+            .eq(&t)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
         n += t.dims1()?;
     }
     Ok(hit as f64 / n.max(1) as f64)
@@ -147,10 +153,19 @@ struct Outcome {
 
 fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> Result<Outcome> {
     let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut opt = AdamW::new(vm.all_vars(), ParamsAdamW { lr: 3e-3, weight_decay: 0.0, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        vm.all_vars(),
+        ParamsAdamW {
+            lr: 3e-3,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
     let mut rng = Rng(opts.seed);
     let mut erng = Rng(opts.seed ^ 0xE7A1);
-    let eval: Vec<Batch> = (0..4).map(|_| batch(&mut erng, dev)).collect::<Result<_>>()?;
+    let eval: Vec<Batch> = (0..4)
+        .map(|_| batch(&mut erng, dev))
+        .collect::<Result<_>>()?;
     let pb = ProgressBar::new(opts.max_steps as u64);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>4} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -172,14 +187,24 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
             }
         }
         pb.set_position(steps as u64);
-        pb.set_message(format!("loss {:.3}  eval acc {:.1}%", loss.to_scalar::<f32>()?, acc * 100.0));
+        pb.set_message(format!(
+            "loss {:.3}  eval acc {:.1}%",
+            loss.to_scalar::<f32>()?,
+            acc * 100.0
+        ));
         if acc >= 0.99 {
             break;
         }
     }
     acc = accuracy(m, &eval)?;
     pb.finish_with_message(format!("eval acc {:.1}%", acc * 100.0));
-    Ok(Outcome { params, steps, wall: t0.elapsed(), acc, to_95 })
+    Ok(Outcome {
+        params,
+        steps,
+        wall: t0.elapsed(),
+        acc,
+        to_95,
+    })
 }
 
 struct Opts {
@@ -189,12 +214,18 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts { max_steps: 600, max_time: Duration::from_secs(150), seed: 7 };
+    let mut o = Opts {
+        max_steps: 600,
+        max_time: Duration::from_secs(150),
+        seed: 7,
+    };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
         match w[0].as_str() {
             "--max-steps" => o.max_steps = w[1].parse().expect("--max-steps N"),
-            "--max-seconds" => o.max_time = Duration::from_secs(w[1].parse().expect("--max-seconds S")),
+            "--max-seconds" => {
+                o.max_time = Duration::from_secs(w[1].parse().expect("--max-seconds S"))
+            }
             "--seed" => o.seed = w[1].parse().expect("--seed N"),
             _ => {}
         }
@@ -211,22 +242,38 @@ fn main() -> Result<()> {
     println!(
         "cue recall across {MIN_GAP}-{MAX_GAP} steps; {ROWS} rows x {LEN} steps per batch, episodes packed with resets; device {dev:?}"
     );
-    println!("budget per model: {} steps or {} s", o.max_steps, o.max_time.as_secs());
+    println!(
+        "budget per model: {} steps or {} s",
+        o.max_steps,
+        o.max_time.as_secs()
+    );
 
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-    let cfg = FfmCellConfig { max_horizon: 512.0, ..FfmCellConfig::new(OBS, 32, 32, 4) };
-    let ffm = FfmModel { cell: FfmCell::new(cfg, vb.pp("ffm"))?, head: linear(32, SYMBOLS, vb.pp("head"))? };
+    let cfg = FfmCellConfig {
+        max_horizon: 512.0,
+        ..FfmCellConfig::new(OBS, 32, 32, 4)
+    };
+    let ffm = FfmModel {
+        cell: FfmCell::new(cfg, vb.pp("ffm"))?,
+        head: linear(32, SYMBOLS, vb.pp("head"))?,
+    };
     let f = train("FFM", &ffm, &vm, &dev, &o)?;
 
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
     let hidden = 52; // about the FFM's parameter count
-    let g = GruModel { gru: gru(OBS, hidden, GRUConfig::default(), vb.pp("gru"))?, head: linear(hidden, SYMBOLS, vb.pp("head"))? };
+    let g = GruModel {
+        gru: gru(OBS, hidden, GRUConfig::default(), vb.pp("gru"))?,
+        head: linear(hidden, SYMBOLS, vb.pp("head"))?,
+    };
     let r = train("GRU", &g, &vm, &dev, &o)?;
 
     println!();
-    println!("{:<5} {:>7} {:>6} {:>9} {:>10} {:>12}", "model", "params", "steps", "wall", "eval acc", "time to 95%");
+    println!(
+        "{:<5} {:>7} {:>6} {:>9} {:>10} {:>12}",
+        "model", "params", "steps", "wall", "eval acc", "time to 95%"
+    );
     for (n, x) in [("FFM", &f), ("GRU", &r)] {
         println!(
             "{:<5} {:>7} {:>6} {:>8.1}s {:>9.1}% {:>12}",
@@ -235,7 +282,10 @@ fn main() -> Result<()> {
             x.steps,
             x.wall.as_secs_f64(),
             x.acc * 100.0,
-            x.to_95.map_or("not reached".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+            x.to_95.map_or("not reached".to_string(), |d| format!(
+                "{:.1}s",
+                d.as_secs_f64()
+            ))
         );
     }
     Ok(())

@@ -4,8 +4,8 @@
 //! long-sequence models, with forward *and* backward passes, initial and final states and
 //! episode resets inside a sequence:
 //!
-//! - `ffm`: the aggregator of Fast and Forgetful Memory (complex, decaying, oscillating);
-//! - `efla`: error-free linear attention and the delta rule (recurrent and chunked);
+//! - [`ffm`]: the aggregator of Fast and Forgetful Memory (complex, decaying, oscillating);
+//! - [`efla`]: error-free linear attention and the delta rule (recurrent and chunked);
 //! - [`scan`]: the diagonal linear scan (real or complex, S5 / LRU style);
 //! - `selective`: Mamba's selective scan.
 //!
@@ -45,8 +45,7 @@ pub mod tensor;
 
 pub use device::{BackendKind, Device};
 pub use error::{Error, Result};
-pub use ops::ffm;
-pub use ops::{scan, ArgSpec, Problem, Role};
+pub use ops::{efla, ffm, scan, ArgSpec, Problem, Role};
 #[cfg(feature = "cuda")]
 pub use runtime::cuda::{CuRef, CuTensor, CudaBackend};
 #[cfg(feature = "wgpu")]

@@ -104,7 +104,12 @@ impl FfmCell {
 
     /// Run over `x: [B, T, input]` from `state: [B, M, C, 2]` (zeros when `None`), with
     /// optional episode starts `[B, T]`: returns `y: [B, T, output]` and the final state.
-    pub fn forward(&self, x: &Tensor, state: Option<&Tensor>, start: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        state: Option<&Tensor>,
+        start: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let (m, c) = (self.cfg.memory, self.cfg.context);
         let xin = (self.pre.forward(x)? * candle_nn::ops::sigmoid(&self.gate_in.forward(x)?)?)?;

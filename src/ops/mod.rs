@@ -10,6 +10,7 @@
 //!   plus `reference`, `wgpu` and `cuda` submodules with the per-backend entry points.
 
 pub(crate) mod cplx;
+pub mod efla;
 pub mod ffm;
 pub mod scan;
 
