@@ -1,12 +1,14 @@
 //! Trains a small FFM model on a memory task, and a GRU of similar parameter count on the same
 //! data and budget, printing both results.
 //!
-//! The task (cue recall): each episode starts with a cue, one of 4 symbols; then come 100 to
-//! 200 steps of random distractor symbols; the last step of the episode is a query, where
-//! the model must output the cue. Recall spans 100+ steps. Episodes of varying length are
-//! packed into rows of 512 steps with `start` flags (the FFM resets its memory there; the GRU's
-//! state is zeroed there), as a recurrent RL learner would batch them. Accuracy is measured
-//! at query steps of held-out batches (chance is 25%).
+//! The task (cue recall, "repeat first"): each episode starts with a cue, one of 4 symbols,
+//! followed by random distractor symbols (on other input channels) until the episode ends,
+//! 100 to 200 steps later. At every step the model must output the episode's cue. Episodes of
+//! varying length are packed into rows of 512 steps with `start` flags (the FFM resets its
+//! memory there; the GRU's state is zeroed there), as a recurrent RL learner would batch them.
+//! Every step with a known cue is trained on; accuracy is measured on held-out batches only at
+//! steps 100 or more steps after the cue, so it needs recall across at least 100 steps
+//! (chance is 25%).
 //!
 //! `cargo run --release --features candle --example train_memory`
 //! (CPU; add `candle-cuda` for a CUDA GPU). Options: `--max-steps N` (default 600),
@@ -20,12 +22,10 @@ use linrec::candle::layers::{FfmCell, FfmCellConfig};
 use std::time::{Duration, Instant};
 
 const SYMBOLS: usize = 4;
-/// Observation: cue one-hot, distractor one-hot, query flag.
-const OBS: usize = 2 * SYMBOLS + 1;
+/// Observation: cue one-hot, distractor one-hot.
+const OBS: usize = 2 * SYMBOLS;
 const ROWS: usize = 32;
 const LEN: usize = 512;
-const MIN_GAP: usize = 100;
-const MAX_GAP: usize = 200;
 
 struct Rng(u64);
 impl Rng {
@@ -42,47 +42,54 @@ impl Rng {
 }
 
 /// One batch: observations `[ROWS, LEN, OBS]`, starts `[ROWS, LEN]`, and the flat indices
-/// (`row * LEN + t`) and targets of the query steps.
+/// (`row * LEN + t`) and targets of the trained steps and of the evaluated steps (at least
+/// `min_gap` after the cue).
 struct Batch {
     obs: Tensor,
     start: Tensor,
-    query: Tensor,
-    target: Tensor,
+    train: (Tensor, Tensor),
+    eval: (Tensor, Tensor),
 }
 
-fn batch(rng: &mut Rng, dev: &Device) -> Result<Batch> {
+fn batch(rng: &mut Rng, gap: (usize, usize), dev: &Device) -> Result<Batch> {
+    let (min_gap, max_gap) = gap;
     let mut obs = vec![0f32; ROWS * LEN * OBS];
     let mut start = vec![0u8; ROWS * LEN];
-    let (mut query, mut target) = (Vec::new(), Vec::new());
+    let (mut train, mut ttarget, mut eval, mut etarget) = (vec![], vec![], vec![], vec![]);
     for r in 0..ROWS {
         // the row begins mid-episode for realism: a random offset of distractors first
-        let mut t = rng.below(MAX_GAP);
+        let mut t = rng.below(max_gap);
         for s in 0..t {
             obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
         }
         while t < LEN {
-            let len = MIN_GAP + 2 + rng.below(MAX_GAP - MIN_GAP + 1);
+            let len = min_gap + 2 + rng.below(max_gap - min_gap + 1);
             let cue = rng.below(SYMBOLS);
             start[r * LEN + t] = 1;
             obs[(r * LEN + t) * OBS + cue] = 1.0;
-            for s in t + 1..(t + len).min(LEN) {
-                obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
-            }
-            let q = t + len - 1;
-            if q < LEN {
-                obs[(r * LEN + q) * OBS + 2 * SYMBOLS] = 1.0;
-                query.push((r * LEN + q) as u32);
-                target.push(cue as u32);
+            for s in t..(t + len).min(LEN) {
+                if s > t {
+                    obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
+                }
+                train.push((r * LEN + s) as u32);
+                ttarget.push(cue as u32);
+                if s - t >= min_gap {
+                    eval.push((r * LEN + s) as u32);
+                    etarget.push(cue as u32);
+                }
             }
             t += len;
         }
     }
-    let n = query.len();
+    let idx = |i: Vec<u32>, t: Vec<u32>| -> Result<(Tensor, Tensor)> {
+        let n = i.len();
+        Ok((Tensor::from_vec(i, n, dev)?, Tensor::from_vec(t, n, dev)?))
+    };
     Ok(Batch {
         obs: Tensor::from_vec(obs, (ROWS, LEN, OBS), dev)?,
         start: Tensor::from_vec(start, (ROWS, LEN), dev)?,
-        query: Tensor::from_vec(query, n, dev)?,
-        target: Tensor::from_vec(target, n, dev)?,
+        train: idx(train, ttarget)?,
+        eval: idx(eval, etarget)?,
     })
 }
 
@@ -122,19 +129,18 @@ impl Model for GruModel {
     }
 }
 
-/// Logits and targets at the query steps.
-fn at_queries(m: &dyn Model, b: &Batch) -> Result<(Tensor, Tensor)> {
-    let l = m.logits(b)?.reshape((ROWS * LEN, SYMBOLS))?;
-    Ok((l.index_select(&b.query, 0)?, b.target.clone()))
+/// Logits at the given flat steps.
+fn at(m: &dyn Model, b: &Batch, steps: &(Tensor, Tensor)) -> Result<Tensor> {
+    m.logits(b)?.reshape((ROWS * LEN, SYMBOLS))?.index_select(&steps.0, 0)
 }
 
 fn accuracy(m: &dyn Model, eval: &[Batch]) -> Result<f64> {
     let (mut hit, mut n) = (0usize, 0usize);
     for b in eval {
-        let (l, t) = at_queries(m, b)?;
+        let (l, t) = (at(m, b, &b.eval)?, &b.eval.1);
         let pred = l.argmax(D::Minus1)?;
         hit += pred
-            .eq(&t)?
+            .eq(t)?
             .to_dtype(DType::U32)?
             .sum_all()?
             .to_scalar::<u32>()? as usize;
@@ -164,7 +170,7 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
     let mut rng = Rng(opts.seed);
     let mut erng = Rng(opts.seed ^ 0xE7A1);
     let eval: Vec<Batch> = (0..4)
-        .map(|_| batch(&mut erng, dev))
+        .map(|_| batch(&mut erng, opts.gap, dev))
         .collect::<Result<_>>()?;
     let pb = ProgressBar::new(opts.max_steps as u64);
     pb.set_style(
@@ -175,9 +181,8 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
     let t0 = Instant::now();
     let (mut acc, mut to_95, mut steps) = (0.25, None, 0);
     while steps < opts.max_steps && t0.elapsed() < opts.max_time {
-        let b = batch(&mut rng, dev)?;
-        let (l, t) = at_queries(m, &b)?;
-        let loss = candle_nn::loss::cross_entropy(&l, &t)?;
+        let b = batch(&mut rng, opts.gap, dev)?;
+        let loss = candle_nn::loss::cross_entropy(&at(m, &b, &b.train)?, &b.train.1)?;
         opt.backward_step(&loss)?;
         steps += 1;
         if steps % 10 == 0 {
@@ -211,6 +216,9 @@ struct Opts {
     max_steps: usize,
     max_time: Duration,
     seed: u64,
+    models: String,
+    lr: f64,
+    gap: (usize, usize),
 }
 
 fn opts() -> Opts {
@@ -218,6 +226,9 @@ fn opts() -> Opts {
         max_steps: 600,
         max_time: Duration::from_secs(150),
         seed: 7,
+        models: "ffm,gru".into(),
+        lr: 3e-3,
+        gap: (100, 200),
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -227,6 +238,12 @@ fn opts() -> Opts {
                 o.max_time = Duration::from_secs(w[1].parse().expect("--max-seconds S"))
             }
             "--seed" => o.seed = w[1].parse().expect("--seed N"),
+            "--models" => o.models = w[1].clone(),
+            "--lr" => o.lr = w[1].parse().expect("--lr X"),
+            "--gap" => {
+                let (a, b) = w[1].split_once('-').expect("--gap MIN-MAX");
+                o.gap = (a.parse().expect("--gap MIN-MAX"), b.parse().expect("--gap MIN-MAX"));
+            }
             _ => {}
         }
     }
@@ -240,7 +257,8 @@ fn main() -> Result<()> {
     #[cfg(not(feature = "candle-cuda"))]
     let dev = Device::Cpu;
     println!(
-        "cue recall across {MIN_GAP}-{MAX_GAP} steps; {ROWS} rows x {LEN} steps per batch, episodes packed with resets; device {dev:?}"
+        "cue recall across {}-{} steps; {ROWS} rows x {LEN} steps per batch, episodes packed with resets; device {dev:?}",
+        o.gap.0, o.gap.1
     );
     println!(
         "budget per model: {} steps or {} s",
@@ -258,7 +276,10 @@ fn main() -> Result<()> {
         cell: FfmCell::new(cfg, vb.pp("ffm"))?,
         head: linear(32, SYMBOLS, vb.pp("head"))?,
     };
-    let f = train("FFM", &ffm, &vm, &dev, &o)?;
+    let mut results = Vec::new();
+    if o.models.contains("ffm") {
+        results.push(("FFM", train("FFM", &ffm, &vm, &dev, &o)?));
+    }
 
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
@@ -267,14 +288,16 @@ fn main() -> Result<()> {
         gru: gru(OBS, hidden, GRUConfig::default(), vb.pp("gru"))?,
         head: linear(hidden, SYMBOLS, vb.pp("head"))?,
     };
-    let r = train("GRU", &g, &vm, &dev, &o)?;
+    if o.models.contains("gru") {
+        results.push(("GRU", train("GRU", &g, &vm, &dev, &o)?));
+    }
 
     println!();
     println!(
         "{:<5} {:>7} {:>6} {:>9} {:>10} {:>12}",
         "model", "params", "steps", "wall", "eval acc", "time to 95%"
     );
-    for (n, x) in [("FFM", &f), ("GRU", &r)] {
+    for (n, x) in &results {
         println!(
             "{:<5} {:>7} {:>6} {:>8.1}s {:>9.1}% {:>12}",
             n,

@@ -16,8 +16,9 @@ pub struct FfmCellConfig {
     pub memory: usize,
     /// Context size `C`: learned frequencies each memory channel is kept at.
     pub context: usize,
-    /// Shortest and longest initial memory horizon in steps: decays start log-uniform in
-    /// `[1/max_horizon, 1/min_horizon]` (`a = -1/horizon`).
+    /// Shortest and longest initial memory horizon in steps: decay rates start log-spaced
+    /// over `[1/max_horizon, 1/min_horizon]` (`a = -1/horizon`), and frequencies start at 0
+    /// (pure decay) and at periods log-spaced from `max_horizon` down to 4 steps.
     pub min_horizon: f64,
     /// See `min_horizon`.
     pub max_horizon: f64,
@@ -48,8 +49,11 @@ impl FfmCellConfig {
 /// y_t  = LayerNorm(z_t) * g_t + skip(x_t) * (1 - g_t)         output gate and skip
 /// ```
 ///
-/// The decay is parametrised as `a = -exp(log_rate)` so it stays negative (a forgetting
-/// memory), and `b` is learned freely.
+/// The decay is parametrised as `a = -exp(base_rate + log_rate)` and the frequency as
+/// `b = base_freq + freq`, where the bases are fixed log-spaced schedules (see
+/// [`FfmCellConfig`]) and the learned offsets start at zero: `a` stays negative (a forgetting
+/// memory), every horizon is represented from the first step, and one frequency is exactly 0
+/// at initialisation (a random initial phase scrambles a cue recalled after a random delay).
 #[derive(Debug, Clone)]
 pub struct FfmCell {
     cfg: FfmCellConfig,
@@ -61,6 +65,8 @@ pub struct FfmCell {
     norm: LayerNorm,
     log_rate: Tensor,
     freq: Tensor,
+    base_rate: Tensor,
+    base_freq: Tensor,
 }
 
 impl FfmCell {
@@ -68,22 +74,32 @@ impl FfmCell {
     /// `norm`, `log_rate`, `freq`).
     pub fn new(cfg: FfmCellConfig, vb: VarBuilder) -> Result<Self> {
         let (i, o, m, c) = (cfg.input, cfg.output, cfg.memory, cfg.context);
-        let log_rate = vb.get_with_hints(
-            m,
-            "log_rate",
-            Init::Uniform {
-                lo: -cfg.max_horizon.ln(),
-                up: -cfg.min_horizon.ln(),
-            },
-        )?;
-        let freq = vb.get_with_hints(
-            c,
-            "freq",
-            Init::Uniform {
-                lo: 0.0,
-                up: std::f64::consts::PI / 4.0,
-            },
-        )?;
+        let log_rate = vb.get_with_hints(m, "log_rate", Init::Const(0.0))?;
+        let freq = vb.get_with_hints(c, "freq", Init::Const(0.0))?;
+        let lerp = |lo: f64, hi: f64, k: usize, n: usize| {
+            if n <= 1 {
+                lo
+            } else {
+                lo + (hi - lo) * k as f64 / (n - 1) as f64
+            }
+        };
+        // rates 1/max_horizon .. 1/min_horizon, log-spaced
+        let rates: Vec<f32> = (0..m)
+            .map(|k| lerp(-cfg.max_horizon.ln(), -cfg.min_horizon.ln(), k, m) as f32)
+            .collect();
+        // frequency 0, then periods max_horizon .. 4, log-spaced
+        let freqs: Vec<f32> = (0..c)
+            .map(|k| {
+                if k == 0 {
+                    0.0
+                } else {
+                    let period = lerp(cfg.max_horizon.max(4.0).ln(), 4f64.ln(), k - 1, c - 1).exp();
+                    (2.0 * std::f64::consts::PI / period) as f32
+                }
+            })
+            .collect();
+        let base_rate = Tensor::from_vec(rates, m, vb.device())?;
+        let base_freq = Tensor::from_vec(freqs, c, vb.device())?;
         Ok(FfmCell {
             cfg,
             pre: linear(i, m, vb.pp("pre"))?,
@@ -94,6 +110,8 @@ impl FfmCell {
             norm: layer_norm(o, 1e-5, vb.pp("norm"))?,
             log_rate,
             freq,
+            base_rate,
+            base_freq,
         })
     }
 
@@ -113,9 +131,10 @@ impl FfmCell {
         let (b, t, _) = x.dims3()?;
         let (m, c) = (self.cfg.memory, self.cfg.context);
         let xin = (self.pre.forward(x)? * candle_nn::ops::sigmoid(&self.gate_in.forward(x)?)?)?;
-        let a = self.log_rate.exp()?.neg()?;
+        let a = (&self.base_rate + &self.log_rate)?.exp()?.neg()?;
+        let freq = (&self.base_freq + &self.freq)?;
         let p = Ffm::new(b, t, m, c);
-        let (s, s_final) = ffm(&p, &xin.contiguous()?, &a, &self.freq, state, start)?;
+        let (s, s_final) = ffm(&p, &xin.contiguous()?, &a, &freq, state, start)?;
         let z = self.mix.forward(&s.reshape((b, t, 2 * m * c))?)?;
         let g = candle_nn::ops::sigmoid(&self.gate_out.forward(x)?)?;
         let y = ((self.norm.forward(&z)? * &g)? + (self.skip.forward(x)? * (1.0 - &g)?)?)?;
