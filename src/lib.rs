@@ -43,6 +43,7 @@ pub mod tensor;
 
 pub use device::{BackendKind, Device};
 pub use error::{Error, Result};
+pub use ops::selective;
 pub use ops::{scan, ArgSpec, Problem, Role};
 #[cfg(feature = "cuda")]
 pub use runtime::cuda::{CuRef, CuTensor, CudaBackend};

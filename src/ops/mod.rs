@@ -11,6 +11,7 @@
 
 pub(crate) mod cplx;
 pub mod scan;
+pub mod selective;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

@@ -1,0 +1,195 @@
+//! include-only
+// Shared by selective/forward.wgsl and selective/backward.wgsl (SPEC §3b): the parameter
+// block, the input bindings 1..10, storage conversions and the per-chunk staging of dt and u.
+//
+// Storage: with F16, sequence tensors are array<f16> (`enable f16;` in the including file);
+// with BF16 they are array<u32> holding two bf16 each (element j in word j / 2, low half
+// first), widened here; written outputs are array<atomic<u32>> that start zeroed, and each
+// element is OR-ed into its half word, so neighbours written by other workgroups never race
+// (integer OR of disjoint bits: the result does not depend on the order). State and every
+// accumulation are f32.
+//
+// Thread layout (both kernels): a workgroup of WG threads owns one batch row b and a block
+// of CB channels d0 .. d0 + CB; thread li = n + NP * c owns state n of channel d0 + c (NP is N
+// rounded up to a power of two, CB * NP <= WG; threads with c >= CB or n >= N idle). Each
+// thread runs its (channel, state) recurrence sequentially in time, in chunks of L steps
+// whose dt and u are staged in workgroup memory once per (step, channel).
+
+#ifdef F16
+alias SEQ = f16;
+alias SEQ_OUT = f16;
+#endif
+#ifdef BF16
+alias SEQ = u32;
+alias SEQ_OUT = atomic<u32>;
+#endif
+#ifndef F16
+#ifndef BF16
+alias SEQ = f32;
+alias SEQ_OUT = f32;
+#endif
+#endif
+
+struct Params {
+    rows: u32, T: u32, D: u32, N: u32,
+    G: u32, dg: u32, nb: u32, kc: u32,
+    bpg: u32, flags: u32, row0: u32, B: u32,
+    off_u: u32, off_delta: u32, off_a: u32, off_bm: u32,
+    off_cm: u32, off_dskip: u32, off_z: u32, off_bias: u32,
+    off_h0: u32, off_start: u32, off_o: u32, off_f: u32,
+    off_du: u32, off_ddelta: u32, off_dz: u32, off_dbm: u32,
+    off_dcm: u32, off_dh0: u32, off_pp: u32, off_rs: u32,
+}
+const HAS_DSKIP: u32 = 1u;
+const HAS_Z: u32 = 2u;
+const HAS_BIAS: u32 = 4u;
+const HAS_H0: u32 = 8u;
+const HAS_START: u32 = 16u;
+const SOFTPLUS: u32 = 32u;
+const HAS_GF: u32 = 64u;
+
+const WG: u32 = 256u;
+const CBMAX: u32 = 32u;
+// channels per workgroup and N rounded up to a power of two (set by the launcher)
+override CB: u32 = 1u;
+override NP: u32 = 1u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> U: array<SEQ>;
+@group(0) @binding(2) var<storage, read> DELTA: array<SEQ>;
+@group(0) @binding(3) var<storage, read> A: array<f32>;
+#ifdef FIXED_BC
+@group(0) @binding(4) var<storage, read> BM: array<f32>;
+@group(0) @binding(5) var<storage, read> CM: array<f32>;
+#else
+@group(0) @binding(4) var<storage, read> BM: array<SEQ>;
+@group(0) @binding(5) var<storage, read> CM: array<SEQ>;
+#endif
+@group(0) @binding(6) var<storage, read> DSKIP: array<f32>;
+@group(0) @binding(7) var<storage, read> Z: array<SEQ>;
+@group(0) @binding(8) var<storage, read> BIAS: array<f32>;
+@group(0) @binding(9) var<storage, read> H0: array<f32>;
+@group(0) @binding(10) var<storage, read> START: array<u32>;
+
+// dt, u and d(dt)/d(delta) of the chunk's (step e, channel c) at e * CB + c; reset flags by e
+var<workgroup> s_dt: array<f32, LC>;
+var<workgroup> s_u: array<f32, LC>;
+var<workgroup> s_fac: array<f32, LC>;
+var<workgroup> s_rs: array<u32, L>;
+
+// bf16 element j of a packed word w
+fn bf16_at(w: u32, j: u32) -> f32 {
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (j & 1u) == 1u));
+}
+
+// f32 -> bf16 bits, round to nearest even; NaN stays NaN
+fn bf16_bits(v: f32) -> u32 {
+    let x = bitcast<u32>(v);
+    if (x & 0x7fffffffu) > 0x7f800000u {
+        return (x >> 16u) | 0x40u;
+    }
+    return (x + 0x7fffu + ((x >> 16u) & 1u)) >> 16u;
+}
+
+fn rd_u(i: u32) -> f32 {
+    let j = P.off_u + i;
+#ifdef BF16
+    return bf16_at(U[j >> 1u], j);
+#else
+    return f32(U[j]);
+#endif
+}
+
+fn rd_delta(i: u32) -> f32 {
+    let j = P.off_delta + i;
+#ifdef BF16
+    return bf16_at(DELTA[j >> 1u], j);
+#else
+    return f32(DELTA[j]);
+#endif
+}
+
+fn rd_z(i: u32) -> f32 {
+    let j = P.off_z + i;
+#ifdef BF16
+    return bf16_at(Z[j >> 1u], j);
+#else
+    return f32(Z[j]);
+#endif
+}
+
+// Bm / Cm at element i (input-dependent: [B, T, G, N] in SEQ; fixed: [D, N] f32)
+fn rd_b(i: u32) -> f32 {
+    let j = P.off_bm + i;
+#ifdef BF16
+#ifndef FIXED_BC
+    return bf16_at(BM[j >> 1u], j);
+#else
+    return BM[j];
+#endif
+#else
+    return f32(BM[j]);
+#endif
+}
+
+fn rd_c(i: u32) -> f32 {
+    let j = P.off_cm + i;
+#ifdef BF16
+#ifndef FIXED_BC
+    return bf16_at(CM[j >> 1u], j);
+#else
+    return CM[j];
+#endif
+#else
+    return f32(CM[j]);
+#endif
+}
+
+// softplus(x) = ln(1 + e^x), x itself above 20; ln(1 + e) as ln(w) * e / (w - 1), which keeps
+// full relative precision for small e (w = 1 + e rounded)
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 {
+        return x;
+    }
+    let e = exp(x);
+    let w = 1.0 + e;
+    if w == 1.0 {
+        return e;
+    }
+    return log(w) * (e / (w - 1.0));
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// Stage steps t0 .. t0 + len of row b for channels d0 .. d0 + CB: dt, u, d(dt)/d(delta) and
+// the reset flags. Every thread calls this; a barrier must follow before the values are read.
+fn stage(lid: u32, b: u32, t0: u32, len: u32, d0: u32) {
+    for (var idx = lid; idx < len * CB; idx += WG) {
+        let d = d0 + idx % CB;
+        if d < P.D {
+            let i = (b * P.T + t0 + idx / CB) * P.D + d;
+            var x = rd_delta(i);
+            if (P.flags & HAS_BIAS) != 0u {
+                x += BIAS[P.off_bias + d];
+            }
+            var dt = x;
+            var fac = 1.0;
+            if (P.flags & SOFTPLUS) != 0u {
+                dt = softplus(x);
+                fac = select(sigmoid(x), 1.0, x > 20.0);
+            }
+            s_dt[idx] = dt;
+            s_u[idx] = rd_u(i);
+            s_fac[idx] = fac;
+        }
+    }
+    if lid < len {
+        var r = 0u;
+        if (P.flags & HAS_START) != 0u {
+            r = START[P.off_start + b * P.T + t0 + lid];
+        }
+        s_rs[lid] = r;
+    }
+}

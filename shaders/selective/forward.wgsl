@@ -1,0 +1,224 @@
+// SPEC §3b, selective scan forward:
+//   h_t[n] = (start_t ? 0 : exp(dt_t A[d][n]) h_{t-1}[n]) + dt_t Bm_t[n] u_t
+//   out_t  = (sum_n Cm_t[n] h_t[n] + Dskip[d] u_t) * (z ? silu(z_t) : 1)
+// Thread layout: see selective/common.wgsl (one workgroup per (batch row, block of CB
+// channels), one thread per (channel, state), time sequential in chunks of L steps). Per
+// chunk: stage dt and u; each thread advances its state L steps and leaves Cm_t[n] h_t[n] for
+// the reduction over n; the sums over n are formed in a fixed order (workgroup memory, or a
+// subgroup butterfly with SUBGROUPS when whole subgroups are available); then one thread per
+// (step, channel) adds the skip term, applies the gate and writes out.
+//! variant:
+//! variant: FIXED_BC
+//! variant: F16
+//! variant: F16 FIXED_BC
+//! variant: BF16
+//! variant: BF16 FIXED_BC
+//! variant: SUBGROUPS
+//! variant: SUBGROUPS FIXED_BC
+//! variant: SUBGROUPS F16
+//! variant: SUBGROUPS F16 FIXED_BC
+//! variant: SUBGROUPS BF16
+//! variant: SUBGROUPS BF16 FIXED_BC
+#ifdef F16
+enable f16;
+#endif
+#include "selective/common.wgsl"
+
+// steps per chunk
+const L: u32 = 16u;
+const LC: u32 = L * CBMAX;
+
+@group(0) @binding(11) var<storage, read_write> OUT: array<SEQ_OUT>;
+@group(0) @binding(12) var<storage, read_write> HF: array<f32>;
+
+// Cm h of (step e, channel c, state n) at (e * CB + c) * NP + n (subgroup partials: fewer)
+var<workgroup> s_r: array<f32, 4096>;
+// y without the skip term, at e * CB + c
+var<workgroup> s_y: array<f32, LC>;
+var<workgroup> s_part: array<f32, WG>;
+// 0: workgroup-memory reduction; otherwise the subgroup butterfly width
+var<workgroup> s_sgw: u32;
+
+fn wr_out(i: u32, v: f32) {
+    let j = P.off_o + i;
+#ifdef BF16
+    atomicOr(&OUT[j >> 1u], bf16_bits(v) << ((j & 1u) * 16u));
+#endif
+#ifdef F16
+    OUT[j] = f16(v);
+#endif
+#ifndef F16
+#ifndef BF16
+    OUT[j] = v;
+#endif
+#endif
+}
+
+// s_r -> s_y: sum over n of every (step, channel) pair of the chunk, in a fixed order.
+// Workgroup path: q threads per pair each sum NP / q consecutive states, then one adds the q
+// parts. Subgroup path with sgw < NP: add the NP / sgw subgroup sums.
+fn finish_n(lid: u32, len: u32, sgw: u32) {
+    let pairs = len * CB;
+    if sgw == 0u {
+        var q = 1u;
+        while q * 2u <= NP && pairs * q * 2u <= WG {
+            q *= 2u;
+        }
+        let w = NP / q;
+        for (var idx = lid; idx < pairs * q; idx += WG) {
+            let p = idx / q;
+            let n0 = (idx % q) * w;
+            let n1 = min(n0 + w, P.N);
+            var s = 0.0;
+            for (var n = n0; n < n1; n++) {
+                s += s_r[p * NP + n];
+            }
+            if q == 1u {
+                s_y[p] = s;
+            } else {
+                s_part[idx] = s;
+            }
+        }
+        workgroupBarrier();
+        if q > 1u && lid < pairs {
+            var s = 0.0;
+            for (var j = 0u; j < q; j++) {
+                s += s_part[lid * q + j];
+            }
+            s_y[lid] = s;
+        }
+    } else if sgw < NP {
+        let m = NP / sgw;
+        for (var idx = lid; idx < pairs; idx += WG) {
+            var s = 0.0;
+            for (var j = 0u; j < m; j++) {
+                s += s_r[idx * m + j];
+            }
+            s_y[idx] = s;
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+#ifdef SUBGROUPS
+        @builtin(subgroup_size) sgs: u32, @builtin(subgroup_invocation_id) sgl: u32,
+        @builtin(subgroup_id) sgi: u32, @builtin(num_subgroups) nsg: u32,
+#endif
+) {
+    let g = wid.x + wid.y * nwg.x;
+    if g >= P.rows * P.nb {
+        return;
+    }
+    let b = g / P.nb;
+    let d0 = (g % P.nb) * CB;
+    var li = lid;
+    if lid == 0u {
+        s_sgw = 0u;
+    }
+#ifdef SUBGROUPS
+    // whole subgroups only: then (subgroup, lane) numbers the threads and the NP states of a
+    // channel share a subgroup (or span whole subgroups)
+    let full = nsg * sgs == WG;
+    if full {
+        li = sgi * sgs + sgl;
+    }
+    if lid == 0u && full {
+        s_sgw = min(NP, sgs);
+    }
+#endif
+    let sgw = workgroupUniformLoad(&s_sgw);
+    let n = li % NP;
+    let c = li / NP;
+    let d = d0 + c;
+    let act = c < CB;
+    let live = act && d < P.D && n < P.N;
+    let T = P.T;
+    var h = 0.0;
+    var an = 0.0;
+    var bv = 0.0;
+    var cv = 0.0;
+    var grp = 0u;
+    if live {
+        an = A[P.off_a + d * P.N + n];
+        if (P.flags & HAS_H0) != 0u {
+            h = H0[P.off_h0 + (b * P.D + d) * P.N + n];
+        }
+#ifdef FIXED_BC
+        bv = rd_b(d * P.N + n);
+        cv = rd_c(d * P.N + n);
+#else
+        grp = d / P.dg;
+#endif
+    }
+    let nk = (T + L - 1u) / L;
+    for (var k = 0u; k < nk; k++) {
+        let t0 = k * L;
+        let len = min(L, T - t0);
+        stage(lid, b, t0, len, d0);
+        workgroupBarrier();
+        for (var e = 0u; e < len; e++) {
+            var v = 0.0;
+            if live {
+                let dt = s_dt[e * CB + c];
+                let u = s_u[e * CB + c];
+#ifndef FIXED_BC
+                let bc = ((b * T + t0 + e) * P.G + grp) * P.N + n;
+                bv = rd_b(bc);
+                cv = rd_c(bc);
+#endif
+                var decay = exp(dt * an);
+                if s_rs[e] != 0u {
+                    decay = 0.0;
+                }
+                h = decay * h + dt * bv * u;
+                v = cv * h;
+            }
+#ifdef SUBGROUPS
+            if sgw > 0u {
+                // butterfly over the sgw lanes of a segment (fixed order; lane n % sgw == 0
+                // keeps the sum); every lane of the subgroup takes part
+                for (var m = sgw >> 1u; m > 0u; m = m >> 1u) {
+                    v += subgroupShuffleXor(v, m);
+                }
+                if act && n % sgw == 0u {
+                    if sgw == NP {
+                        s_y[e * CB + c] = v;
+                    } else {
+                        s_r[(e * CB + c) * (NP / sgw) + n / sgw] = v;
+                    }
+                }
+            } else if act {
+                s_r[(e * CB + c) * NP + n] = v;
+            }
+#else
+            if act {
+                s_r[(e * CB + c) * NP + n] = v;
+            }
+#endif
+        }
+        workgroupBarrier();
+        finish_n(lid, len, sgw);
+        workgroupBarrier();
+        for (var idx = lid; idx < len * CB; idx += WG) {
+            let dd = d0 + idx % CB;
+            if dd < P.D {
+                let i = (b * T + t0 + idx / CB) * P.D + dd;
+                var y = s_y[idx];
+                if (P.flags & HAS_DSKIP) != 0u {
+                    y += DSKIP[P.off_dskip + dd] * s_u[idx];
+                }
+                if (P.flags & HAS_Z) != 0u {
+                    let zz = rd_z(i);
+                    y *= zz * sigmoid(zz);
+                }
+                wr_out(i, y);
+            }
+        }
+        workgroupBarrier();
+    }
+    if live {
+        HF[P.off_f + (b * P.D + d) * P.N + n] = h;
+    }
+}
