@@ -1,6 +1,6 @@
 //! include-only
-// Shared by selective/forward.wgsl and selective/backward.wgsl (SPEC §3b): the parameter
-// block, the input bindings 1..10, storage conversions and the per-chunk staging of dt and u.
+// Shared by selective/forward.wgsl and selective/backward.wgsl (SPEC §3b): the input bindings
+// 1..10 and their readers, softplus, and the per-chunk staging of dt and u.
 //
 // Storage: with F16, sequence tensors are array<f16> (`enable f16;` in the including file);
 // with BF16 they are array<u32> holding two bf16 each (element j in word j / 2, low half
@@ -14,39 +14,12 @@
 // rounded up to a power of two, CB * NP <= WG; threads with c >= CB or n >= N idle). Each
 // thread runs its (channel, state) recurrence sequentially in time, in chunks of L steps
 // whose dt and u are staged in workgroup memory once per (step, channel).
+//
+// Loops inside a chunk have constant trip counts (with a guard) so that they unroll: besides
+// helping real GPUs, lavapipe (gallivm) ends a loop nest after 65535 iterations in all, which
+// would otherwise cut long sequences short.
 
-#ifdef F16
-alias SEQ = f16;
-alias SEQ_OUT = f16;
-#endif
-#ifdef BF16
-alias SEQ = u32;
-alias SEQ_OUT = atomic<u32>;
-#endif
-#ifndef F16
-#ifndef BF16
-alias SEQ = f32;
-alias SEQ_OUT = f32;
-#endif
-#endif
-
-struct Params {
-    rows: u32, T: u32, D: u32, N: u32,
-    G: u32, dg: u32, nb: u32, kc: u32,
-    bpg: u32, flags: u32, row0: u32, B: u32,
-    off_u: u32, off_delta: u32, off_a: u32, off_bm: u32,
-    off_cm: u32, off_dskip: u32, off_z: u32, off_bias: u32,
-    off_h0: u32, off_start: u32, off_o: u32, off_f: u32,
-    off_du: u32, off_ddelta: u32, off_dz: u32, off_dbm: u32,
-    off_dcm: u32, off_dh0: u32, off_pp: u32, off_rs: u32,
-}
-const HAS_DSKIP: u32 = 1u;
-const HAS_Z: u32 = 2u;
-const HAS_BIAS: u32 = 4u;
-const HAS_H0: u32 = 8u;
-const HAS_START: u32 = 16u;
-const SOFTPLUS: u32 = 32u;
-const HAS_GF: u32 = 64u;
+#include "selective/types.wgsl"
 
 const WG: u32 = 256u;
 const CBMAX: u32 = 32u;
@@ -76,20 +49,6 @@ var<workgroup> s_dt: array<f32, LC>;
 var<workgroup> s_u: array<f32, LC>;
 var<workgroup> s_fac: array<f32, LC>;
 var<workgroup> s_rs: array<u32, L>;
-
-// bf16 element j of a packed word w
-fn bf16_at(w: u32, j: u32) -> f32 {
-    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (j & 1u) == 1u));
-}
-
-// f32 -> bf16 bits, round to nearest even; NaN stays NaN
-fn bf16_bits(v: f32) -> u32 {
-    let x = bitcast<u32>(v);
-    if (x & 0x7fffffffu) > 0x7f800000u {
-        return (x >> 16u) | 0x40u;
-    }
-    return (x + 0x7fffu + ((x >> 16u) & 1u)) >> 16u;
-}
 
 fn rd_u(i: u32) -> f32 {
     let j = P.off_u + i;
@@ -166,9 +125,10 @@ fn sigmoid(x: f32) -> f32 {
 // Stage steps t0 .. t0 + len of row b for channels d0 .. d0 + CB: dt, u, d(dt)/d(delta) and
 // the reset flags. Every thread calls this; a barrier must follow before the values are read.
 fn stage(lid: u32, b: u32, t0: u32, len: u32, d0: u32) {
-    for (var idx = lid; idx < len * CB; idx += WG) {
+    for (var r = 0u; r < LC / WG; r++) {
+        let idx = lid + r * WG;
         let d = d0 + idx % CB;
-        if d < P.D {
+        if idx < len * CB && d < P.D {
             let i = (b * P.T + t0 + idx / CB) * P.D + d;
             var x = rd_delta(i);
             if (P.flags & HAS_BIAS) != 0u {
@@ -193,3 +153,46 @@ fn stage(lid: u32, b: u32, t0: u32, len: u32, d0: u32) {
         s_rs[lid] = r;
     }
 }
+
+// Threads per (step, channel) pair in the first level of a workgroup-memory sum over n:
+// as many as fit the workgroup, at most NP and QMAX; each then adds NP / q <= 2 L states.
+const QMAX: u32 = 16u;
+fn parts_per_pair(pairs: u32) -> u32 {
+    let room = WG / max(pairs, 1u);
+    if room <= 1u {
+        return 1u;
+    }
+    return min(min(NP, QMAX), 1u << firstLeadingBit(room));
+}
+
+// Sum v over the NP lanes of each channel (a segment of a subgroup; NP <= subgroup size) by a
+// butterfly: every lane of the segment ends up with the sum, added in a fixed order. Every
+// lane of the subgroup must call this.
+#ifdef SUBGROUPS
+fn butterfly(v_in: f32) -> f32 {
+    // straight-line (no loop), so that it folds to log2(NP) shuffles
+    var v = v_in;
+    if NP > 64u {
+        v += subgroupShuffleXor(v, 64u);
+    }
+    if NP > 32u {
+        v += subgroupShuffleXor(v, 32u);
+    }
+    if NP > 16u {
+        v += subgroupShuffleXor(v, 16u);
+    }
+    if NP > 8u {
+        v += subgroupShuffleXor(v, 8u);
+    }
+    if NP > 4u {
+        v += subgroupShuffleXor(v, 4u);
+    }
+    if NP > 2u {
+        v += subgroupShuffleXor(v, 2u);
+    }
+    if NP > 1u {
+        v += subgroupShuffleXor(v, 1u);
+    }
+    return v;
+}
+#endif

@@ -36,65 +36,53 @@ var<workgroup> s_r: array<f32, 4096>;
 // y without the skip term, at e * CB + c
 var<workgroup> s_y: array<f32, LC>;
 var<workgroup> s_part: array<f32, WG>;
-// 0: workgroup-memory reduction; otherwise the subgroup butterfly width
+// 0: workgroup-memory sums over n; NP: subgroup butterflies (whole subgroups, NP <= size)
 var<workgroup> s_sgw: u32;
 
 fn wr_out(i: u32, v: f32) {
     let j = P.off_o + i;
 #ifdef BF16
-    atomicOr(&OUT[j >> 1u], bf16_bits(v) << ((j & 1u) * 16u));
-#endif
-#ifdef F16
-    OUT[j] = f16(v);
-#endif
-#ifndef F16
-#ifndef BF16
-    OUT[j] = v;
-#endif
+    atomicOr(&OUT[j >> 1u], bf16_word(v, j));
+#else
+    OUT[j] = SEQ(v);
 #endif
 }
 
-// s_r -> s_y: sum over n of every (step, channel) pair of the chunk, in a fixed order.
-// Workgroup path: q threads per pair each sum NP / q consecutive states, then one adds the q
-// parts. Subgroup path with sgw < NP: add the NP / sgw subgroup sums.
+// s_r -> s_y (workgroup-memory path, sgw == 0): sum over n of every (step, channel) pair of
+// the chunk, in a fixed order: q threads per pair each add NP / q consecutive states, then
+// one adds the q parts. (The subgroup path has left the sums in s_y already.)
 fn finish_n(lid: u32, len: u32, sgw: u32) {
     let pairs = len * CB;
     if sgw == 0u {
-        var q = 1u;
-        while q * 2u <= NP && pairs * q * 2u <= WG {
-            q *= 2u;
-        }
+        let q = parts_per_pair(pairs);
         let w = NP / q;
-        for (var idx = lid; idx < pairs * q; idx += WG) {
-            let p = idx / q;
-            let n0 = (idx % q) * w;
-            let n1 = min(n0 + w, P.N);
-            var s = 0.0;
-            for (var n = n0; n < n1; n++) {
-                s += s_r[p * NP + n];
-            }
-            if q == 1u {
-                s_y[p] = s;
-            } else {
-                s_part[idx] = s;
+        for (var r = 0u; r < LC / WG; r++) {
+            let idx = lid + r * WG;
+            if idx < pairs * q {
+                let p = idx / q;
+                let n0 = (idx % q) * w;
+                var s = 0.0;
+                for (var j = 0u; j < 2u * L; j++) {
+                    if j < w && n0 + j < P.N {
+                        s += s_r[p * NP + n0 + j];
+                    }
+                }
+                if q == 1u {
+                    s_y[p] = s;
+                } else {
+                    s_part[idx] = s;
+                }
             }
         }
         workgroupBarrier();
         if q > 1u && lid < pairs {
             var s = 0.0;
-            for (var j = 0u; j < q; j++) {
-                s += s_part[lid * q + j];
+            for (var j = 0u; j < QMAX; j++) {
+                if j < q {
+                    s += s_part[lid * q + j];
+                }
             }
             s_y[lid] = s;
-        }
-    } else if sgw < NP {
-        let m = NP / sgw;
-        for (var idx = lid; idx < pairs; idx += WG) {
-            var s = 0.0;
-            for (var j = 0u; j < m; j++) {
-                s += s_r[idx * m + j];
-            }
-            s_y[idx] = s;
         }
     }
 }
@@ -118,14 +106,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         s_sgw = 0u;
     }
 #ifdef SUBGROUPS
-    // whole subgroups only: then (subgroup, lane) numbers the threads and the NP states of a
-    // channel share a subgroup (or span whole subgroups)
+    // whole subgroups only: then (subgroup, lane) numbers the threads and, when NP <= sgs, the
+    // NP states of a channel share a subgroup
     let full = nsg * sgs == WG;
     if full {
         li = sgi * sgs + sgl;
     }
-    if lid == 0u && full {
-        s_sgw = min(NP, sgs);
+    if lid == 0u && full && NP <= sgs {
+        s_sgw = NP;
     }
 #endif
     let sgw = workgroupUniformLoad(&s_sgw);
@@ -158,9 +146,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let len = min(L, T - t0);
         stage(lid, b, t0, len, d0);
         workgroupBarrier();
-        for (var e = 0u; e < len; e++) {
+        for (var e = 0u; e < L; e++) {
             var v = 0.0;
-            if live {
+            if live && e < len {
                 let dt = s_dt[e * CB + c];
                 let u = s_u[e * CB + c];
 #ifndef FIXED_BC
@@ -175,35 +163,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 h = decay * h + dt * bv * u;
                 v = cv * h;
             }
+            if e < len {
 #ifdef SUBGROUPS
-            if sgw > 0u {
-                // butterfly over the sgw lanes of a segment (fixed order; lane n % sgw == 0
-                // keeps the sum); every lane of the subgroup takes part
-                for (var m = sgw >> 1u; m > 0u; m = m >> 1u) {
-                    v += subgroupShuffleXor(v, m);
-                }
-                if act && n % sgw == 0u {
-                    if sgw == NP {
+                if sgw > 0u {
+                    // lane n == 0 of each channel keeps the sum over n
+                    v = butterfly(v);
+                    if act && n == 0u {
                         s_y[e * CB + c] = v;
-                    } else {
-                        s_r[(e * CB + c) * (NP / sgw) + n / sgw] = v;
                     }
+                } else if act {
+                    s_r[(e * CB + c) * NP + n] = v;
                 }
-            } else if act {
-                s_r[(e * CB + c) * NP + n] = v;
-            }
 #else
-            if act {
-                s_r[(e * CB + c) * NP + n] = v;
-            }
+                if act {
+                    s_r[(e * CB + c) * NP + n] = v;
+                }
 #endif
+            }
         }
         workgroupBarrier();
         finish_n(lid, len, sgw);
         workgroupBarrier();
-        for (var idx = lid; idx < len * CB; idx += WG) {
+        for (var r = 0u; r < LC / WG; r++) {
+            let idx = lid + r * WG;
             let dd = d0 + idx % CB;
-            if dd < P.D {
+            if idx < len * CB && dd < P.D {
                 let i = (b * T + t0 + idx / CB) * P.D + dd;
                 var y = s_y[idx];
                 if (P.flags & HAS_DSKIP) != 0u {

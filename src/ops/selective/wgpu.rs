@@ -160,7 +160,24 @@ fn plan(
         pl.flag_row as u64 * 4,
         extra_row_bytes(&pl),
     ];
-    pl.groups = ctx.row_groups(b, &rows)?;
+    // each group's grid (rows x channel blocks) must also fit a 2-D dispatch
+    let maxd = ctx.limits.max_compute_workgroups_per_dimension.max(1) as usize;
+    let max_rows = maxd * maxd / nb;
+    if max_rows == 0 {
+        return Err(Error::Limit {
+            backend: "wgpu",
+            what: format!("{nb} channel blocks per row exceed {maxd} x {maxd} workgroups"),
+        });
+    }
+    pl.groups = ctx
+        .row_groups(b, &rows)?
+        .into_iter()
+        .flat_map(|(b0, n)| {
+            (b0..b0 + n)
+                .step_by(max_rows)
+                .map(move |s| (s, max_rows.min(b0 + n - s)))
+        })
+        .collect();
     Ok(pl)
 }
 
@@ -209,6 +226,19 @@ impl Plan {
     }
     fn constants(&self) -> [(&'static str, f64); 2] {
         [("CB", self.cb as f64), ("NP", self.np as f64)]
+    }
+    /// The backward's constants: also the channels of one group inside a block.
+    fn backward_constants(&self, p: &SelectiveScan) -> [(&'static str, f64); 3] {
+        let cw = if p.input_dependent() {
+            (p.dim / p.num_groups()).min(self.cb)
+        } else {
+            1
+        };
+        [
+            ("CB", self.cb as f64),
+            ("NP", self.np as f64),
+            ("CW", cw as f64),
+        ]
     }
 }
 
@@ -290,9 +320,168 @@ pub fn backward(
 ) -> Result<SelectiveGrads<GpuTensor>> {
     p.validate()?;
     inp.check(p)?;
-    let _ = (ctx, HAS_GF);
-    Err(Error::unsupported(
-        "wgpu",
-        "selective_scan backward (not yet)",
-    ))
+    let (bn, tn, dn, ns) = (p.batch, p.len, p.dim, p.state);
+    // per-block partials of input-dependent dBm / dCm when a group spans several blocks
+    let part_row = |pl: &Plan| {
+        if p.input_dependent() && pl.bpg > 1 {
+            2 * tn * pl.nb * ns
+        } else {
+            0
+        }
+    };
+    // checkpoints, then partials: the row-split scratch
+    let rs_row = |pl: &Plan| pl.kc * pl.state_row + part_row(pl);
+    let pl = plan(ctx, p, true, &|pl| (rs_row(pl) * 4) as u64)?;
+    let max_rows = pl.groups.iter().map(|g| g.1).max().unwrap_or(1);
+    check_u32("scratch of the backward", max_rows * rs_row(&pl))?;
+    // per-row parameter partials: dA, dDskip, dbias (and fixed dBm, dCm), summed over rows
+    let (dn_n, fixed) = (dn * ns, !p.input_dependent());
+    let pp_len = bn * (dn_n + 2 * dn) + if fixed { 2 * bn * dn_n } else { 0 };
+    check_u32("parameter partials of the backward", pp_len)?;
+    let f32z = |name: &str| ctx.zeros(&p.spec(name).shape, DType::F32);
+    let seqz = |name: &str| ctx.zeros(&p.spec(name).shape, p.dtype);
+    let (du, ddelta, dz) = (seqz("du")?, seqz("ddelta")?, seqz("dz")?);
+    let (da, ddskip, ddelta_bias, dh0) = (
+        f32z("da")?,
+        f32z("ddskip")?,
+        f32z("ddelta_bias")?,
+        f32z("dh0")?,
+    );
+    let bc_dtype = p.dtype_of(p.spec("dbm").role);
+    let dbm = ctx.zeros(&p.spec("dbm").shape, bc_dtype)?;
+    let dcm = ctx.zeros(&p.spec("dcm").shape, bc_dtype)?;
+    let pp = ctx.zeros(&[pp_len], DType::F32)?;
+    let rs = ctx.zeros(&[max_rows * rs_row(&pl)], DType::F32)?;
+    let pipe = ctx.pipeline(
+        "selective/backward.wgsl",
+        "main",
+        &pl.defines,
+        &pl.backward_constants(p),
+    )?;
+    let reduce_groups = if part_row(&pl) > 0 {
+        let defines: Vec<&str> = pl
+            .defines
+            .iter()
+            .copied()
+            .filter(|d| *d == "F16" || *d == "BF16")
+            .collect();
+        Some(ctx.pipeline("selective/reduce_groups.wgsl", "main", &defines, &[])?)
+    } else {
+        None
+    };
+    let (dur, ddr, dzr, dh0r) = (du.as_ref(), ddelta.as_ref(), dz.as_ref(), dh0.as_ref());
+    let (dbr, dcr, ppr, rsr) = (dbm.as_ref(), dcm.as_ref(), pp.as_ref(), rs.as_ref());
+    let mut launch = ctx.launch("selective_scan backward");
+    for &(b0, nb) in &pl.groups {
+        let (sr, str_) = (pl.seq_row, pl.state_row);
+        let z = inp.z.map(|r| r.rows(b0, nb, sr));
+        let h0 = inp.h0.map(|r| r.rows(b0, nb, str_));
+        let start = inp.start.map(|r| r.rows(b0, nb, pl.flag_row));
+        let gf = inp.grad_final.map(|r| r.rows(b0, nb, str_));
+        let (bu, off_u) = ctx.bind(&inp.u.rows(b0, nb, sr))?;
+        let (bdl, off_delta) = ctx.bind(&inp.delta.rows(b0, nb, sr))?;
+        let (ba, off_a) = ctx.bind(&inp.a)?;
+        let (bbm, off_bm) = ctx.bind(&pl.bc_rows(p, inp.bm, b0, nb))?;
+        let (bcm, off_cm) = ctx.bind(&pl.bc_rows(p, inp.cm, b0, nb))?;
+        let (bds, off_dskip) = ctx.bind_opt(inp.dskip.as_ref())?;
+        let (bz, off_z) = ctx.bind_opt(z.as_ref())?;
+        let (bbi, off_bias) = ctx.bind_opt(inp.delta_bias.as_ref())?;
+        let (bh0, off_h0) = ctx.bind_opt(h0.as_ref())?;
+        let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
+        let (bgo, off_o) = ctx.bind(&inp.grad_out.rows(b0, nb, sr))?;
+        let (bgf, off_f) = ctx.bind_opt(gf.as_ref())?;
+        let (bdu, off_du) = ctx.bind(&dur.rows(b0, nb, sr))?;
+        let (bdd, off_ddelta) = ctx.bind(&ddr.rows(b0, nb, sr))?;
+        let (bdz, off_dz) = ctx.bind(&dzr.rows(b0, nb, sr))?;
+        let (bdh0, off_dh0) = ctx.bind(&dh0r.rows(b0, nb, str_))?;
+        let (bpp, off_pp) = ctx.bind(&ppr)?;
+        let rs_here = GpuRef::new(rsr.buffer, 0, nb * rs_row(&pl), DType::F32);
+        let (brs, off_rs0) = ctx.bind(&rs_here)?;
+        let off_rs = off_rs0 + (nb * pl.kc * str_) as u32;
+        let mut flags = base_flags(
+            p,
+            inp.dskip.is_some(),
+            z.is_some(),
+            inp.delta_bias.is_some(),
+            h0.is_some(),
+            start.is_some(),
+        );
+        if gf.is_some() {
+            flags |= HAS_GF;
+        }
+        let mut params = Params {
+            off_u,
+            off_delta,
+            off_a,
+            off_bm,
+            off_cm,
+            off_dskip,
+            off_z,
+            off_bias,
+            off_h0,
+            off_start,
+            off_o,
+            off_f,
+            off_du,
+            off_ddelta,
+            off_dz,
+            off_dh0,
+            off_pp,
+            off_rs,
+            ..pl.params(p, b0, nb, flags)
+        };
+        let mut buffers = vec![
+            bu, bdl, ba, bbm, bcm, bds, bz, bbi, bh0, bst, bgo, bgf, bdu, bdd, bdz, bdh0, bpp, brs,
+        ];
+        let mut dbc = None;
+        if p.input_dependent() {
+            let (bdb, off_dbm) = ctx.bind(&dbr.rows(b0, nb, pl.bc_row))?;
+            let (bdc, off_dcm) = ctx.bind(&dcr.rows(b0, nb, pl.bc_row))?;
+            params.off_dbm = off_dbm;
+            params.off_dcm = off_dcm;
+            dbc = Some((bdb.clone(), bdc.clone()));
+            buffers.extend([bdb, bdc]);
+        }
+        launch.dispatch(pipe.clone(), &params, buffers, (nb * pl.nb) as u32)?;
+        if let (Some(rg), Some((bdb, bdc))) = (&reduce_groups, dbc) {
+            let (brs, _) = ctx.bind(&rs_here)?;
+            let count = (nb * pl.bc_row).div_ceil(WG) as u32;
+            launch.dispatch(rg.clone(), &params, vec![brs, bdb, bdc], count)?;
+        }
+    }
+    // sums over rows of the per-row partials, in a fixed order
+    let region =
+        |k: usize, len: usize| GpuRef::new(ppr.buffer, (k * 4) as u64, bn * len, DType::F32);
+    ctx.reduce_rows(&mut launch, &region(0, dn_n), &da.as_ref(), bn, dn_n)?;
+    ctx.reduce_rows(
+        &mut launch,
+        &region(bn * dn_n, dn),
+        &ddskip.as_ref(),
+        bn,
+        dn,
+    )?;
+    ctx.reduce_rows(
+        &mut launch,
+        &region(bn * (dn_n + dn), dn),
+        &ddelta_bias.as_ref(),
+        bn,
+        dn,
+    )?;
+    if fixed {
+        let base = bn * (dn_n + 2 * dn);
+        ctx.reduce_rows(&mut launch, &region(base, dn_n), &dbr, bn, dn_n)?;
+        ctx.reduce_rows(&mut launch, &region(base + bn * dn_n, dn_n), &dcr, bn, dn_n)?;
+    }
+    launch.submit()?;
+    Ok(SelectiveGrads {
+        du,
+        ddelta,
+        da,
+        dbm,
+        dcm,
+        ddskip,
+        dz,
+        ddelta_bias,
+        dh0,
+    })
 }
