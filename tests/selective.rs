@@ -1297,8 +1297,9 @@ fn random_shapes_all_backends() -> T {
 }
 
 /// T = 4096 (SPEC's longest) with resets: f32 accuracy holds over 64 checkpoint intervals.
-/// And T = 65536 in one row: kernel loops inside a chunk unroll, so lavapipe's cap of 65535
-/// loop iterations per loop nest is not reached (it cut such rows short before).
+/// And T = 65536 in one row: the per-step work is written out step by step, so lavapipe's
+/// cap of 65535 loop iterations per loop nest (which cut such rows short when every step was
+/// a loop iteration) is far away.
 fn wgpu_long_sequence() -> T {
     for bk in ["wgpu-no-subgroups", "wgpu"] {
         let dev = backend(bk)?;

@@ -122,59 +122,26 @@ fn wr_dbc(i: u32, vb: f32, vc: f32) {
 }
 #endif
 
-// Bm or Cm of thread state n at step t (fixed: the thread's own value)
-fn bc_at(b: u32, t: u32, grp: u32, n: u32, fixed_v: f32, which: u32) -> f32 {
-#ifdef FIXED_BC
-    return fixed_v;
-#else
-    let i = ((b * P.T + t) * P.G + grp) * P.N + n;
-    if which == 0u {
-        return rd_b(i);
-    }
-    return rd_c(i);
-#endif
-}
-
-// Advance a thread's state over steps t0 .. t0 + len (stages dt and u; every thread calls).
-fn advance(lid: u32, b: u32, t0: u32, len: u32, d0: u32, c: u32, n: u32, grp: u32, live: bool,
-           an: f32, bfix: f32, h_in: f32) -> f32 {
-    stage(lid, b, t0, len, d0);
-    workgroupBarrier();
-    var h = h_in;
-    for (var e = 0u; e < L; e++) {
-        if live && e < len {
-            let dt = s_dt[e * CB + c];
-            var a = exp(dt * an);
-            if s_rs[e] != 0u {
-                a = 0.0;
-            }
-            h = a * h + dt * bc_at(b, t0 + e, grp, n, bfix, 0u) * s_u[e * CB + c];
-        }
-    }
-    workgroupBarrier();
-    return h;
-}
-
 // Leave term v of (step e, channel c, state n) for the sum over n into s_y (which = 0) or
 // s_y2 (which = 1): raw in s_r / s_r2 for reduce_n, or (subgroup path) summed over the
 // channel's NP lanes by a butterfly and stored by lane n == 0.
-fn put_n(e: u32, c: u32, n: u32, act: bool, v_in: f32, sgw: u32, which: u32) {
+fn put_n(e: u32, th: Th, v_in: f32, which: u32) {
     var v = v_in;
 #ifdef SUBGROUPS
-    if sgw > 0u {
+    if th.sgw > 0u {
         v = butterfly(v);
-        if act && n == 0u {
+        if th.act && th.n == 0u {
             if which == 0u {
-                s_y[e * CB + c] = v;
+                s_y[e * CB + th.c] = v;
             } else {
-                s_y2[e * CB + c] = v;
+                s_y2[e * CB + th.c] = v;
             }
         }
         return;
     }
 #endif
-    if act {
-        let k = (e * CB + c) * NP + n;
+    if th.act {
+        let k = (e * CB + th.c) * NP + th.n;
         if which == 0u {
             s_r[k] = v;
         } else {
@@ -263,6 +230,121 @@ fn reduce_c(lid: u32, b: u32, t0: u32, len: u32, d0: u32, blk: u32) {
 }
 #endif
 
+// A thread's running sums over the backward (see main).
+struct Acc {
+    hc: f32,
+    da: f32,
+    db: f32,
+    dc: f32,
+    dsk: f32,
+    dbias: f32,
+}
+
+// Step e of a chunk without outputs (the checkpoint sweeps).
+fn adv_step(e: u32, th: Th, h: ptr<function, f32>) {
+    if th.live && e < th.len {
+        let ad = decay_at(th, e);
+        *h = ad.x * *h + ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+    }
+}
+
+// Advance the state over a whole chunk starting at t0 (stages dt and u; every thread calls).
+fn advance(lid: u32, d0: u32, th_in: Th, t0: u32, h: ptr<function, f32>) {
+    var th = th_in;
+    th.t0 = t0;
+    th.len = L;
+    stage(lid, th.b, t0, L, d0);
+    workgroupBarrier();
+    const_assert L == 8u;
+    adv_step(0u, th, h);
+    adv_step(1u, th, h);
+    adv_step(2u, th, h);
+    adv_step(3u, th, h);
+    adv_step(4u, th, h);
+    adv_step(5u, th, h);
+    adv_step(6u, th, h);
+    adv_step(7u, th, h);
+    workgroupBarrier();
+}
+
+// Recompute step e of the chunk: state, decay, and the term Cm h of y.
+fn rec_step(e: u32, th: Th, h: ptr<function, f32>, hs: ptr<function, array<f32, L>>,
+            as_: ptr<function, array<f32, L>>) {
+    if e >= th.len {
+        return;
+    }
+    var v = 0.0;
+    if th.live {
+        let ad = decay_at(th, e);
+        *h = ad.x * *h + ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+        (*hs)[e] = *h;
+        (*as_)[e] = ad.x;
+        v = bc_at(th, e, 1u) * *h;
+    }
+    put_n(e, th, v, 0u);
+}
+
+// The adjoint at step e (steps taken from the chunk's end): H = dy Cm + the carried adjoint,
+// the terms of the sums over n for du / ddelta, and the thread's sums of dA (and fixed dBm,
+// dCm); carries a_e H to step e - 1.
+fn rev_step(e: u32, th: Th, h_start: f32, hs: ptr<function, array<f32, L>>,
+            as_: ptr<function, array<f32, L>>, hadj: ptr<function, array<f32, L>>,
+            acc: ptr<function, Acc>) {
+    if e >= th.len {
+        return;
+    }
+    var v1 = 0.0;
+    var v2 = 0.0;
+    if th.live {
+        let j = e * CB + th.c;
+        let dt = s_dt[j];
+        let dy = s_dy[j];
+        let hg = dy * bc_at(th, e, 1u) + (*acc).hc;
+        var hprev = h_start;
+        if e > 0u {
+            hprev = (*hs)[e - 1u];
+        }
+        let a = (*as_)[e];
+        let w = a * hprev * hg;
+        v1 = bc_at(th, e, 0u) * hg;
+        v2 = th.an * w;
+        (*acc).da += dt * w;
+#ifdef FIXED_BC
+        (*acc).db += dt * s_u[j] * hg;
+        (*acc).dc += dy * (*hs)[e];
+#endif
+        (*hadj)[e] = hg;
+        (*acc).hc = a * hg;
+    }
+    put_n(e, th, v1, 0u);
+    put_n(e, th, v2, 1u);
+}
+
+#ifndef FIXED_BC
+// The terms of input-dependent dBm and dCm at step e, for the sums over channels.
+fn dbc_step(e: u32, th: Th, hs: ptr<function, array<f32, L>>, hadj: ptr<function, array<f32, L>>) {
+    if th.act && e < th.len {
+        let j = e * CB + th.c;
+        var vb = 0.0;
+        var vc = 0.0;
+        if th.live {
+            vb = s_dt[j] * s_u[j] * (*hadj)[e];
+            vc = s_dy[j] * (*hs)[e];
+        }
+        s_r[j * NP + th.n] = vb;
+        s_r2[j * NP + th.n] = vc;
+    }
+}
+#endif
+
+// Channel lid's sums of dDskip and dbias at step e (threads lid < CB).
+fn chan_step(e: u32, lid: u32, len: u32, acc: ptr<function, Acc>) {
+    if lid < CB && e < len {
+        (*acc).dsk += s_dy[e * CB + lid] * s_u[e * CB + lid];
+        (*acc).dbias += s_dd[e * CB + lid];
+    }
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
@@ -291,56 +373,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         s_sgw = NP;
     }
 #endif
-    let sgw = workgroupUniformLoad(&s_sgw);
-    let n = li % NP;
-    let c = li / NP;
-    let d = d0 + c;
-    let act = c < CB;
-    let live = act && d < P.D && n < P.N;
+    var th = thread_of(b, d0, li, workgroupUniformLoad(&s_sgw));
+    let d = d0 + th.c;
     let T = P.T;
     let DN = P.D * P.N;
     let KC = P.kc;
-    var an = 0.0;
-    var bfix = 0.0;
-    var cfix = 0.0;
-    var grp = 0u;
     var h = 0.0;
-    var hc = 0.0;
-    if live {
-        an = A[P.off_a + d * P.N + n];
+    var acc = Acc(0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    if th.live {
         if (P.flags & HAS_H0) != 0u {
-            h = H0[P.off_h0 + (b * P.D + d) * P.N + n];
+            h = H0[P.off_h0 + (b * P.D + d) * P.N + th.n];
         }
         if (P.flags & HAS_GF) != 0u {
-            hc = GF[P.off_f + (b * P.D + d) * P.N + n];
+            acc.hc = GF[P.off_f + (b * P.D + d) * P.N + th.n];
         }
-#ifdef FIXED_BC
-        bfix = rd_b(d * P.N + n);
-        cfix = rd_c(d * P.N + n);
-#else
-        grp = d / P.dg;
-#endif
     }
-    let ck = (b * KC * P.D + d) * P.N + n;
+    let ck = (b * KC * P.D + d) * P.N + th.n;
 
     // sweep forward: the state entering each checkpoint interval
     for (var kc = 0u; kc + 1u < KC; kc++) {
-        if live {
+        if th.live {
             RS[ck + kc * DN] = h;
         }
         for (var s = 0u; s < S; s++) {
-            h = advance(lid, b, kc * CK + s * L, L, d0, c, n, grp, live, an, bfix, h);
+            advance(lid, d0, th, kc * CK + s * L, &h);
         }
     }
-    if live {
+    if th.live {
         RS[ck + (KC - 1u) * DN] = h;
     }
 
-    var da_acc = 0.0;
-    var db_acc = 0.0;
-    var dc_acc = 0.0;
-    var dsk_acc = 0.0;
-    var dbias_acc = 0.0;
     for (var kr = 0u; kr < KC; kr++) {
         let kc = KC - 1u - kr;
         let tk = kc * CK;
@@ -348,12 +410,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // the state entering each chunk of the interval
         var sub: array<f32, S>;
         var hk = 0.0;
-        if live {
+        if th.live {
             hk = RS[ck + kc * DN];
         }
         for (var s = 0u; s + 1u < ns; s++) {
             sub[s] = hk;
-            hk = advance(lid, b, tk + s * L, L, d0, c, n, grp, live, an, bfix, hk);
+            advance(lid, d0, th, tk + s * L, &hk);
         }
         sub[ns - 1u] = hk;
 
@@ -361,32 +423,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let s = ns - 1u - sr;
             let t0 = tk + s * L;
             let len = min(L, T - t0);
+            th.t0 = t0;
+            th.len = len;
             stage(lid, b, t0, len, d0);
             workgroupBarrier();
 
             // recompute the chunk's states and the terms of y
             var hs: array<f32, L>;
             var as_: array<f32, L>;
-            var hh = sub[s];
-            for (var e = 0u; e < L; e++) {
-                var v = 0.0;
-                if live && e < len {
-                    let dt = s_dt[e * CB + c];
-                    var a = exp(dt * an);
-                    if s_rs[e] != 0u {
-                        a = 0.0;
-                    }
-                    hh = a * hh + dt * bc_at(b, t0 + e, grp, n, bfix, 0u) * s_u[e * CB + c];
-                    hs[e] = hh;
-                    as_[e] = a;
-                    v = bc_at(b, t0 + e, grp, n, cfix, 1u) * hh;
-                }
-                if e < len {
-                    put_n(e, c, n, act, v, sgw, 0u);
-                }
-            }
+            let h_start = sub[s];
+            var hh = h_start;
+            rec_step(0u, th, &hh, &hs, &as_);
+            rec_step(1u, th, &hh, &hs, &as_);
+            rec_step(2u, th, &hh, &hs, &as_);
+            rec_step(3u, th, &hh, &hs, &as_);
+            rec_step(4u, th, &hh, &hs, &as_);
+            rec_step(5u, th, &hh, &hs, &as_);
+            rec_step(6u, th, &hh, &hs, &as_);
+            rec_step(7u, th, &hh, &hs, &as_);
             workgroupBarrier();
-            reduce_n(lid, len, sgw, false);
+            reduce_n(lid, len, th.sgw, false);
             workgroupBarrier();
 
             // y, dz and dy of each (step, channel)
@@ -414,38 +470,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
             // the adjoint, backwards through the chunk
             var hadj: array<f32, L>;
-            for (var k = 0u; k < L; k++) {
-                let e = L - 1u - k;
-                var v1 = 0.0;
-                var v2 = 0.0;
-                if live && e < len {
-                    let j = e * CB + c;
-                    let dt = s_dt[j];
-                    let dy = s_dy[j];
-                    let bv = bc_at(b, t0 + e, grp, n, bfix, 0u);
-                    let hg = dy * bc_at(b, t0 + e, grp, n, cfix, 1u) + hc;
-                    var hprev = sub[s];
-                    if e > 0u {
-                        hprev = hs[e - 1u];
-                    }
-                    let w = as_[e] * hprev * hg;
-                    v1 = bv * hg;
-                    v2 = an * w;
-                    da_acc += dt * w;
-#ifdef FIXED_BC
-                    db_acc += dt * s_u[j] * hg;
-                    dc_acc += dy * hs[e];
-#endif
-                    hadj[e] = hg;
-                    hc = as_[e] * hg;
-                }
-                if e < len {
-                    put_n(e, c, n, act, v1, sgw, 0u);
-                    put_n(e, c, n, act, v2, sgw, 1u);
-                }
-            }
+            rev_step(7u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(6u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(5u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(4u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(3u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(2u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(1u, th, h_start, &hs, &as_, &hadj, &acc);
+            rev_step(0u, th, h_start, &hs, &as_, &hadj, &acc);
             workgroupBarrier();
-            reduce_n(lid, len, sgw, true);
+            reduce_n(lid, len, th.sgw, true);
             workgroupBarrier();
 
             // du and ddelta of each (step, channel)
@@ -466,49 +500,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
 #ifndef FIXED_BC
             // the terms of dBm and dCm, summed over channels
-            for (var e = 0u; e < L; e++) {
-                if act && e < len {
-                    let j = e * CB + c;
-                    var vb = 0.0;
-                    var vc = 0.0;
-                    if live {
-                        vb = s_dt[j] * s_u[j] * hadj[e];
-                        vc = s_dy[j] * hs[e];
-                    }
-                    s_r[j * NP + n] = vb;
-                    s_r2[j * NP + n] = vc;
-                }
-            }
+            dbc_step(0u, th, &hs, &hadj);
+            dbc_step(1u, th, &hs, &hadj);
+            dbc_step(2u, th, &hs, &hadj);
+            dbc_step(3u, th, &hs, &hadj);
+            dbc_step(4u, th, &hs, &hadj);
+            dbc_step(5u, th, &hs, &hadj);
+            dbc_step(6u, th, &hs, &hadj);
+            dbc_step(7u, th, &hs, &hadj);
             workgroupBarrier();
             reduce_c(lid, b, t0, len, d0, blk);
 #else
             workgroupBarrier();
 #endif
             // per-channel sums of dDskip and dbias (steps ascending within a chunk)
-            if lid < CB {
-                for (var e = 0u; e < L; e++) {
-                    if e < len {
-                        dsk_acc += s_dy[e * CB + lid] * s_u[e * CB + lid];
-                        dbias_acc += s_dd[e * CB + lid];
-                    }
-                }
-            }
+            chan_step(0u, lid, len, &acc);
+            chan_step(1u, lid, len, &acc);
+            chan_step(2u, lid, len, &acc);
+            chan_step(3u, lid, len, &acc);
+            chan_step(4u, lid, len, &acc);
+            chan_step(5u, lid, len, &acc);
+            chan_step(6u, lid, len, &acc);
+            chan_step(7u, lid, len, &acc);
             workgroupBarrier();
         }
     }
 
     let row = P.row0 + b;
     let bdn = P.B * DN;
-    if live {
-        DH0[P.off_dh0 + (b * P.D + d) * P.N + n] = hc;
-        PP[P.off_pp + row * DN + d * P.N + n] = da_acc;
+    if th.live {
+        DH0[P.off_dh0 + (b * P.D + d) * P.N + th.n] = acc.hc;
+        PP[P.off_pp + row * DN + d * P.N + th.n] = acc.da;
 #ifdef FIXED_BC
-        PP[P.off_pp + bdn + 2u * P.B * P.D + row * DN + d * P.N + n] = db_acc;
-        PP[P.off_pp + 2u * bdn + 2u * P.B * P.D + row * DN + d * P.N + n] = dc_acc;
+        PP[P.off_pp + bdn + 2u * P.B * P.D + row * DN + d * P.N + th.n] = acc.db;
+        PP[P.off_pp + 2u * bdn + 2u * P.B * P.D + row * DN + d * P.N + th.n] = acc.dc;
 #endif
     }
     if lid < CB && d0 + lid < P.D {
-        PP[P.off_pp + bdn + row * P.D + d0 + lid] = dsk_acc;
-        PP[P.off_pp + bdn + P.B * P.D + row * P.D + d0 + lid] = dbias_acc;
+        PP[P.off_pp + bdn + row * P.D + d0 + lid] = acc.dsk;
+        PP[P.off_pp + bdn + P.B * P.D + row * P.D + d0 + lid] = acc.dbias;
     }
 }

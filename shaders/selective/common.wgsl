@@ -15,9 +15,9 @@
 // thread runs its (channel, state) recurrence sequentially in time, in chunks of L steps
 // whose dt and u are staged in workgroup memory once per (step, channel).
 //
-// Loops inside a chunk have constant trip counts (with a guard) so that they unroll: besides
-// helping real GPUs, lavapipe (gallivm) ends a loop nest after 65535 iterations in all, which
-// would otherwise cut long sequences short.
+// The per-step work of a chunk is written out step by step (no loop), and the other loops
+// inside a chunk have small constant trip counts: lavapipe (gallivm) stops a loop nest after
+// 65535 iterations in all, which cut long sequences short when every step was an iteration.
 
 #include "selective/types.wgsl"
 
@@ -196,3 +196,69 @@ fn butterfly(v_in: f32) -> f32 {
     return v;
 }
 #endif
+
+// What one thread owns (see the layout above) and, per chunk, where the chunk is.
+struct Th {
+    b: u32,
+    c: u32,
+    n: u32,
+    grp: u32,
+    sgw: u32,
+    act: bool,
+    live: bool,
+    an: f32,
+    bfix: f32,
+    cfix: f32,
+    t0: u32,
+    len: u32,
+}
+
+// The thread owning slot li of row b's block starting at channel d0; sgw = NP selects the
+// subgroup sums over n, 0 the workgroup-memory ones.
+fn thread_of(b: u32, d0: u32, li: u32, sgw: u32) -> Th {
+    var th: Th;
+    th.b = b;
+    th.n = li % NP;
+    th.c = li / NP;
+    th.sgw = sgw;
+    th.act = th.c < CB;
+    let d = d0 + th.c;
+    th.live = th.act && d < P.D && th.n < P.N;
+    th.grp = 0u;
+    th.an = 0.0;
+    th.bfix = 0.0;
+    th.cfix = 0.0;
+    if th.live {
+        th.an = A[P.off_a + d * P.N + th.n];
+#ifdef FIXED_BC
+        th.bfix = rd_b(d * P.N + th.n);
+        th.cfix = rd_c(d * P.N + th.n);
+#else
+        th.grp = d / P.dg;
+#endif
+    }
+    return th;
+}
+
+// Bm (which = 0) or Cm (which = 1) of the thread's state at step t0 + e
+fn bc_at(th: Th, e: u32, which: u32) -> f32 {
+#ifdef FIXED_BC
+    return select(th.bfix, th.cfix, which == 1u);
+#else
+    let i = ((th.b * P.T + th.t0 + e) * P.G + th.grp) * P.N + th.n;
+    if which == 0u {
+        return rd_b(i);
+    }
+    return rd_c(i);
+#endif
+}
+
+// The decay exp(dt A) of step e of the chunk (0 at an episode start) and dt
+fn decay_at(th: Th, e: u32) -> vec2<f32> {
+    let dt = s_dt[e * CB + th.c];
+    var a = exp(dt * th.an);
+    if s_rs[e] != 0u {
+        a = 0.0;
+    }
+    return vec2<f32>(a, dt);
+}

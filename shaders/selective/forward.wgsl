@@ -5,8 +5,8 @@
 // channels), one thread per (channel, state), time sequential in chunks of L steps). Per
 // chunk: stage dt and u; each thread advances its state L steps and leaves Cm_t[n] h_t[n] for
 // the reduction over n; the sums over n are formed in a fixed order (workgroup memory, or a
-// subgroup butterfly with SUBGROUPS when whole subgroups are available); then one thread per
-// (step, channel) adds the skip term, applies the gate and writes out.
+// subgroup butterfly with SUBGROUPS when whole subgroups are available and N fits one); then
+// one thread per (step, channel) adds the skip term, applies the gate and writes out.
 //! variant:
 //! variant: FIXED_BC
 //! variant: F16
@@ -87,6 +87,32 @@ fn finish_n(lid: u32, len: u32, sgw: u32) {
     }
 }
 
+// Step e of the chunk for one thread: advance its state and leave Cm h for the sum over n.
+fn fwd_step(e: u32, th: Th, h: ptr<function, f32>) {
+    if e >= th.len {
+        return;
+    }
+    var v = 0.0;
+    if th.live {
+        let ad = decay_at(th, e);
+        *h = ad.x * *h + ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+        v = bc_at(th, e, 1u) * *h;
+    }
+#ifdef SUBGROUPS
+    if th.sgw > 0u {
+        // lane n == 0 of each channel keeps the sum over n
+        v = butterfly(v);
+        if th.act && th.n == 0u {
+            s_y[e * CB + th.c] = v;
+        }
+        return;
+    }
+#endif
+    if th.act {
+        s_r[(e * CB + th.c) * NP + th.n] = v;
+    }
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
@@ -116,73 +142,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         s_sgw = NP;
     }
 #endif
-    let sgw = workgroupUniformLoad(&s_sgw);
-    let n = li % NP;
-    let c = li / NP;
-    let d = d0 + c;
-    let act = c < CB;
-    let live = act && d < P.D && n < P.N;
+    var th = thread_of(b, d0, li, workgroupUniformLoad(&s_sgw));
+    let d = d0 + th.c;
     let T = P.T;
     var h = 0.0;
-    var an = 0.0;
-    var bv = 0.0;
-    var cv = 0.0;
-    var grp = 0u;
-    if live {
-        an = A[P.off_a + d * P.N + n];
-        if (P.flags & HAS_H0) != 0u {
-            h = H0[P.off_h0 + (b * P.D + d) * P.N + n];
-        }
-#ifdef FIXED_BC
-        bv = rd_b(d * P.N + n);
-        cv = rd_c(d * P.N + n);
-#else
-        grp = d / P.dg;
-#endif
+    if th.live && (P.flags & HAS_H0) != 0u {
+        h = H0[P.off_h0 + (b * P.D + d) * P.N + th.n];
     }
     let nk = (T + L - 1u) / L;
     for (var k = 0u; k < nk; k++) {
         let t0 = k * L;
         let len = min(L, T - t0);
+        th.t0 = t0;
+        th.len = len;
         stage(lid, b, t0, len, d0);
         workgroupBarrier();
-        for (var e = 0u; e < L; e++) {
-            var v = 0.0;
-            if live && e < len {
-                let dt = s_dt[e * CB + c];
-                let u = s_u[e * CB + c];
-#ifndef FIXED_BC
-                let bc = ((b * T + t0 + e) * P.G + grp) * P.N + n;
-                bv = rd_b(bc);
-                cv = rd_c(bc);
-#endif
-                var decay = exp(dt * an);
-                if s_rs[e] != 0u {
-                    decay = 0.0;
-                }
-                h = decay * h + dt * bv * u;
-                v = cv * h;
-            }
-            if e < len {
-#ifdef SUBGROUPS
-                if sgw > 0u {
-                    // lane n == 0 of each channel keeps the sum over n
-                    v = butterfly(v);
-                    if act && n == 0u {
-                        s_y[e * CB + c] = v;
-                    }
-                } else if act {
-                    s_r[(e * CB + c) * NP + n] = v;
-                }
-#else
-                if act {
-                    s_r[(e * CB + c) * NP + n] = v;
-                }
-#endif
-            }
-        }
+        const_assert L == 16u;
+        fwd_step(0u, th, &h);
+        fwd_step(1u, th, &h);
+        fwd_step(2u, th, &h);
+        fwd_step(3u, th, &h);
+        fwd_step(4u, th, &h);
+        fwd_step(5u, th, &h);
+        fwd_step(6u, th, &h);
+        fwd_step(7u, th, &h);
+        fwd_step(8u, th, &h);
+        fwd_step(9u, th, &h);
+        fwd_step(10u, th, &h);
+        fwd_step(11u, th, &h);
+        fwd_step(12u, th, &h);
+        fwd_step(13u, th, &h);
+        fwd_step(14u, th, &h);
+        fwd_step(15u, th, &h);
         workgroupBarrier();
-        finish_n(lid, len, sgw);
+        finish_n(lid, len, th.sgw);
         workgroupBarrier();
         for (var r = 0u; r < LC / WG; r++) {
             let idx = lid + r * WG;
@@ -202,7 +195,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
     }
-    if live {
-        HF[P.off_f + (b * P.D + d) * P.N + n] = h;
+    if th.live {
+        HF[P.off_f + (b * P.D + d) * P.N + th.n] = h;
     }
 }
