@@ -129,7 +129,7 @@ fn bench(c: &mut Criterion) {
                     let (u, delta, a, bm, cm) =
                         (up(&t.u), up(&t.delta), up(&t.a), up(&t.bm), up(&t.cm));
                     let (dskip, z, bias, gr) = (up(&t.dskip), up(&t.z), up(&t.bias), up(&t.g));
-                    let inp = SelectiveInputs {
+                    let mk = || SelectiveInputs {
                         u: u.as_ref(),
                         delta: delta.as_ref(),
                         a: a.as_ref(),
@@ -141,6 +141,7 @@ fn bench(c: &mut Criterion) {
                         h0: None,
                         start: None,
                     };
+                    let inp = mk();
                     if selective::cuda::forward(be, &p, &inp).is_err() {
                         eprintln!("bench: cuda selective_scan skipped (no CUDA kernel yet)");
                         continue;
@@ -148,7 +149,7 @@ fn bench(c: &mut Criterion) {
                     common::bench_gpu(&mut g, format!("forward/{id}"), &dev, fb, || {
                         selective::cuda::forward(be, &p, &inp).map(|_| ())
                     });
-                    let bin = inp.clone().with_grads(gr.as_ref(), None);
+                    let bin = mk().with_grads(gr.as_ref(), None);
                     common::bench_gpu(&mut g, format!("backward/{id}"), &dev, bb, || {
                         selective::cuda::backward(be, &p, &bin).map(|_| ())
                     });

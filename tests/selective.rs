@@ -460,7 +460,8 @@ fn softplus_threshold() -> T {
         (softplus(0.0) - 2f64.ln()).abs() < 1e-15 && (softplus_grad(0.0) - 0.5).abs() < 1e-15,
         "at 0"
     );
-    ensure!((softplus(19.0) - 19.0).abs() < 1e-8, "near 20");
+    let near = (softplus(19.0) - 19.0).abs() < 1e-8;
+    ensure!(near, "near 20");
     // a delta above the threshold: dt = delta exactly, and ddelta = the unscaled gradient
     let p = SelectiveScan::new(1, 3, 2, 2).softplus();
     let mut d = gen(p, NONE, 5);

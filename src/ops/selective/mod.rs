@@ -139,7 +139,7 @@ impl Problem for SelectiveScan {
         check_max("state", self.state, MAX_STATE)?;
         if let BcMode::InputDependent { groups } = self.bc {
             check_nonzero("groups", groups)?;
-            if self.dim % groups != 0 {
+            if !self.dim.is_multiple_of(groups) {
                 return Err(Error::value(
                     "groups",
                     format!("a divisor of dim = {}", self.dim),

@@ -89,7 +89,10 @@ struct Plan {
 
 /// The largest divisor of `n` that is at most `max`.
 fn divisor_at_most(n: usize, max: usize) -> usize {
-    (1..=max.min(n)).rev().find(|k| n % k == 0).unwrap_or(1)
+    (1..=max.min(n))
+        .rev()
+        .find(|&k| n.is_multiple_of(k))
+        .unwrap_or(1)
 }
 
 /// Channels per workgroup: as many as the threads allow (at most 32). For the backward with
