@@ -1250,21 +1250,22 @@ fn cuda_storage_dtypes() -> T {
     storage_dtypes_on("cuda")
 }
 
-/// Property-based: random shapes and options, every GPU backend against the reference.
+/// Property-based: random shapes and options (T = 1 and B = 1 included, odd sizes, groups),
+/// every GPU backend against the reference. Kept small: lavapipe runs it on two CPU cores.
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
     on_gpus(|dev, bk| {
         let mut runner = TestRunner::new(Config {
-            cases: 24,
+            cases: 12,
             failure_persistence: None,
             ..Config::default()
         });
         let strat = (
             1usize..4,
-            1usize..200,
-            1usize..12,
-            1usize..40,
+            1usize..130,
+            1usize..8,
+            1usize..24,
             1usize..4,
             any::<[bool; 8]>(),
             any::<u64>(),
@@ -1311,6 +1312,49 @@ fn wgpu_long_sequence() -> T {
         ] {
             let d = gen(p, ALL, 800);
             check_backend(&dev, &d, &format!("{bk} {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+
+/// On lavapipe, rows longer than the tested lengths are refused with a Limit error rather
+/// than cut short; the forward is checked at its longest accepted length.
+fn wgpu_lavapipe_length_caps() -> T {
+    let ctx = wgpu_ctx()?;
+    if !ctx.info.name.contains("llvmpipe") {
+        return Err(Stop::Skip(format!("not lavapipe: {}", ctx.describe())));
+    }
+    let dev = wgpu()?;
+    let [fwd, bwd] = selective::wgpu::LAVAPIPE_MAX_LEN;
+    let p = SelectiveScan::new(1, fwd, 1, 2).softplus();
+    let d = gen(
+        p,
+        Opts {
+            starts: Starts::None,
+            ..ALL
+        },
+        850,
+    );
+    let ts = tensors(&d);
+    let out = selective::forward(&dev, &p, &ts.inputs())?;
+    close(
+        "longest lavapipe forward",
+        &out.out.to_f64_vec(),
+        &fwd_ref(&d).out,
+        1e-5,
+    )?;
+    let long = |t: usize| SelectiveScan::new(1, t, 1, 1);
+    for (q, backward) in [(long(fwd + 1), false), (long(bwd + 1), true)] {
+        let d = gen(q, NONE, 851);
+        let ts = tensors(&d);
+        let r = if backward {
+            selective::backward(&dev, &q, &ts.backward_inputs()).map(|_| ())
+        } else {
+            selective::forward(&dev, &q, &ts.inputs()).map(|_| ())
+        };
+        match r {
+            Err(Error::Limit { what, .. }) if what.contains("lavapipe") => {}
+            r => fail!("T = {} (backward: {backward}) on lavapipe: {r:?}", q.len),
         }
     }
     Ok(())
@@ -1517,6 +1561,7 @@ fn main() {
         cuda_storage_dtypes,
         random_shapes_all_backends,
         wgpu_long_sequence,
+        wgpu_lavapipe_length_caps,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
         wgpu_subgroup_paths_agree,

@@ -1,11 +1,26 @@
 //! Launch code for the WGSL selective scan (`shaders/selective/`).
 //!
-//! One workgroup per (batch row, block of `cb` channels), one thread per (channel, state);
-//! see `shaders/selective/common.wgsl`. Rows are split into groups whose bindings fit the
-//! device's binding-size limit, one dispatch per group. Parameter gradients are summed per
-//! row by each workgroup (fixed order) and over rows by `common/reduce_rows.wgsl`;
-//! input-dependent `dBm`/`dCm` of groups wider than one block go through per-block partials
-//! summed by `selective/reduce_groups.wgsl`. No float atomics anywhere.
+//! One workgroup per (batch row, block of up to 32 channels), one thread per (channel,
+//! state); each thread runs its recurrence sequentially in time, in chunks whose `dt` and `u`
+//! are staged in workgroup memory (see `shaders/selective/common.wgsl`). Parallelism is
+//! therefore `B * D * N` threads (Mamba's B = 8, D = 2048, N = 16 gives 262144), not time: a
+//! problem with few (batch, channel, state) triples and a long T leaves a large GPU idle.
+//!
+//! Sums over the states (`y`, and the `du` / `ddelta` terms of the backward) are formed in
+//! workgroup memory in a fixed order, or, when the device has subgroups and `N` fits in one,
+//! by a subgroup butterfly. Rows are split into dispatches whose bindings fit the device's
+//! binding-size limit and whose grids fit its workgroup-count limit. Parameter gradients are
+//! summed per row by each workgroup and over rows by `common/reduce_rows.wgsl`;
+//! input-dependent `dBm` / `dCm` of groups wider than one channel block go through per-block
+//! partials summed by `selective/reduce_groups.wgsl`. No float atomics anywhere: results are
+//! bitwise reproducible (bf16 outputs are OR-ed into zeroed words with integer atomics, which
+//! commute).
+//!
+//! lavapipe (Mesa's gallivm) stops any loop nest after 65535 iterations in all. The kernels
+//! write the per-step work of a chunk out step by step to stay far from that: on lavapipe the
+//! forward handles rows of at least 2^18 steps and the backward rows of about 10^5 steps per
+//! call; longer rows on lavapipe return [`Error::Limit`] rather than results cut short (the
+//! limits below are the tested lengths). Real GPU drivers have no such cap.
 
 use super::{
     SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
@@ -28,6 +43,10 @@ const WG: usize = 256;
 const CBMAX: usize = 32;
 /// Steps per checkpoint interval of the backward (`backward.wgsl`: 8 chunks of 8 steps).
 pub(crate) const CHECKPOINT: usize = 64;
+
+/// The longest rows (steps) the forward and the backward take on lavapipe (see the module
+/// docs); both lengths are tested.
+pub const LAVAPIPE_MAX_LEN: [usize; 2] = [1 << 18, 1 << 16];
 
 /// The parameter block shared by every selective kernel (`Params` in `common.wgsl`).
 #[repr(C)]
@@ -123,6 +142,17 @@ fn plan(
         ));
     }
     let (b, t, d, n, g) = (p.batch, p.len, p.dim, p.state, p.num_groups());
+    let cap = LAVAPIPE_MAX_LEN[usize::from(backward)];
+    if t > cap && ctx.info.name.contains("llvmpipe") {
+        return Err(Error::Limit {
+            backend: "wgpu",
+            what: format!(
+                "len = {t} exceeds {cap}: lavapipe stops loop nests after 65535 iterations, which \
+                 would cut the {} short",
+                if backward { "backward" } else { "forward" }
+            ),
+        });
+    }
     check_u32("batch * len * dim", b * t * d)?;
     check_u32("batch * len * groups * state", b * t * g * n)?;
     check_u32("batch * dim * state", b * d * n)?;
