@@ -131,7 +131,9 @@ impl Model for GruModel {
 
 /// Logits at the given flat steps.
 fn at(m: &dyn Model, b: &Batch, steps: &(Tensor, Tensor)) -> Result<Tensor> {
-    m.logits(b)?.reshape((ROWS * LEN, SYMBOLS))?.index_select(&steps.0, 0)
+    m.logits(b)?
+        .reshape((ROWS * LEN, SYMBOLS))?
+        .index_select(&steps.0, 0)
 }
 
 fn accuracy(m: &dyn Model, eval: &[Batch]) -> Result<f64> {
@@ -242,7 +244,10 @@ fn opts() -> Opts {
             "--lr" => o.lr = w[1].parse().expect("--lr X"),
             "--gap" => {
                 let (a, b) = w[1].split_once('-').expect("--gap MIN-MAX");
-                o.gap = (a.parse().expect("--gap MIN-MAX"), b.parse().expect("--gap MIN-MAX"));
+                o.gap = (
+                    a.parse().expect("--gap MIN-MAX"),
+                    b.parse().expect("--gap MIN-MAX"),
+                );
             }
             _ => {}
         }

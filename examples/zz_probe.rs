@@ -5,7 +5,17 @@ fn main() {
     let v = |n: &str, x: f64| vec![x; p.spec(n).numel()];
     let (x, a, b, s0) = (v("x", 0.3), v("a", -0.01), v("b", 0.1), v("s0", 0.0));
     let t0 = std::time::Instant::now();
-    let _o = ffm::reference::forward(&p, &FfmInputs { x: &x[..], a: &a[..], b: &b[..], s0: Some(&s0[..]), start: None }).unwrap();
+    let _o = ffm::reference::forward(
+        &p,
+        &FfmInputs {
+            x: &x[..],
+            a: &a[..],
+            b: &b[..],
+            s0: Some(&s0[..]),
+            start: None,
+        },
+    )
+    .unwrap();
     println!("ref fwd {:?}", t0.elapsed());
     let t0 = std::time::Instant::now();
     let t = linrec::Tensor::from_f64(p.spec("s").shape, &_o.s, linrec::DType::F32).unwrap();

@@ -7,7 +7,7 @@
 //! - [`ffm`]: the aggregator of Fast and Forgetful Memory (complex, decaying, oscillating);
 //! - [`efla`]: error-free linear attention and the delta rule (recurrent and chunked);
 //! - [`scan`]: the diagonal linear scan (real or complex, S5 / LRU style);
-//! - `selective`: Mamba's selective scan.
+//! - [`selective`]: Mamba's selective scan.
 //!
 //! Every operation runs on the f64 CPU reference, on WGSL kernels through `wgpu` (any
 //! Vulkan / Metal / DX12 GPU, or lavapipe on the CPU) and, with feature `cuda`, on CUDA
@@ -45,7 +45,7 @@ pub mod tensor;
 
 pub use device::{BackendKind, Device};
 pub use error::{Error, Result};
-pub use ops::{efla, ffm, scan, ArgSpec, Problem, Role};
+pub use ops::{efla, ffm, scan, selective, ArgSpec, Problem, Role};
 #[cfg(feature = "cuda")]
 pub use runtime::cuda::{CuRef, CuTensor, CudaBackend};
 #[cfg(feature = "wgpu")]

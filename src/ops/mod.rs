@@ -13,6 +13,7 @@ pub(crate) mod cplx;
 pub mod efla;
 pub mod ffm;
 pub mod scan;
+pub mod selective;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

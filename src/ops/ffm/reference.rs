@@ -58,7 +58,10 @@ pub fn forward(p: &Ffm, inp: &FfmInputs<&[f64], &[u8]>) -> Result<FfmOutputs<Vec
     let mut sf = vec![0.0; bn * mn * cn * 2];
     for b in 0..bn {
         let mut st: Vec<C64> = (0..mn * cn)
-            .map(|k| inp.s0.map_or(C64::ZERO, |s0| C64::load(s0, b * mn * cn + k, true)))
+            .map(|k| {
+                inp.s0
+                    .map_or(C64::ZERO, |s0| C64::load(s0, b * mn * cn + k, true))
+            })
             .collect();
         for t in 0..tn {
             let reset = ix.started(b, t);
@@ -107,7 +110,10 @@ pub fn backward(p: &Ffm, inp: &FfmBackwardInputs<&[f64], &[u8]>) -> Result<FfmGr
     for b in 0..bn {
         // H_{T-1} = G_{T-1} + G_final; H_t = G_t + (start_{t+1} ? 0 : conj(gamma) H_{t+1})
         let mut h: Vec<C64> = (0..mn * cn)
-            .map(|k| inp.grad_final.map_or(C64::ZERO, |gf| C64::load(gf, b * mn * cn + k, true)))
+            .map(|k| {
+                inp.grad_final
+                    .map_or(C64::ZERO, |gf| C64::load(gf, b * mn * cn + k, true))
+            })
             .collect();
         for t in (0..tn).rev() {
             if t + 1 < tn {
@@ -124,7 +130,8 @@ pub fn backward(p: &Ffm, inp: &FfmBackwardInputs<&[f64], &[u8]>) -> Result<FfmGr
                     dx[ix.x(b, t, m)] += h[k].re;
                     if carried {
                         let prev = if t == 0 {
-                            inp.s0.map_or(C64::ZERO, |s0| C64::load(s0, ix.state(b, m, c), true))
+                            inp.s0
+                                .map_or(C64::ZERO, |s0| C64::load(s0, ix.state(b, m, c), true))
                         } else {
                             C64::load(&fwd.s, ix.s(b, t - 1, m, c), true)
                         };
@@ -140,7 +147,11 @@ pub fn backward(p: &Ffm, inp: &FfmBackwardInputs<&[f64], &[u8]>) -> Result<FfmGr
             }
         }
     }
-    let dlog: Vec<C64> = g.iter().zip(&dgamma).map(|(gk, dk)| gk.conj() * *dk).collect();
+    let dlog: Vec<C64> = g
+        .iter()
+        .zip(&dgamma)
+        .map(|(gk, dk)| gk.conj() * *dk)
+        .collect();
     // da[m] = sum_c Re(dlog[m][c]); db[c] = sum_m Im(dlog[m][c])
     let da = (0..mn)
         .map(|m| (0..cn).map(|c| dlog[m * cn + c].re).sum())
