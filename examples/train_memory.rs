@@ -39,6 +39,47 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+    fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
+        (lo + (hi - lo) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)) as f32
+    }
+}
+
+/// Re-draw every parameter from `seed` with candle-nn's default distributions (candle cannot
+/// seed its CPU generator, and a reproducible run is worth more here): Kaiming-uniform weights
+/// (bound sqrt(6 / fan_in)), linear biases uniform in +-1/sqrt(fan_in); LayerNorm weights,
+/// GRU biases and the FFM's learned offsets keep their constant starts.
+fn seeded_init(vm: &VarMap, seed: u64) -> Result<()> {
+    let mut rng = Rng(seed);
+    let data = vm.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let v = &data[name];
+        let dims = v.dims().to_vec();
+        let bound = match (name.rsplit('.').next(), dims.as_slice()) {
+            (_, _)
+                if name.contains("norm") || name.contains("log_rate") || name.contains("freq") =>
+            {
+                continue
+            }
+            (Some("weight") | Some("weight_ih_l0") | Some("weight_hh_l0"), [_, fan_in]) => {
+                (6.0 / *fan_in as f64).sqrt()
+            }
+            (Some("bias"), [n]) => {
+                // the layer's fan-in is the second dim of its weight
+                let w = name.trim_end_matches("bias").to_string() + "weight";
+                match data.get(&w).map(|w| w.dims().to_vec()) {
+                    Some(d) if d.len() == 2 => 1.0 / (d[1] as f64).sqrt(),
+                    _ => 1.0 / (*n as f64).sqrt(),
+                }
+            }
+            _ => continue,
+        };
+        let n: usize = dims.iter().product();
+        let vals: Vec<f32> = (0..n).map(|_| rng.uniform(-bound, bound)).collect();
+        v.set(&Tensor::from_vec(vals, dims.as_slice(), v.device())?)?;
+    }
+    Ok(())
 }
 
 /// One batch: observations `[ROWS, LEN, OBS]`, starts `[ROWS, LEN]`, and the flat indices
@@ -51,7 +92,7 @@ struct Batch {
     eval: (Tensor, Tensor),
 }
 
-fn batch(rng: &mut Rng, gap: (usize, usize), dev: &Device) -> Result<Batch> {
+fn batch(rng: &mut Rng, gap: (usize, usize), distract: f64, dev: &Device) -> Result<Batch> {
     let (min_gap, max_gap) = gap;
     let mut obs = vec![0f32; ROWS * LEN * OBS];
     let mut start = vec![0u8; ROWS * LEN];
@@ -60,7 +101,9 @@ fn batch(rng: &mut Rng, gap: (usize, usize), dev: &Device) -> Result<Batch> {
         // the row begins mid-episode for realism: a random offset of distractors first
         let mut t = rng.below(max_gap);
         for s in 0..t {
-            obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
+            if rng.uniform(0.0, 1.0) < distract as f32 {
+                obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
+            }
         }
         while t < LEN {
             let len = min_gap + 2 + rng.below(max_gap - min_gap + 1);
@@ -68,7 +111,7 @@ fn batch(rng: &mut Rng, gap: (usize, usize), dev: &Device) -> Result<Batch> {
             start[r * LEN + t] = 1;
             obs[(r * LEN + t) * OBS + cue] = 1.0;
             for s in t..(t + len).min(LEN) {
-                if s > t {
+                if s > t && rng.uniform(0.0, 1.0) < distract as f32 {
                     obs[(r * LEN + s) * OBS + SYMBOLS + rng.below(SYMBOLS)] = 1.0;
                 }
                 train.push((r * LEN + s) as u32);
@@ -164,7 +207,7 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
     let mut opt = AdamW::new(
         vm.all_vars(),
         ParamsAdamW {
-            lr: 3e-3,
+            lr: 3e-2,
             weight_decay: 0.0,
             ..Default::default()
         },
@@ -172,7 +215,7 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
     let mut rng = Rng(opts.seed);
     let mut erng = Rng(opts.seed ^ 0xE7A1);
     let eval: Vec<Batch> = (0..4)
-        .map(|_| batch(&mut erng, opts.gap, dev))
+        .map(|_| batch(&mut erng, opts.gap, opts.distract, dev))
         .collect::<Result<_>>()?;
     let pb = ProgressBar::new(opts.max_steps as u64);
     pb.set_style(
@@ -183,7 +226,7 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
     let t0 = Instant::now();
     let (mut acc, mut to_95, mut steps) = (0.25, None, 0);
     while steps < opts.max_steps && t0.elapsed() < opts.max_time {
-        let b = batch(&mut rng, opts.gap, dev)?;
+        let b = batch(&mut rng, opts.gap, opts.distract, dev)?;
         let loss = candle_nn::loss::cross_entropy(&at(m, &b, &b.train)?, &b.train.1)?;
         opt.backward_step(&loss)?;
         steps += 1;
@@ -221,6 +264,7 @@ struct Opts {
     models: String,
     lr: f64,
     gap: (usize, usize),
+    distract: f64,
 }
 
 fn opts() -> Opts {
@@ -229,8 +273,9 @@ fn opts() -> Opts {
         max_time: Duration::from_secs(150),
         seed: 7,
         models: "ffm,gru".into(),
-        lr: 3e-3,
+        lr: 3e-2,
         gap: (100, 200),
+        distract: 1.0,
     };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
@@ -242,6 +287,7 @@ fn opts() -> Opts {
             "--seed" => o.seed = w[1].parse().expect("--seed N"),
             "--models" => o.models = w[1].clone(),
             "--lr" => o.lr = w[1].parse().expect("--lr X"),
+            "--distract" => o.distract = w[1].parse().expect("--distract P"),
             "--gap" => {
                 let (a, b) = w[1].split_once('-').expect("--gap MIN-MAX");
                 o.gap = (
@@ -281,6 +327,7 @@ fn main() -> Result<()> {
         cell: FfmCell::new(cfg, vb.pp("ffm"))?,
         head: linear(32, SYMBOLS, vb.pp("head"))?,
     };
+    seeded_init(&vm, o.seed)?;
     let mut results = Vec::new();
     if o.models.contains("ffm") {
         results.push(("FFM", train("FFM", &ffm, &vm, &dev, &o)?));
@@ -293,6 +340,7 @@ fn main() -> Result<()> {
         gru: gru(OBS, hidden, GRUConfig::default(), vb.pp("gru"))?,
         head: linear(hidden, SYMBOLS, vb.pp("head"))?,
     };
+    seeded_init(&vm, o.seed)?;
     if o.models.contains("gru") {
         results.push(("GRU", train("GRU", &g, &vm, &dev, &o)?));
     }

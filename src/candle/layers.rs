@@ -22,6 +22,9 @@ pub struct FfmCellConfig {
     pub min_horizon: f64,
     /// See `min_horizon`.
     pub max_horizon: f64,
+    /// Initial bias of the input gate (`-3`: the memory starts mostly closed and opens for the
+    /// inputs that predict later targets, rather than having to learn to shut out the rest).
+    pub input_gate_bias: f64,
 }
 
 impl FfmCellConfig {
@@ -34,6 +37,7 @@ impl FfmCellConfig {
             context,
             min_horizon: 1.0,
             max_horizon: 1024.0,
+            input_gate_bias: -3.0,
         }
     }
 }
@@ -42,7 +46,8 @@ impl FfmCellConfig {
 /// an RNN cell over whole sequences:
 ///
 /// ```text
-/// x~_t = pre(x_t) * sigmoid(gate_in(x_t))                     input projection and gate  [M]
+/// x~_t = pre(x_t) * sigmoid(gate_in(x_t)) * sqrt(1 - |gamma|^2)  input projection, gate,
+///                                                              and LRU-style normalisation [M]
 /// S_t  = aggregate(x~)  (linrec's FFM op: decay exp(a), frequency b, resets, carried state)
 /// z_t  = mix([Re S_t, Im S_t])                                mix layer over 2*M*C features
 /// g_t  = sigmoid(gate_out(x_t))
@@ -102,8 +107,14 @@ impl FfmCell {
         let base_freq = Tensor::from_vec(freqs, c, vb.device())?;
         Ok(FfmCell {
             cfg,
-            pre: linear(i, m, vb.pp("pre"))?,
-            gate_in: linear(i, m, vb.pp("gate_in"))?,
+            pre: candle_nn::linear_no_bias(i, m, vb.pp("pre"))?,
+            gate_in: {
+                let v = vb.pp("gate_in");
+                let bound = 1.0 / (i as f64).sqrt();
+                let w = v.get_with_hints((m, i), "weight", Init::Uniform { lo: -bound, up: bound })?;
+                let b = v.get_with_hints(m, "bias", Init::Const(cfg.input_gate_bias))?;
+                Linear::new(w, Some(b))
+            },
             gate_out: linear(i, o, vb.pp("gate_out"))?,
             skip: linear(i, o, vb.pp("skip"))?,
             mix: linear(2 * m * c, o, vb.pp("mix"))?,
@@ -132,6 +143,11 @@ impl FfmCell {
         let (m, c) = (self.cfg.memory, self.cfg.context);
         let xin = (self.pre.forward(x)? * candle_nn::ops::sigmoid(&self.gate_in.forward(x)?)?)?;
         let a = (&self.base_rate + &self.log_rate)?.exp()?.neg()?;
+        // Input normalisation (as in the LRU): each channel's input is scaled by
+        // sqrt(1 - |gamma|^2), so a long-memory channel summing hundreds of steps and a
+        // short one holding about one step have comparable variance.
+        let norm = (1.0 - (&a * 2.0)?.exp()?)?.sqrt()?;
+        let xin = xin.broadcast_mul(&norm)?;
         let freq = (&self.base_freq + &self.freq)?;
         let p = Ffm::new(b, t, m, c);
         let (s, s_final) = ffm(&p, &xin.contiguous()?, &a, &freq, state, start)?;

@@ -4,22 +4,27 @@ use super::{apply, cerr, flags_host, pack, unpack, Parts};
 use crate::ffm::{Ffm, FfmBackwardInputs, FfmInputs};
 use crate::ops::Problem;
 use crate::scan::{LinearScan, ScanBackwardInputs, ScanInputs};
-use crate::{DType, Device, Tensor as LTensor};
+use crate::DType;
 use candle_core::{Result, Tensor};
 
-/// A host linrec tensor of the problem's shape for `name`.
-fn lt<P: Problem>(p: &P, name: &str, v: &[f32]) -> crate::Result<LTensor> {
-    LTensor::new(p.spec(name).shape, v.to_vec())
+/// f32 parts widened for the f64 reference.
+fn wide(parts: &[&[f32]]) -> Vec<Vec<f64>> {
+    parts
+        .iter()
+        .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+        .collect()
+}
+
+/// An f64 result rounded to f32.
+fn narrow(v: Vec<f64>) -> Vec<f32> {
+    v.into_iter().map(|x| x as f32).collect()
 }
 
 /// Host flags of an optional start tensor.
-fn start_host<P: Problem>(p: &P, start: &Option<Tensor>) -> crate::Result<Option<LTensor>> {
+fn start_host(start: &Option<Tensor>) -> crate::Result<Option<Vec<u8>>> {
     start
         .as_ref()
-        .map(|t| {
-            let f = flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e))?;
-            LTensor::new(p.spec("start").shape, f)
-        })
+        .map(|t| flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e)))
         .transpose()
 }
 
@@ -98,21 +103,16 @@ impl Parts for ScanParts {
         ["h", "h_final"].map(|n| self.p.spec(n).numel()).to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let p = &self.p;
-        let (x, a, h0) = (
-            lt(p, "x", ins[0])?,
-            lt(p, "a", ins[1])?,
-            lt(p, "h0", ins[2])?,
-        );
-        let st = start_host(p, &self.start)?;
+        let w = wide(ins);
+        let st = start_host(&self.start)?;
         let inp = ScanInputs {
-            x: &x,
-            a: &a,
-            h0: Some(&h0),
-            start: st.as_ref(),
+            x: &w[0][..],
+            a: &w[1][..],
+            h0: Some(&w[2][..]),
+            start: st.as_deref(),
         };
-        let o = crate::scan::forward(&Device::Cpu, p, &inp)?;
-        Ok(vec![o.h.to_f32_vec(), o.h_final.to_f32_vec()])
+        let o = crate::scan::reference::forward(&self.p, &inp)?;
+        Ok(vec![narrow(o.h), narrow(o.h_final)])
     }
     fn bwd_host(
         &self,
@@ -120,28 +120,18 @@ impl Parts for ScanParts {
         outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let p = &self.p;
-        let (a, h0, h) = (
-            lt(p, "a", ins[1])?,
-            lt(p, "h0", ins[2])?,
-            lt(p, "h", outs[0])?,
-        );
-        let (g, gf) = (lt(p, "grad_h", grads[0])?, lt(p, "grad_final", grads[1])?);
-        let st = start_host(p, &self.start)?;
+        let (w, o, g) = (wide(ins), wide(&outs[..1]), wide(grads));
+        let st = start_host(&self.start)?;
         let inp = ScanBackwardInputs {
-            a: &a,
-            h: &h,
-            h0: Some(&h0),
-            start: st.as_ref(),
-            grad_h: &g,
-            grad_final: Some(&gf),
+            a: &w[1][..],
+            h: &o[0][..],
+            h0: Some(&w[2][..]),
+            start: st.as_deref(),
+            grad_h: &g[0][..],
+            grad_final: Some(&g[1][..]),
         };
-        let r = crate::scan::backward(&Device::Cpu, p, &inp)?;
-        Ok(vec![
-            r.dx.to_f32_vec(),
-            r.da.to_f32_vec(),
-            r.dh0.to_f32_vec(),
-        ])
+        let r = crate::scan::reference::backward(&self.p, &inp)?;
+        Ok(vec![narrow(r.dx), narrow(r.da), narrow(r.dh0)])
     }
     #[cfg(feature = "candle-cuda")]
     fn fwd_cuda(
@@ -227,23 +217,17 @@ impl Parts for FfmParts {
         ["s", "s_final"].map(|n| self.p.spec(n).numel()).to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let p = &self.p;
-        let (x, a, b, s0) = (
-            lt(p, "x", ins[0])?,
-            lt(p, "a", ins[1])?,
-            lt(p, "b", ins[2])?,
-            lt(p, "s0", ins[3])?,
-        );
-        let st = start_host(p, &self.start)?;
+        let w = wide(ins);
+        let st = start_host(&self.start)?;
         let inp = FfmInputs {
-            x: &x,
-            a: &a,
-            b: &b,
-            s0: Some(&s0),
-            start: st.as_ref(),
+            x: &w[0][..],
+            a: &w[1][..],
+            b: &w[2][..],
+            s0: Some(&w[3][..]),
+            start: st.as_deref(),
         };
-        let o = crate::ffm::forward(&Device::Cpu, p, &inp)?;
-        Ok(vec![o.s.to_f32_vec(), o.s_final.to_f32_vec()])
+        let o = crate::ffm::reference::forward(&self.p, &inp)?;
+        Ok(vec![narrow(o.s), narrow(o.s_final)])
     }
     fn bwd_host(
         &self,
@@ -251,30 +235,23 @@ impl Parts for FfmParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let p = &self.p;
-        let (x, a, b, s0) = (
-            lt(p, "x", ins[0])?,
-            lt(p, "a", ins[1])?,
-            lt(p, "b", ins[2])?,
-            lt(p, "s0", ins[3])?,
-        );
-        let (g, gf) = (lt(p, "grad_s", grads[0])?, lt(p, "grad_final", grads[1])?);
-        let st = start_host(p, &self.start)?;
+        let (w, g) = (wide(ins), wide(grads));
+        let st = start_host(&self.start)?;
         let inp = FfmBackwardInputs {
-            x: &x,
-            a: &a,
-            b: &b,
-            s0: Some(&s0),
-            start: st.as_ref(),
-            grad_s: &g,
-            grad_final: Some(&gf),
+            x: &w[0][..],
+            a: &w[1][..],
+            b: &w[2][..],
+            s0: Some(&w[3][..]),
+            start: st.as_deref(),
+            grad_s: &g[0][..],
+            grad_final: Some(&g[1][..]),
         };
-        let r = crate::ffm::backward(&Device::Cpu, p, &inp)?;
+        let r = crate::ffm::reference::backward(&self.p, &inp)?;
         Ok(vec![
-            r.dx.to_f32_vec(),
-            r.da.to_f32_vec(),
-            r.db.to_f32_vec(),
-            r.ds0.to_f32_vec(),
+            narrow(r.dx),
+            narrow(r.da),
+            narrow(r.db),
+            narrow(r.ds0),
         ])
     }
     #[cfg(feature = "candle-cuda")]
