@@ -19,15 +19,22 @@
 // Lanes are combined in two levels: (1) inside a warp, the spw = 32 / cols lanes that share
 // it (cols < 32) run a Hillis-Steele scan with warp shuffles (__shfl_up_sync by cols * 2^k);
 // (2) the ng = TL / spw warp-groups' totals go through shared memory, and every thread
-// composes the groups before its own (and all of them, for the next chunk's carry) in a
-// fixed order. The multiplier of a reset-free span of n steps is gamma^n in closed form,
+// composes the groups before its own from a zero state in a fixed order, then applies the
+// chunk's carried state with one power (thread j = 0 does the same over all groups for the
+// next chunk's carry, kept in shared memory). So the carried state is multiplied by one
+// power per chunk (gamma^L), not one per group or lane: each power's rounding would drift
+// an undamped state once per multiplication (T = 65536, a = 0: rel 2e-6 instead of 3e-5).
+// The multiplier of a reset-free span of n steps is gamma^n in closed form,
 // exp(n a) (cos n b, sin n b) with n b formed in two parts (b = hi + lo, n hi exact), never
 // a product of per-step multipliers; the powers a block needs (gamma, gamma^{E s} for
-// s = 1..spw) are computed once per block into shared memory by all its threads.
+// s = 1..spw, gamma^{E spw g} for g = 2..ng) are computed once per block into shared memory
+// by all its threads.
 //
 // Memory. Forward: x read once (4 bytes per (t, m), shared by the C / V units of m through
 // L1), S written once with coalesced vector stores (the columns of a warp are consecutive
 // units: cols * V * 8 contiguous bytes per lane group and step), the final state once.
+// Registers: forward <= 64 (four blocks of 256 per SM; the lane's x waits out the scan in
+// shared memory), backward <= 128 (two blocks per SM), no spills on sm_80 / sm_90.
 // Backward: a first pass (ffm_ckpt_*: the forward without S) stores the state entering each
 // chunk, [B, K, M, C] complex (K = ceil(T / L): L times smaller than S); then ffm_bwd_*
 // processes chunks last to first, recomputing the chunk's states from its checkpoint and x,
@@ -40,7 +47,7 @@ namespace {
 
 constexpr int NT = 256;            // threads per block
 constexpr int E = 8;               // steps per thread per chunk
-constexpr int MAX_TAB = 1024;      // complex entries of the power table: (spw + 1) * cols * V
+constexpr int MAX_TAB = 1024;      // complex entries of the power table: (spw + ng) * cols * V
 constexpr unsigned FULL = 0xffffffffu;
 constexpr unsigned HAS_S0 = 1, HAS_START = 2, HAS_GF = 4;
 
@@ -131,12 +138,14 @@ __device__ __forceinline__ bool column(const Lay& P, int CU, int mblk, int cb, i
 }
 
 // The block's powers: tab[(s * cols + cc) * V + v] = gamma^n of channel v of column cc, with
-// n = 1 for s = 0 and n = E s for s = 1..spw (E 2^k for the warp scan, E sig for a lane's
-// prefix, E spw for a warp-group). Every thread calls this; a barrier must follow.
+// n = 1 for s = 0, n = E s for s = 1..spw (E 2^k for the warp scan, E sig for a lane's
+// prefix, E spw for a warp-group), and n = E spw g for s = spw + g - 1, g = 2..ng (g
+// warp-groups; g = ng is the whole chunk, L steps). (spw + ng) * cols <= 512 for every width.
+// Every thread calls this; a barrier must follow.
 template <int V>
 __device__ void fill_powers(Cx* tab, const float* __restrict__ a, const float* __restrict__ b,
-                            const Lay& P, int mblk, int cb, int spw) {
-    const int n = (spw + 1) * P.cols * V;
+                            const Lay& P, int mblk, int cb, int spw, int ng) {
+    const int n = (spw + ng) * P.cols * V;
     for (int i = threadIdx.x; i < n; i += NT) {
         const int v = i % V, cc = (i / V) % P.cols, s = i / (V * P.cols);
         int m, u;
@@ -145,12 +154,59 @@ __device__ void fill_powers(Cx* tab, const float* __restrict__ a, const float* _
             la = a[m];
             lb = reduce_angle(b[u * V + v]);
         }
-        tab[i] = cpow(la, lb, s == 0 ? 1 : E * s);
+        tab[i] = cpow(la, lb, s == 0 ? 1 : s <= spw ? E * s : E * spw * (s - spw + 1));
     }
 }
 
 __device__ __forceinline__ Cx pw(const Cx* tab, int s, int cols, int col, int V_, int v) {
     return tab[(s * cols + col) * V_ + v];
+}
+// gamma^(E spw g): the power of g warp-groups (g = 1..ng).
+__device__ __forceinline__ Cx pwg(const Cx* tab, int g, int spw, int cols, int col, int V_,
+                                  int v) {
+    return pw(tab, spw + g - 1, cols, col, V_, v);
+}
+
+// Warp-group level of the lane scan: the composition, from a zero state, of the group totals
+// (any, x) in tany / tot[(g * cols + col) * V] for g in [g0, g1) in ascending order (REV:
+// descending from g1 - 1), multipliers gamma^(E spw) (conjugated with REV). The carried state
+// is applied to it afterwards with one closed-form power, so it passes through one power per
+// chunk, not one per group: over a long, slowly decaying sequence the powers' rounding drifts
+// the state per multiplication.
+template <int V, bool REV>
+__device__ __forceinline__ void compose_groups(const int* tany, const Cx* tot, const Cx* tab,
+                                               int g0, int g1, int spw, int cols, int col,
+                                               bool& za, Cx (&z)[V]) {
+    za = false;
+#pragma unroll
+    for (int v = 0; v < V; ++v) z[v] = Cx::zero();
+    for (int n = 0; n < g1 - g0; ++n) {
+        const int i = (REV ? g1 - 1 - n : g0 + n) * cols + col;
+        const bool ta = tany[i] != 0;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            const Cx w = pw(tab, spw, cols, col, V, v);
+            z[v] = ta ? tot[i * V + v] : cfma(REV ? w.conj() : w, z[v], tot[i * V + v]);
+        }
+        za = za || ta;
+    }
+}
+
+// The state after g warp-groups composed into (za, z), entered with state c.
+template <int V, bool REV>
+__device__ __forceinline__ void enter(const Cx* tab, int g, int spw, int cols, int col, bool za,
+                                      const Cx (&z)[V], const Cx (&c)[V], Cx (&out)[V]) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        if (za) {
+            out[v] = z[v];
+        } else if (g == 0) {
+            out[v] = c[v];
+        } else {
+            const Cx w = pwg(tab, g, spw, cols, col, V, v);
+            out[v] = cfma(REV ? w.conj() : w, c[v], z[v]);
+        }
+    }
 }
 
 __device__ __forceinline__ float shfl_mv(bool up, float v, int d) {
@@ -278,10 +334,12 @@ __device__ void ffm_fwd(const float* __restrict__ x, const float* __restrict__ a
     const size_t q = (size_t)m * P.C + (size_t)u * V;  // first channel of the unit
     const int mc2 = 2 * M * P.C;  // floats per step of S (fits: checked by the launcher)
     const float* __restrict__ xr = x + (size_t)row * T * M + m;  // x[row, t, m] = xr[t M]
-    const unsigned char* __restrict__ str = start + (size_t)row * T;
-    float* __restrict__ sr = out + 2 * ((size_t)row * T * MC + q);  // S[row, t, q..] at sr + t mc2
-    float* __restrict__ sfr = sf + 2 * ((size_t)row * MC + q);
-    fill_powers<V>(tab, a, b, P, mblk, cb, spw);
+    const bool has_start = P.flags & HAS_START;
+    const unsigned char* __restrict__ str = has_start ? start + (size_t)row * T : nullptr;
+    // S[row, t, q..] at sr + t mc2, the final state at sfr (CKPT: neither exists)
+    float* __restrict__ sr = CKPT ? nullptr : out + 2 * ((size_t)row * T * MC + q);
+    float* __restrict__ sfr = CKPT ? nullptr : sf + 2 * ((size_t)row * MC + q);
+    fill_powers<V>(tab, a, b, P, mblk, cb, spw, ng);
     __syncthreads();
     Cx gam[V];
 #pragma unroll
@@ -295,7 +353,6 @@ __device__ void ffm_fwd(const float* __restrict__ x, const float* __restrict__ a
         }
     }
     const int L = tl * E;
-    const bool has_start = P.flags & HAS_START;
     int buf = 0;
     for (int k = 0; k < P.K; ++k) {
         const int t0 = k * L + j * E;
@@ -333,35 +390,28 @@ __device__ void ffm_fwd(const float* __restrict__ x, const float* __restrict__ a
             for (int v = 0; v < V; ++v) tot[buf][(grp * cols + col) * V + v] = xl[v];
         }
         __syncthreads();
-        // the state entering this warp-group (applied to this lane's prefix at once), then
-        // the one leaving the chunk (the next carry); tot and csh are double-buffered, so one
-        // barrier per chunk suffices
-        Cx we[V], s[V];
+        // the state entering this warp-group, then this lane; then (thread j = 0) the one
+        // leaving the chunk, the next carry. tot and csh are double-buffered, so one barrier
+        // per chunk suffices.
+        Cx c[V], z[V], s[V];
+        bool za;
 #pragma unroll
-        for (int v = 0; v < V; ++v) we[v] = csh[buf][col * V + v];
-        if (CKPT && j == 0 && live) store_units<V>(out, ((size_t)row * P.K + k) * MC + q, we);
-        for (int gg = 0; gg < ng; ++gg) {
-            if (gg == grp) {
+        for (int v = 0; v < V; ++v) c[v] = csh[buf][col * V + v];
+        if (CKPT && j == 0 && live) store_units<V>(out, ((size_t)row * P.K + k) * MC + q, c);
+        compose_groups<V, false>(tany[buf], tot[buf], tab, 0, grp, spw, cols, col, za, z);
+        enter<V, false>(tab, grp, spw, cols, col, za, z, c, s);
 #pragma unroll
-                for (int v = 0; v < V; ++v) {
-                    s[v] = ex[v];
-                    if (!eany)
-                        s[v] = sig == 0 ? s[v] + we[v]
-                                        : cfma(pw(tab, sig, cols, col, V, v), we[v], s[v]);
-                }
-            }
-            const int i = gg * cols + col;
-            const bool ta = tany[buf][i] != 0;
-#pragma unroll
-            for (int v = 0; v < V; ++v) {
-                const Cx tx = tot[buf][i * V + v];
-                we[v] = ta ? tx : cfma(pw(tab, spw, cols, col, V, v), we[v], tx);
-            }
-        }
+        for (int v = 0; v < V; ++v)
+            if (!eany)
+                ex[v] = sig == 0 ? ex[v] + s[v] : cfma(pw(tab, sig, cols, col, V, v), s[v], ex[v]);
         if (j == 0) {
+            compose_groups<V, false>(tany[buf], tot[buf], tab, 0, ng, spw, cols, col, za, z);
+            enter<V, false>(tab, ng, spw, cols, col, za, z, c, s);
 #pragma unroll
-            for (int v = 0; v < V; ++v) csh[buf ^ 1][col * V + v] = we[v];
+            for (int v = 0; v < V; ++v) csh[buf ^ 1][col * V + v] = s[v];
         }
+#pragma unroll
+        for (int v = 0; v < V; ++v) s[v] = ex[v];
         // replay the lane's steps from the state entering it, storing each
         if (!CKPT) {
             float* __restrict__ dst = sr + (size_t)t0 * mc2;
@@ -404,6 +454,7 @@ __device__ void ffm_bwd(const float* __restrict__ x, const float* __restrict__ a
     __shared__ Cx ftot[NT * V], rtot[NT * V];
     __shared__ int fany[NT], rany[NT];
     __shared__ float red[E * NT];
+    __shared__ Cx hsh[2][NT * V];  // H entering chunk k from above (k = K - 1 - kk), hsh[kk & 1]
     static_assert(E * NT >= 2 * V * NT, "red holds the final partials too");
     const long long g = (long long)linear_block();
     if (g >= (long long)P.rows * P.nblk) return;
@@ -422,13 +473,14 @@ __device__ void ffm_bwd(const float* __restrict__ x, const float* __restrict__ a
     auto started = [&](int t) {
         return t >= T || (has_start && start[(size_t)row * T + t] != 0);
     };
-    fill_powers<V>(tab, a, b, P, mblk, cb, spw);
+    fill_powers<V>(tab, a, b, P, mblk, cb, spw, ng);
     __syncthreads();
-    Cx gam[V], hc[V], acc[V];
+    Cx gam[V], acc[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) {
         gam[v] = pw(tab, 0, cols, col, V, v);
-        hc[v] = acc[v] = Cx::zero();
+        acc[v] = Cx::zero();
+        if (j == 0) hsh[0][col * V + v] = Cx::zero();
     }
     // dx: the units of a memory channel in this block (cnt), summed by R lanes each
     const int nm = P.ncb == 1 ? P.mb : 1;
@@ -439,64 +491,15 @@ __device__ void ffm_bwd(const float* __restrict__ x, const float* __restrict__ a
     for (int kk = 0; kk < P.K; ++kk) {
         const int k = P.K - 1 - kk;
         const int t0 = k * L + j * E;
-        // ---- recompute S_{t-1} for this lane's steps
-        float xs[E];
+        // Reverse scan first, then the forward recompute, so that the lane's S_{t-1} and G
+        // are both held only in the replays (no scan or barrier in between): 128 registers.
         unsigned rs = 0;  // bit e: started(t0 + e)
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const int t = t0 + e;
-            xs[e] = live && t < T ? x[((size_t)row * T + t) * M + m] : 0.f;
-            if (started(t)) rs |= 1u << e;
-        }
+        for (int e = 0; e < E; ++e)
+            if (started(t0 + e)) rs |= 1u << e;
         // bit e: started(t0 + e + 1), H_t drops H_{t+1}
         const unsigned rr = (rs >> 1) | (started(t0 + E) ? 1u << (E - 1) : 0u);
-        Cx xl[V];
-#pragma unroll
-        for (int v = 0; v < V; ++v) xl[v] = Cx::zero();
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-#pragma unroll
-            for (int v = 0; v < V; ++v)
-                xl[v] = (rs >> e & 1u) ? cx(xs[e]) : cfma(gam[v], xl[v], cx(xs[e]));
-        bool any = rs != 0, eany;
-        Cx ex[V];
-        warp_scan<V, false>(tab, cols, col, spw, sig, any, xl, eany, ex);
-        if (sig == spw - 1) {
-            fany[grp * cols + col] = any;
-#pragma unroll
-            for (int v = 0; v < V; ++v) ftot[(grp * cols + col) * V + v] = xl[v];
-        }
-        __syncthreads();
-        Cx we[V];
-        if (live) {
-            load_units<V>(ck, ((size_t)row * P.K + k) * MC + q, we);
-        } else {
-#pragma unroll
-            for (int v = 0; v < V; ++v) we[v] = Cx::zero();
-        }
-        for (int gg = 0; gg < grp; ++gg) {
-            const int i = gg * cols + col;
-            const bool ta = fany[i] != 0;
-#pragma unroll
-            for (int v = 0; v < V; ++v) {
-                const Cx tx = ftot[i * V + v];
-                we[v] = ta ? tx : cfma(pw(tab, spw, cols, col, V, v), we[v], tx);
-            }
-        }
-        Cx s[V], sprev[E][V];
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-            s[v] = ex[v];
-            if (!eany) s[v] = sig == 0 ? s[v] + we[v] : cfma(pw(tab, sig, cols, col, V, v), we[v], s[v]);
-        }
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-#pragma unroll
-            for (int v = 0; v < V; ++v) {
-                sprev[e][v] = s[v];
-                s[v] = (rs >> e & 1u) ? cx(xs[e]) : cfma(gam[v], s[v], cx(xs[e]));
-            }
-        // ---- reverse scan for H
+        // ---- reverse scan for H: this lane's G, its map, lanes, then warp-groups
         Cx gv[E][V];
 #pragma unroll
         for (int e = 0; e < E; ++e) {
@@ -522,41 +525,81 @@ __device__ void ffm_bwd(const float* __restrict__ x, const float* __restrict__ a
             for (int v = 0; v < V; ++v)
                 hl[v] = (rr >> e & 1u) ? gv[e][v] : cfma(gam[v].conj(), hl[v], gv[e][v]);
         bool anyr = rr != 0, eanyr;
-        Cx exr[V];
-        warp_scan<V, true>(tab, cols, col, spw, sig, anyr, hl, eanyr, exr);
+        Cx h[V];
+        warp_scan<V, true>(tab, cols, col, spw, sig, anyr, hl, eanyr, h);
         if (sig == 0) {
             rany[grp * cols + col] = anyr;
 #pragma unroll
             for (int v = 0; v < V; ++v) rtot[(grp * cols + col) * V + v] = hl[v];
         }
         __syncthreads();
-        // H entering this warp-group from above, and the one leaving the chunk downwards
-        Cx ge[V], mine[V];
+        // H entering this warp-group from above (the groups after it composed, then the
+        // chunk's carried H applied once), then this lane; and (thread j = 0) the H leaving
+        // the chunk downwards (hsh is double-buffered: one reader phase per chunk, after the
+        // barrier above)
+        Cx c[V], z[V], w[V];
+        bool za;
 #pragma unroll
-        for (int v = 0; v < V; ++v) mine[v] = ge[v] = hc[v];
-        for (int gi = ng - 1; gi >= 0; --gi) {
-            if (gi == grp) {
+        for (int v = 0; v < V; ++v) c[v] = hsh[kk & 1][col * V + v];
+        compose_groups<V, true>(rany, rtot, tab, grp + 1, ng, spw, cols, col, za, z);
+        enter<V, true>(tab, ng - 1 - grp, spw, cols, col, za, z, c, w);
+        if (j == 0) {
+            compose_groups<V, true>(rany, rtot, tab, 0, ng, spw, cols, col, za, z);
+            enter<V, true>(tab, ng, spw, cols, col, za, z, c, c);
 #pragma unroll
-                for (int v = 0; v < V; ++v) mine[v] = ge[v];
-            }
-            const int i = gi * cols + col;
-            const bool ta = rany[i] != 0;
-#pragma unroll
-            for (int v = 0; v < V; ++v) {
-                const Cx tx = rtot[i * V + v];
-                ge[v] = ta ? tx : cfma(pw(tab, spw, cols, col, V, v).conj(), ge[v], tx);
-            }
+            for (int v = 0; v < V; ++v) hsh[(kk & 1) ^ 1][col * V + v] = c[v];
         }
-        Cx h[V];
         const int above = spw - 1 - sig;  // lanes of the group after this one
 #pragma unroll
-        for (int v = 0; v < V; ++v) {
-            hc[v] = ge[v];
-            h[v] = exr[v];
+        for (int v = 0; v < V; ++v)
             if (!eanyr)
-                h[v] = above == 0 ? h[v] + mine[v]
-                                  : cfma(pw(tab, above, cols, col, V, v).conj(), mine[v], h[v]);
+                h[v] = above == 0 ? h[v] + w[v]
+                                  : cfma(pw(tab, above, cols, col, V, v).conj(), w[v], h[v]);
+        // ---- recompute S_{t-1} for this lane's steps: its x, map, lanes, warp-groups
+        float xs[E];
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const int t = t0 + e;
+            xs[e] = live && t < T ? x[((size_t)row * T + t) * M + m] : 0.f;
         }
+        Cx xl[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) xl[v] = Cx::zero();
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+#pragma unroll
+            for (int v = 0; v < V; ++v)
+                xl[v] = (rs >> e & 1u) ? cx(xs[e]) : cfma(gam[v], xl[v], cx(xs[e]));
+        bool any = rs != 0, eany;
+        Cx s[V];
+        warp_scan<V, false>(tab, cols, col, spw, sig, any, xl, eany, s);
+        if (sig == spw - 1) {
+            fany[grp * cols + col] = any;
+#pragma unroll
+            for (int v = 0; v < V; ++v) ftot[(grp * cols + col) * V + v] = xl[v];
+        }
+        __syncthreads();
+        if (live) {
+            load_units<V>(ck, ((size_t)row * P.K + k) * MC + q, c);
+        } else {
+#pragma unroll
+            for (int v = 0; v < V; ++v) c[v] = Cx::zero();
+        }
+        compose_groups<V, false>(fany, ftot, tab, 0, grp, spw, cols, col, za, z);
+        enter<V, false>(tab, grp, spw, cols, col, za, z, c, w);
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+            if (!eany)
+                s[v] = sig == 0 ? s[v] + w[v] : cfma(pw(tab, sig, cols, col, V, v), w[v], s[v]);
+        // ---- replays: S_{t-1} forwards, then H backwards with dx, ds0 and dgamma
+        Cx sprev[E][V];
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+                sprev[e][v] = s[v];
+                s[v] = (rs >> e & 1u) ? cx(xs[e]) : cfma(gam[v], s[v], cx(xs[e]));
+            }
 #pragma unroll
         for (int e = E - 1; e >= 0; --e) {
 #pragma unroll
