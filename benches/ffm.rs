@@ -118,6 +118,18 @@ fn bench(c: &mut Criterion) {
                     common::bench_gpu(&mut g, format!("forward/{id}"), &dev, xb + sb, || {
                         ffm::cuda::forward(be, &p, &inp).map(|_| ())
                     });
+                    // every block width against the automatic choice, to tune it on a GPU
+                    if !common::is_slow(&dev) {
+                        for cols in (1..=8).map(|s| 1usize << s) {
+                            common::bench_gpu(
+                                &mut g,
+                                format!("forward-cols{cols}/{id}"),
+                                &dev,
+                                xb + sb,
+                                || ffm::cuda::forward_with(be, &p, &inp, Some(cols)).map(|_| ()),
+                            );
+                        }
+                    }
                     let bin = FfmBackwardInputs {
                         x: x.as_ref(),
                         a: a.as_ref(),
