@@ -112,9 +112,13 @@ struct Args {
 }
 
 fn args(p: &Ffm, lay: &Layout) -> Result<Args> {
-    // every index the kernels form in `int` stays below these
+    // every index the kernels form in `int` stays below these (step offsets of S within a
+    // lane, E * 2 * M * C floats; chunk starts up to len + L)
     int("len + chunk", p.len + (NT / lay.cols) * E)?;
-    int("memory * context", p.channels())?;
+    int(
+        "memory * context * 2 * 8",
+        p.channels().saturating_mul(2 * E),
+    )?;
     Ok(Args {
         rows: int("batch", p.batch)?,
         t: int("len", p.len)?,
