@@ -4,7 +4,9 @@
 //!
 //! Throughput counts the bytes an ideal kernel must move: forward reads `x` and writes `S`;
 //! backward reads `x` and `grad_s` and writes `dx` (the backward's checkpoints, the second read
-//! of `x` and the small parameter gradients are not counted).
+//! of `x` and the small parameter gradients are not counted). On CUDA, `copy-reference` is a
+//! device-to-device copy of `S`'s size in the same run, the bandwidth the kernels aim at, and
+//! `scan-peer-forward` the generic complex linear scan on the same problem.
 
 mod common;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -116,6 +118,18 @@ fn bench(c: &mut Criterion) {
                     common::bench_gpu(&mut g, format!("forward/{id}"), &dev, xb + sb, || {
                         ffm::cuda::forward(be, &p, &inp).map(|_| ())
                     });
+                    // every block width against the automatic choice, to tune it on a GPU
+                    if !common::is_slow(&dev) {
+                        for cols in (1..=8).map(|s| 1usize << s) {
+                            common::bench_gpu(
+                                &mut g,
+                                format!("forward-cols{cols}/{id}"),
+                                &dev,
+                                xb + sb,
+                                || ffm::cuda::forward_with(be, &p, &inp, Some(cols)).map(|_| ()),
+                            );
+                        }
+                    }
                     let bin = FfmBackwardInputs {
                         x: x.as_ref(),
                         a: a.as_ref(),
@@ -127,6 +141,33 @@ fn bench(c: &mut Criterion) {
                     };
                     common::bench_gpu(&mut g, format!("backward/{id}"), &dev, 2 * xb + sb, || {
                         ffm::cuda::backward(be, &p, &bin).map(|_| ())
+                    });
+                    // peer: the generic complex time-invariant linear scan over D = M * C
+                    // channels, same bytes counted (see the wgpu arm)
+                    let q = LinearScan::new(b, t, m * cc).complex().time_invariant();
+                    let (xs, as_) = (up(&data_scan(&q, "x")), up(&data_scan(&q, "a")));
+                    let sin = ScanInputs {
+                        x: xs.as_ref(),
+                        a: as_.as_ref(),
+                        h0: None,
+                        start: None,
+                    };
+                    common::bench_gpu(
+                        &mut g,
+                        format!("scan-peer-forward/{id}"),
+                        &dev,
+                        xb + sb,
+                        || scan::cuda::forward(be, &q, &sin).map(|_| ()),
+                    );
+                    // the reference bandwidth: a device-to-device copy of S's size (its bytes
+                    // read and written), timed the same way in the same run
+                    g.throughput(criterion::Throughput::Bytes(2 * sb));
+                    g.bench_function(format!("copy-reference/{id}"), |bch| {
+                        bch.iter_custom(|iters| {
+                            (0..iters)
+                                .map(|_| be.time_copy(sb as usize).expect("device copy"))
+                                .sum()
+                        })
                     });
                 }
                 Device::Cpu => {}

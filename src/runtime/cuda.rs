@@ -241,6 +241,22 @@ impl CudaBackend {
         Ok((r?, Duration::from_secs_f64(ms / 1e3)))
     }
 
+    /// Device time of one device-to-device copy of `bytes` bytes (CUDA events around a
+    /// `cuMemcpyDtoD` on this backend's stream): the reference bandwidth memory-bound kernels
+    /// are compared with (a copy moves `2 * bytes`: each byte read once and written once).
+    pub fn time_copy(&self, bytes: usize) -> Result<Duration> {
+        let n = bytes.div_ceil(4).max(1);
+        let src = self.stream.alloc_zeros::<f32>(n).map_err(drv)?;
+        let mut dst = self.stream.alloc_zeros::<f32>(n).map_err(drv)?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.stream.record_event(flags).map_err(drv)?;
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(drv)?;
+        let b = self.stream.record_event(flags).map_err(drv)?;
+        b.synchronize().map_err(drv)?;
+        let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
+        Ok(Duration::from_secs_f64(ms / 1e3))
+    }
+
     /// A launch configuration of `blocks` blocks (split into a 2-D grid when needed; kernels
     /// use `linear_block()` from `kernels/common.cuh`) of `threads` threads.
     pub(crate) fn grid(&self, blocks: u64, threads: u32, smem: u32) -> Result<LaunchConfig> {

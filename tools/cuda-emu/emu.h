@@ -53,13 +53,15 @@ namespace linrec_emu {
 struct Block {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<std::barrier<>>> warp;
-    std::vector<std::array<uint64_t, 2>> xbuf;  // per-thread shuffle slot
+    // per-thread shuffle slots, two sets used alternately (see shfl)
+    std::vector<std::array<uint64_t, 2>> xbuf;
     std::vector<unsigned char> dyn_smem;
     unsigned n = 0;
 };
 
 inline thread_local dim3 t_idx;
 inline thread_local dim3 b_idx;
+inline thread_local unsigned t_shfl = 0;  // shuffles this thread has made (fresh per block)
 inline dim3 b_dim;
 inline dim3 g_dim;
 inline Block* cur = nullptr;
@@ -88,11 +90,14 @@ T shfl(T v, int src_lane_abs, bool keep_own) {
     static_assert(sizeof(T) <= 16, "shuffle of a type wider than 16 bytes");
     Block& B = *cur;
     const unsigned t = lin_tid(), w = t / 32;
-    std::memcpy(B.xbuf[t].data(), &v, sizeof(T));
+    // The lanes of a warp make the same sequence of shuffles, so they agree on the slot set.
+    // One barrier suffices: a lane writes set p again only two shuffles later, after the
+    // barrier of the shuffle in between, which every lane reaches after reading set p.
+    const unsigned set = (t_shfl++ & 1u) * B.n;
+    std::memcpy(B.xbuf[set + t].data(), &v, sizeof(T));
     B.warp[w]->arrive_and_wait();
     T r = v;
-    if (!keep_own) std::memcpy(&r, B.xbuf[w * 32 + src_lane_abs].data(), sizeof(T));
-    B.warp[w]->arrive_and_wait();
+    if (!keep_own) std::memcpy(&r, B.xbuf[set + w * 32 + src_lane_abs].data(), sizeof(T));
     return r;
 }
 
@@ -223,7 +228,7 @@ extern "C" int linrec_emu_launch(const char* name, unsigned gx, unsigned gy, uns
                 blk.bar = std::make_unique<std::barrier<>>(n);
                 for (unsigned w = 0; w * 32 < n; ++w)
                     blk.warp.push_back(std::make_unique<std::barrier<>>(std::min(32u, n - w * 32)));
-                blk.xbuf.resize(n);
+                blk.xbuf.resize(2 * n);
                 // Fill dynamic shared memory with NaNs so reads before writes show.
                 blk.dyn_smem.assign(smem + 16, 0xff);
                 cur = &blk;
