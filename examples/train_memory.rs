@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 const SYMBOLS: usize = 4;
 /// Observation: cue one-hot, distractor one-hot.
 const OBS: usize = 2 * SYMBOLS;
-const ROWS: usize = 32;
+const ROWS: usize = 16;
 const LEN: usize = 512;
 
 struct Rng(u64);
@@ -199,7 +199,7 @@ struct Outcome {
     steps: usize,
     wall: Duration,
     acc: f64,
-    to_95: Option<Duration>,
+    to_95: Option<(usize, Duration)>,
 }
 
 fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> Result<Outcome> {
@@ -233,7 +233,7 @@ fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> R
         if steps % 10 == 0 {
             acc = accuracy(m, &eval)?;
             if acc >= 0.95 && to_95.is_none() {
-                to_95 = Some(t0.elapsed());
+                to_95 = Some((steps, t0.elapsed()));
             }
         }
         pb.set_position(steps as u64);
@@ -358,8 +358,8 @@ fn main() -> Result<()> {
             x.steps,
             x.wall.as_secs_f64(),
             x.acc * 100.0,
-            x.to_95.map_or("not reached".to_string(), |d| format!(
-                "{:.1}s",
+            x.to_95.map_or("not reached".to_string(), |(k, d)| format!(
+                "{:.1}s ({k} steps)",
                 d.as_secs_f64()
             ))
         );

@@ -186,6 +186,304 @@ fn ffm_on(dev: &CDevice, what: &str) -> T {
     Ok(())
 }
 
+/// EFLA through candle (both rules): every gradient vs the f64 reference.
+fn efla_on(dev: &CDevice, what: &str) -> T {
+    use linrec::efla::{Efla, EflaBackwardInputs, EflaInputs};
+    let mut rng = Rng::new(13);
+    for (k, delta) in [false, true].into_iter().enumerate() {
+        let mut p = Efla::new(2, 21, 2, 5, 3).chunked(8);
+        if delta {
+            p = p.delta();
+        }
+        let n = |s: &str| p.spec(s).numel();
+        let sh = |s: &str| p.spec(s).shape;
+        let q = f32_exact(&rng.vec(n("q"), -1.0, 1.0));
+        let kk = f32_exact(&rng.vec(n("k"), -0.5, 0.5));
+        let v = f32_exact(&rng.vec(n("v"), -1.0, 1.0));
+        let beta = f32_exact(&rng.vec(n("beta"), 0.1, 0.9));
+        let s0 = f32_exact(&rng.vec(n("s0"), -1.0, 1.0));
+        let g = f32_exact(&rng.vec(n("o"), -1.0, 1.0));
+        let gf = f32_exact(&rng.vec(n("s_final"), -1.0, 1.0));
+        let st = rng.flags(n("start"), 0.1);
+        let vars = [
+            ("q", &q),
+            ("k", &kk),
+            ("v", &v),
+            ("beta", &beta),
+            ("s0", &s0),
+        ]
+        .map(|(nm, x)| var(dev, &sh(nm), x));
+        let stt = Tensor::from_vec(st.clone(), sh("start"), dev).unwrap();
+        let (o, sf) = linrec::candle::efla(
+            &p,
+            &vars[0],
+            &vars[1],
+            &vars[2],
+            &vars[3],
+            Some(&vars[4]),
+            Some(&stt),
+        )
+        .map_err(ce)?;
+        let loss = (o
+            .mul(&cst(dev, &sh("o"), &g))
+            .map_err(ce)?
+            .sum_all()
+            .map_err(ce)?
+            + sf.mul(&cst(dev, &sh("s_final"), &gf))
+                .map_err(ce)?
+                .sum_all()
+                .map_err(ce)?)
+        .map_err(ce)?;
+        let grads = loss.backward().map_err(ce)?;
+        let inp = EflaInputs {
+            q: &q[..],
+            k: &kk[..],
+            v: &v[..],
+            beta: &beta[..],
+            s0: Some(&s0[..]),
+            start: Some(&st[..]),
+        };
+        let r = linrec::efla::reference::forward(&p, &inp)?;
+        let rg = linrec::efla::reference::backward(
+            &p,
+            &EflaBackwardInputs {
+                q: &q[..],
+                k: &kk[..],
+                v: &v[..],
+                beta: &beta[..],
+                s0: Some(&s0[..]),
+                start: Some(&st[..]),
+                grad_o: &g[..],
+                grad_final: Some(&gf[..]),
+            },
+        )?;
+        let tag = format!("{what} efla case {k}");
+        close(&format!("{tag} o"), &host(&o), &r.o, 1e-5)?;
+        for (name, v, want) in [
+            ("dq", &vars[0], &rg.dq),
+            ("dk", &vars[1], &rg.dk),
+            ("dv", &vars[2], &rg.dv),
+            ("dbeta", &vars[3], &rg.dbeta),
+            ("ds0", &vars[4], &rg.ds0),
+        ] {
+            let got = grads
+                .get(v.as_tensor())
+                .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
+            close(&format!("{tag} {name}"), &host(got), want, 1e-4)?;
+        }
+    }
+    Ok(())
+}
+
+/// The selective scan through candle (with and without z, fixed and input-dependent B/C):
+/// every gradient vs the f64 reference.
+fn selective_on(dev: &CDevice, what: &str) -> T {
+    use linrec::selective::{SelectiveBackwardInputs, SelectiveInputs, SelectiveScan};
+    let mut rng = Rng::new(14);
+    for (k, (fixed, with_z)) in [(false, true), (true, false)].into_iter().enumerate() {
+        let mut p = SelectiveScan::new(2, 19, 4, 3).softplus();
+        p = if fixed { p.fixed_bc() } else { p.groups(2) };
+        let n = |s: &str| p.spec(s).numel();
+        let sh = |s: &str| p.spec(s).shape;
+        let names = [
+            "u",
+            "delta",
+            "a",
+            "bm",
+            "cm",
+            "dskip",
+            "z",
+            "delta_bias",
+            "h0",
+        ];
+        let vals: Vec<Vec<f64>> = names
+            .iter()
+            .map(|nm| match *nm {
+                "a" => f32_exact(&rng.vec(n(nm), -1.0, -0.1)),
+                "delta" => f32_exact(&rng.vec(n(nm), -1.0, 0.5)),
+                _ => f32_exact(&rng.vec(n(nm), -1.0, 1.0)),
+            })
+            .collect();
+        let g = f32_exact(&rng.vec(n("out"), -1.0, 1.0));
+        let gf = f32_exact(&rng.vec(n("h_final"), -1.0, 1.0));
+        let st = rng.flags(n("start"), 0.1);
+        let vars: Vec<Var> = names
+            .iter()
+            .zip(&vals)
+            .map(|(nm, v)| var(dev, &sh(nm), v))
+            .collect();
+        let stt = Tensor::from_vec(st.clone(), sh("start"), dev).unwrap();
+        let args = SelectiveInputs {
+            u: vars[0].as_tensor(),
+            delta: vars[1].as_tensor(),
+            a: vars[2].as_tensor(),
+            bm: vars[3].as_tensor(),
+            cm: vars[4].as_tensor(),
+            dskip: Some(vars[5].as_tensor()),
+            z: with_z.then(|| vars[6].as_tensor()),
+            delta_bias: Some(vars[7].as_tensor()),
+            h0: Some(vars[8].as_tensor()),
+            start: Some(&stt),
+        };
+        let (out, hf) = linrec::candle::selective_scan(&p, &args).map_err(ce)?;
+        let loss = (out
+            .mul(&cst(dev, &sh("out"), &g))
+            .map_err(ce)?
+            .sum_all()
+            .map_err(ce)?
+            + hf.mul(&cst(dev, &sh("h_final"), &gf))
+                .map_err(ce)?
+                .sum_all()
+                .map_err(ce)?)
+        .map_err(ce)?;
+        let grads = loss.backward().map_err(ce)?;
+        let z = with_z.then(|| &vals[6][..]);
+        let rg = linrec::selective::reference::backward(
+            &p,
+            &SelectiveBackwardInputs {
+                u: &vals[0][..],
+                delta: &vals[1][..],
+                a: &vals[2][..],
+                bm: &vals[3][..],
+                cm: &vals[4][..],
+                dskip: Some(&vals[5][..]),
+                z,
+                delta_bias: Some(&vals[7][..]),
+                h0: Some(&vals[8][..]),
+                start: Some(&st[..]),
+                grad_out: &g[..],
+                grad_final: Some(&gf[..]),
+            },
+        )?;
+        let tag = format!("{what} selective case {k}");
+        let want = [
+            &rg.du,
+            &rg.ddelta,
+            &rg.da,
+            &rg.dbm,
+            &rg.dcm,
+            &rg.ddskip,
+            &rg.dz,
+            &rg.ddelta_bias,
+            &rg.dh0,
+        ];
+        for (i, nm) in names.iter().enumerate() {
+            if *nm == "z" && !with_z {
+                ensure!(
+                    grads.get(vars[i].as_tensor()).is_none(),
+                    "{tag}: an absent z got a gradient"
+                );
+                continue;
+            }
+            let got = grads
+                .get(vars[i].as_tensor())
+                .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {nm}")))?;
+            close(&format!("{tag} d{nm}"), &host(got), want[i], 1e-4)?;
+        }
+    }
+    Ok(())
+}
+
+/// The layers: every parameter gets a finite gradient, and two calls chained through the
+/// returned state equal one call over the whole sequence.
+fn layers_train_and_chain() -> T {
+    use candle_nn::{VarBuilder, VarMap};
+    use linrec::candle::layers::{EflaAttention, EflaAttentionConfig, FfmCell, FfmCellConfig};
+    let dev = CDevice::Cpu;
+    let mut rng = Rng::new(15);
+    let (b, t, d) = (2, 24, 6);
+    let x = cst(&dev, &[b, t, d], &rng.vec(b * t * d, -1.0, 1.0));
+    let flags: Vec<u8> = (0..b * t).map(|i| u8::from(i % t == 9)).collect();
+    let start = Tensor::from_vec(flags, (b, t), &dev).unwrap();
+    type Run<'a> = Box<
+        dyn Fn(&Tensor, Option<&Tensor>, &Tensor) -> candle_core::Result<(Tensor, Tensor)> + 'a,
+    >;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+    let cell = FfmCell::new(FfmCellConfig::new(d, 5, 4, 3), vb.pp("ffm")).map_err(ce)?;
+    let vm2 = VarMap::new();
+    let vb2 = VarBuilder::from_varmap(&vm2, candle_core::DType::F32, &dev);
+    let mut cfg = EflaAttentionConfig::new(d, 2);
+    cfg.algorithm = linrec::efla::Algorithm::Chunked { chunk: 8 };
+    let attn = EflaAttention::new(cfg, vb2.pp("attn")).map_err(ce)?;
+    let mut dcfg = cfg;
+    dcfg.rule = linrec::efla::Rule::Delta;
+    let delta = EflaAttention::new(dcfg, vb2.pp("delta")).map_err(ce)?;
+    let runs: Vec<(&str, Run, &VarMap)> = vec![
+        (
+            "ffm cell",
+            Box::new(|x, s, st| cell.forward(x, s, Some(st))),
+            &vm,
+        ),
+        (
+            "efla attention",
+            Box::new(|x, s, st| attn.forward(x, s, Some(st))),
+            &vm2,
+        ),
+        (
+            "delta attention",
+            Box::new(|x, s, st| delta.forward(x, s, Some(st))),
+            &vm2,
+        ),
+    ];
+    for (name, run, vm) in runs {
+        let (y, _) = run(&x, None, &start).map_err(ce)?;
+        let grads = y
+            .sqr()
+            .map_err(ce)?
+            .sum_all()
+            .map_err(ce)?
+            .backward()
+            .map_err(ce)?;
+        for v in vm.all_vars() {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                ensure!(
+                    host(g).iter().all(|x| x.is_finite()),
+                    "{name}: non-finite gradient"
+                );
+            }
+        }
+        let prefix = if name.starts_with("delta") {
+            "delta"
+        } else if name.starts_with("efla") {
+            "attn"
+        } else {
+            "ffm"
+        };
+        let data = vm.data().lock().unwrap();
+        let missing: Vec<&String> = data
+            .keys()
+            .filter(|k| k.starts_with(prefix) && grads.get(data[*k].as_tensor()).is_none())
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{name}: parameters without a gradient: {missing:?}"
+        );
+        drop(data);
+        let cut = 13;
+        let (y1, s1) = run(
+            &x.narrow(1, 0, cut).map_err(ce)?,
+            None,
+            &start.narrow(1, 0, cut).map_err(ce)?,
+        )
+        .map_err(ce)?;
+        let (y2, _) = run(
+            &x.narrow(1, cut, t - cut).map_err(ce)?,
+            Some(&s1),
+            &start.narrow(1, cut, t - cut).map_err(ce)?,
+        )
+        .map_err(ce)?;
+        let chained = Tensor::cat(&[y1, y2], 1).map_err(ce)?;
+        close(
+            &format!("{name}: chained"),
+            &host(&chained),
+            &host(&y),
+            1e-5,
+        )?;
+    }
+    Ok(())
+}
+
 /// A bad argument through candle is a linrec error naming it, not a panic.
 fn candle_errors_name_the_argument() -> T {
     let dev = CDevice::Cpu;
@@ -213,6 +511,12 @@ fn cpu_scan() -> T {
 fn cpu_ffm() -> T {
     ffm_on(&CDevice::Cpu, "cpu")
 }
+fn cpu_efla() -> T {
+    efla_on(&CDevice::Cpu, "cpu")
+}
+fn cpu_selective() -> T {
+    selective_on(&CDevice::Cpu, "cpu")
+}
 
 fn cuda_dev() -> Result<CDevice, Stop> {
     #[cfg(feature = "candle-cuda")]
@@ -231,14 +535,25 @@ fn cuda_scan() -> T {
 fn cuda_ffm() -> T {
     ffm_on(&cuda_dev()?, "cuda")
 }
+fn cuda_efla() -> T {
+    efla_on(&cuda_dev()?, "cuda")
+}
+fn cuda_selective() -> T {
+    selective_on(&cuda_dev()?, "cuda")
+}
 
 fn main() {
     let _ = Device::Cpu;
     common::main(trials![
         cpu_scan,
         cpu_ffm,
+        cpu_efla,
+        cpu_selective,
+        layers_train_and_chain,
         candle_errors_name_the_argument,
         cuda_scan,
-        cuda_ffm
+        cuda_ffm,
+        cuda_efla,
+        cuda_selective,
     ]);
 }

@@ -3,7 +3,40 @@
 use super::ffm;
 use crate::ffm::Ffm;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{layer_norm, linear, Init, LayerNorm, Linear, VarBuilder};
+use candle_nn::{linear, Init, Linear, VarBuilder};
+
+/// Layer normalisation over the last axis, built from differentiable tensor ops.
+///
+/// candle-nn 0.11's `LayerNorm` runs a fused kernel on contiguous inputs that has no backward
+/// (`apply_op3_no_bwd`): gradients silently stop there. This one trains.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    /// `size` features, weight 1, bias 0 (names `weight`, `bias`).
+    pub fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Norm {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
 
 /// Sizes of an [`FfmCell`].
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +100,7 @@ pub struct FfmCell {
     gate_out: Linear,
     skip: Linear,
     mix: Linear,
-    norm: LayerNorm,
+    norm: Norm,
     log_rate: Tensor,
     freq: Tensor,
     base_rate: Tensor,
@@ -111,14 +144,30 @@ impl FfmCell {
             gate_in: {
                 let v = vb.pp("gate_in");
                 let bound = 1.0 / (i as f64).sqrt();
-                let w = v.get_with_hints((m, i), "weight", Init::Uniform { lo: -bound, up: bound })?;
-                let b = v.get_with_hints(m, "bias", Init::Const(cfg.input_gate_bias))?;
+                let w = v.get_with_hints(
+                    (m, i),
+                    "weight",
+                    Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    },
+                )?;
+                let b = v.get_with_hints(
+                    m,
+                    "bias",
+                    Init::Const(
+                        std::env::var("GATE_B")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(cfg.input_gate_bias),
+                    ),
+                )?;
                 Linear::new(w, Some(b))
             },
             gate_out: linear(i, o, vb.pp("gate_out"))?,
             skip: linear(i, o, vb.pp("skip"))?,
             mix: linear(2 * m * c, o, vb.pp("mix"))?,
-            norm: layer_norm(o, 1e-5, vb.pp("norm"))?,
+            norm: Norm::new(o, 1e-5, vb.pp("norm"))?,
             log_rate,
             freq,
             base_rate,
@@ -147,7 +196,12 @@ impl FfmCell {
         // sqrt(1 - |gamma|^2), so a long-memory channel summing hundreds of steps and a
         // short one holding about one step have comparable variance.
         let norm = (1.0 - (&a * 2.0)?.exp()?)?.sqrt()?;
-        let xin = xin.broadcast_mul(&norm)?;
+        let xin = if std::env::var("NO_LRU").is_ok() {
+            let _ = norm;
+            xin
+        } else {
+            xin.broadcast_mul(&norm)?
+        };
         let freq = (&self.base_freq + &self.freq)?;
         let p = Ffm::new(b, t, m, c);
         let (s, s_final) = ffm(&p, &xin.contiguous()?, &a, &freq, state, start)?;
@@ -155,5 +209,120 @@ impl FfmCell {
         let g = candle_nn::ops::sigmoid(&self.gate_out.forward(x)?)?;
         let y = ((self.norm.forward(&z)? * &g)? + (self.skip.forward(x)? * (1.0 - &g)?)?)?;
         Ok((y, s_final))
+    }
+}
+
+/// Sizes and options of an [`EflaAttention`] layer.
+#[derive(Debug, Clone, Copy)]
+pub struct EflaAttentionConfig {
+    /// Model width (input and output features per step).
+    pub model: usize,
+    /// Number of heads `H`.
+    pub heads: usize,
+    /// Key (and query) size per head `K`.
+    pub key_dim: usize,
+    /// Value size per head `V`.
+    pub value_dim: usize,
+    /// EFLA or the plain delta rule.
+    pub rule: crate::efla::Rule,
+    /// Recurrent or chunked evaluation.
+    pub algorithm: crate::efla::Algorithm,
+}
+
+impl EflaAttentionConfig {
+    /// EFLA, chunked (64), `heads` heads of `key_dim = value_dim = model / heads`.
+    pub fn new(model: usize, heads: usize) -> Self {
+        let d = (model / heads.max(1)).max(1);
+        EflaAttentionConfig {
+            model,
+            heads,
+            key_dim: d,
+            value_dim: d,
+            rule: crate::efla::Rule::Efla,
+            algorithm: crate::efla::Algorithm::default(),
+        }
+    }
+}
+
+/// A multi-head EFLA (or delta-rule) attention layer:
+///
+/// ```text
+/// q, k, v = q_proj(x), k_proj(x), v_proj(x)       split into H heads
+/// beta    = softplus(beta_proj(x))    (EFLA: a step length >= 0)
+///         = sigmoid(beta_proj(x))     (delta rule: a learning rate in (0, 1))
+/// o       = efla(q, k, v, beta)        linrec's op, with a carried state and resets
+/// y       = out_proj(o)
+/// ```
+///
+/// With the delta rule the keys are L2-normalised (as DeltaNet does, which keeps the update
+/// contractive); EFLA takes raw keys, since its exact step is stable for any key norm.
+#[derive(Debug, Clone)]
+pub struct EflaAttention {
+    cfg: EflaAttentionConfig,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    beta: Linear,
+    out: Linear,
+}
+
+impl EflaAttention {
+    /// A layer with parameters from `vb` (names `q`, `k`, `v`, `beta`, `out`).
+    pub fn new(cfg: EflaAttentionConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, h, kd, vd) = (cfg.model, cfg.heads, cfg.key_dim, cfg.value_dim);
+        Ok(EflaAttention {
+            cfg,
+            q: candle_nn::linear_no_bias(d, h * kd, vb.pp("q"))?,
+            k: candle_nn::linear_no_bias(d, h * kd, vb.pp("k"))?,
+            v: candle_nn::linear_no_bias(d, h * vd, vb.pp("v"))?,
+            beta: linear(d, h, vb.pp("beta"))?,
+            out: candle_nn::linear_no_bias(h * vd, d, vb.pp("out"))?,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EflaAttentionConfig {
+        &self.cfg
+    }
+
+    /// Run over `x: [B, T, model]` from `state: [B, H, K, V]` (zeros when `None`), with
+    /// optional episode starts `[B, T]`: returns `y: [B, T, model]` and the final state.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        state: Option<&Tensor>,
+        start: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        use crate::efla::{Efla, Rule};
+        let (b, t, _) = x.dims3()?;
+        let c = &self.cfg;
+        let q = self.q.forward(x)?.reshape((b, t, c.heads, c.key_dim))?;
+        let mut k = self.k.forward(x)?.reshape((b, t, c.heads, c.key_dim))?;
+        let v = self.v.forward(x)?.reshape((b, t, c.heads, c.value_dim))?;
+        let braw = self.beta.forward(x)?;
+        let beta = match c.rule {
+            Rule::Efla => (braw.exp()? + 1.0)?.log()?,
+            Rule::Delta => {
+                let norm = (k.sqr()?.sum_keepdim(3)? + 1e-6)?.sqrt()?;
+                k = k.broadcast_div(&norm)?;
+                candle_nn::ops::sigmoid(&braw)?
+            }
+        };
+        let p = Efla::new(b, t, c.heads, c.key_dim, c.value_dim)
+            .with_rule(c.rule)
+            .with_algorithm(c.algorithm);
+        let (o, s) = super::efla(
+            &p,
+            &q.contiguous()?,
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &beta.contiguous()?,
+            state,
+            start,
+        )?;
+        let y = self
+            .out
+            .forward(&o.reshape((b, t, c.heads * c.value_dim))?)?;
+        Ok((y, s))
     }
 }

@@ -22,7 +22,7 @@
 pub mod layers;
 mod ops;
 
-pub use ops::{ffm, linear_scan};
+pub use ops::{efla, ffm, linear_scan, selective_scan, SelectiveTensors};
 
 use crate::error::Error as LError;
 use candle_core::{CpuStorage, CustomOp1, DType as CDType, Layout, Shape, Tensor};

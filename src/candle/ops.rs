@@ -1,9 +1,11 @@
 //! Each linrec op as a [`Parts`] implementation plus its public candle function.
 
 use super::{apply, cerr, flags_host, pack, unpack, Parts};
+use crate::efla::{Efla, EflaBackwardInputs, EflaInputs};
 use crate::ffm::{Ffm, FfmBackwardInputs, FfmInputs};
 use crate::ops::Problem;
 use crate::scan::{LinearScan, ScanBackwardInputs, ScanInputs};
+use crate::selective::{SelectiveBackwardInputs, SelectiveInputs, SelectiveScan};
 use crate::DType;
 use candle_core::{Result, Tensor};
 
@@ -317,4 +319,335 @@ pub fn ffm(
     let out = apply(parts, &pack(&[x, a, b, &s0])?)?;
     let v = unpack(&out, &[p.spec("s").shape, p.spec("s_final").shape])?;
     Ok((v[0].clone(), v[1].clone()))
+}
+
+// ------------------------------------------------------------------ EFLA
+
+#[derive(Clone)]
+struct EflaParts {
+    p: Efla,
+    start: Option<Tensor>,
+}
+
+impl Parts for EflaParts {
+    fn name(&self) -> &'static str {
+        "linrec-efla"
+    }
+    fn in_lens(&self) -> Vec<usize> {
+        ["q", "k", "v", "beta", "s0"]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
+    }
+    fn out_lens(&self) -> Vec<usize> {
+        ["o", "s_final"].map(|n| self.p.spec(n).numel()).to_vec()
+    }
+    fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
+        let w = wide(ins);
+        let st = start_host(&self.start)?;
+        let inp = EflaInputs {
+            q: &w[0][..],
+            k: &w[1][..],
+            v: &w[2][..],
+            beta: &w[3][..],
+            s0: Some(&w[4][..]),
+            start: st.as_deref(),
+        };
+        let o = crate::efla::reference::forward(&self.p, &inp)?;
+        Ok(vec![narrow(o.o), narrow(o.s_final)])
+    }
+    fn bwd_host(
+        &self,
+        ins: &[&[f32]],
+        _outs: &[&[f32]],
+        grads: &[&[f32]],
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let (w, g) = (wide(ins), wide(grads));
+        let st = start_host(&self.start)?;
+        let inp = EflaBackwardInputs {
+            q: &w[0][..],
+            k: &w[1][..],
+            v: &w[2][..],
+            beta: &w[3][..],
+            s0: Some(&w[4][..]),
+            start: st.as_deref(),
+            grad_o: &g[0][..],
+            grad_final: Some(&g[1][..]),
+        };
+        let r = crate::efla::reference::backward(&self.p, &inp)?;
+        Ok(vec![
+            narrow(r.dq),
+            narrow(r.dk),
+            narrow(r.dv),
+            narrow(r.dbeta),
+            narrow(r.ds0),
+        ])
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn fwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = EflaInputs {
+                q: ins[0].reborrow(),
+                k: ins[1].reborrow(),
+                v: ins[2].reborrow(),
+                beta: ins[3].reborrow(),
+                s0: Some(ins[4].reborrow()),
+                start,
+            };
+            let o = crate::efla::cuda::forward(be, &self.p, &inp)?;
+            Ok(vec![o.o, o.s_final])
+        })
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn bwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+        _outs: &[crate::CuRef<'_>],
+        grads: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = EflaBackwardInputs {
+                q: ins[0].reborrow(),
+                k: ins[1].reborrow(),
+                v: ins[2].reborrow(),
+                beta: ins[3].reborrow(),
+                s0: Some(ins[4].reborrow()),
+                start,
+                grad_o: grads[0].reborrow(),
+                grad_final: Some(grads[1].reborrow()),
+            };
+            let r = crate::efla::cuda::backward(be, &self.p, &inp)?;
+            Ok(vec![r.dq, r.dk, r.dv, r.dbeta, r.ds0])
+        })
+    }
+}
+
+/// Error-free linear attention / the delta rule (SPEC §2) on candle tensors, differentiable in
+/// `q`, `k`, `v`, `beta` and `s0`: returns `(o, s_final)` with `o: [B, T, H, V]` and
+/// `s_final: [B, H, K, V]`. The problem's rule and algorithm select the computation.
+pub fn efla(
+    p: &Efla,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    beta: &Tensor,
+    s0: Option<&Tensor>,
+    start: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    p.validate().map_err(cerr)?;
+    EflaInputs {
+        q,
+        k,
+        v,
+        beta,
+        s0,
+        start,
+    }
+    .check(p)
+    .map_err(cerr)?;
+    f32_only(p)?;
+    let s0 = zeros_or(p, "s0", s0, q)?;
+    let parts = EflaParts {
+        p: *p,
+        start: prepare_flags(start)?,
+    };
+    let out = apply(parts, &pack(&[q, k, v, beta, &s0])?)?;
+    let r = unpack(&out, &[p.spec("o").shape, p.spec("s_final").shape])?;
+    Ok((r[0].clone(), r[1].clone()))
+}
+
+// ------------------------------------------------------------------ selective scan
+
+#[derive(Clone)]
+struct SelectiveParts {
+    p: SelectiveScan,
+    has_z: bool,
+    start: Option<Tensor>,
+}
+
+impl SelectiveParts {
+    /// Differentiable inputs in packing order (`z` only when present: an absent `z` is not
+    /// the same as zeros).
+    fn names(&self) -> Vec<&'static str> {
+        let mut n = vec!["u", "delta", "a", "bm", "cm", "dskip", "delta_bias", "h0"];
+        if self.has_z {
+            n.push("z");
+        }
+        n
+    }
+}
+
+impl Parts for SelectiveParts {
+    fn name(&self) -> &'static str {
+        "linrec-selective-scan"
+    }
+    fn in_lens(&self) -> Vec<usize> {
+        self.names()
+            .iter()
+            .map(|n| self.p.spec(n).numel())
+            .collect()
+    }
+    fn out_lens(&self) -> Vec<usize> {
+        ["out", "h_final"].map(|n| self.p.spec(n).numel()).to_vec()
+    }
+    fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
+        let w = wide(ins);
+        let st = start_host(&self.start)?;
+        let inp = SelectiveInputs {
+            u: &w[0][..],
+            delta: &w[1][..],
+            a: &w[2][..],
+            bm: &w[3][..],
+            cm: &w[4][..],
+            dskip: Some(&w[5][..]),
+            delta_bias: Some(&w[6][..]),
+            h0: Some(&w[7][..]),
+            z: w.get(8).map(|z| &z[..]),
+            start: st.as_deref(),
+        };
+        let o = crate::selective::reference::forward(&self.p, &inp)?;
+        Ok(vec![narrow(o.out), narrow(o.h_final)])
+    }
+    fn bwd_host(
+        &self,
+        ins: &[&[f32]],
+        _outs: &[&[f32]],
+        grads: &[&[f32]],
+    ) -> crate::Result<Vec<Vec<f32>>> {
+        let (w, g) = (wide(ins), wide(grads));
+        let st = start_host(&self.start)?;
+        let inp = SelectiveBackwardInputs {
+            u: &w[0][..],
+            delta: &w[1][..],
+            a: &w[2][..],
+            bm: &w[3][..],
+            cm: &w[4][..],
+            dskip: Some(&w[5][..]),
+            delta_bias: Some(&w[6][..]),
+            h0: Some(&w[7][..]),
+            z: w.get(8).map(|z| &z[..]),
+            start: st.as_deref(),
+            grad_out: &g[0][..],
+            grad_final: Some(&g[1][..]),
+        };
+        let r = crate::selective::reference::backward(&self.p, &inp)?;
+        let mut v = vec![
+            narrow(r.du),
+            narrow(r.ddelta),
+            narrow(r.da),
+            narrow(r.dbm),
+            narrow(r.dcm),
+            narrow(r.ddskip),
+            narrow(r.ddelta_bias),
+            narrow(r.dh0),
+        ];
+        if self.has_z {
+            v.push(narrow(r.dz));
+        }
+        Ok(v)
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn fwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = SelectiveInputs {
+                u: ins[0].reborrow(),
+                delta: ins[1].reborrow(),
+                a: ins[2].reborrow(),
+                bm: ins[3].reborrow(),
+                cm: ins[4].reborrow(),
+                dskip: Some(ins[5].reborrow()),
+                delta_bias: Some(ins[6].reborrow()),
+                h0: Some(ins[7].reborrow()),
+                z: ins.get(8).map(|z| z.reborrow()),
+                start,
+            };
+            let o = crate::selective::cuda::forward(be, &self.p, &inp)?;
+            Ok(vec![o.out, o.h_final])
+        })
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn bwd_cuda(
+        &self,
+        be: &crate::CudaBackend,
+        ins: &[crate::CuRef<'_>],
+        _outs: &[crate::CuRef<'_>],
+        grads: &[crate::CuRef<'_>],
+    ) -> crate::Result<Vec<crate::CuTensor>> {
+        with_flags(&self.start, |start| {
+            let inp = SelectiveBackwardInputs {
+                u: ins[0].reborrow(),
+                delta: ins[1].reborrow(),
+                a: ins[2].reborrow(),
+                bm: ins[3].reborrow(),
+                cm: ins[4].reborrow(),
+                dskip: Some(ins[5].reborrow()),
+                delta_bias: Some(ins[6].reborrow()),
+                h0: Some(ins[7].reborrow()),
+                z: ins.get(8).map(|z| z.reborrow()),
+                start,
+                grad_out: grads[0].reborrow(),
+                grad_final: Some(grads[1].reborrow()),
+            };
+            let r = crate::selective::cuda::backward(be, &self.p, &inp)?;
+            let mut v = vec![
+                r.du,
+                r.ddelta,
+                r.da,
+                r.dbm,
+                r.dcm,
+                r.ddskip,
+                r.ddelta_bias,
+                r.dh0,
+            ];
+            if self.has_z {
+                v.push(r.dz);
+            }
+            Ok(v)
+        })
+    }
+}
+
+/// Inputs of [`selective_scan`]: the [`crate::selective`] arguments as candle tensors.
+pub type SelectiveTensors<'a> = SelectiveInputs<&'a Tensor>;
+
+/// Mamba's selective scan (SPEC §3b) on candle tensors, differentiable in every input (`u`,
+/// `delta`, `a`, `bm`, `cm`, `dskip`, `z`, `delta_bias`, `h0`): returns `(out, h_final)`.
+/// Absent `dskip`, `delta_bias` and `h0` are zeros; an absent `z` means no gate.
+pub fn selective_scan(p: &SelectiveScan, args: &SelectiveTensors<'_>) -> Result<(Tensor, Tensor)> {
+    p.validate().map_err(cerr)?;
+    args.check(p).map_err(cerr)?;
+    f32_only(p)?;
+    let like = args.u;
+    let dskip = zeros_or(p, "dskip", args.dskip, like)?;
+    let delta_bias = zeros_or(p, "delta_bias", args.delta_bias, like)?;
+    let h0 = zeros_or(p, "h0", args.h0, like)?;
+    let mut ins = vec![
+        args.u,
+        args.delta,
+        args.a,
+        args.bm,
+        args.cm,
+        &dskip,
+        &delta_bias,
+        &h0,
+    ];
+    if let Some(z) = args.z {
+        ins.push(z);
+    }
+    let parts = SelectiveParts {
+        p: *p,
+        has_z: args.z.is_some(),
+        start: prepare_flags(args.start)?,
+    };
+    let out = apply(parts, &pack(&ins)?)?;
+    let r = unpack(&out, &[p.spec("out").shape, p.spec("h_final").shape])?;
+    Ok((r[0].clone(), r[1].clone()))
 }
