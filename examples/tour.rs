@@ -5,7 +5,10 @@
 //!
 //! `cargo run --release --example tour` (add `--features cuda` on an NVIDIA machine).
 
+use linrec::efla::{self, Efla, EflaBackwardInputs, EflaInputs};
+use linrec::ffm::{self, Ffm, FfmBackwardInputs, FfmInputs};
 use linrec::scan::{self, LinearScan, ScanBackwardInputs, ScanInputs};
+use linrec::selective::{self, SelectiveInputs, SelectiveScan};
 use linrec::{DType, Device, Error, Problem, Result, Tensor};
 use std::time::Duration;
 
@@ -122,7 +125,255 @@ fn scan_stop(dev: &Device, rng: &mut Rng, complex: bool) -> Result<Report> {
     })
 }
 
+/// `max` of the errors of every (device result, reference) pair.
+fn worst(pairs: &[(&Tensor, &[f64])]) -> f64 {
+    pairs.iter().map(|(t, r)| rel(t, r)).fold(0.0, f64::max)
+}
+
+/// Host tensors of a problem's arguments in its storage types.
+fn tensors<P: Problem>(p: &P, vals: &[(&str, &Vec<f64>)]) -> Result<Vec<Tensor>> {
+    vals.iter()
+        .map(|(n, v)| {
+            let s = p.spec(n);
+            Tensor::from_f64(s.shape, v, p.dtype_of(s.role))
+        })
+        .collect()
+}
+
+fn ffm_stop(dev: &Device, rng: &mut Rng) -> Result<Report> {
+    let p = Ffm::new(8, 1024, 32, 4);
+    let n = |name: &str| p.spec(name).numel();
+    let x = rng.vec(n("x"), -1.0, 1.0);
+    let a = rng.vec(n("a"), -0.5, -0.001);
+    let b = rng.vec(n("b"), -1.0, 1.0);
+    let s0 = rng.vec(n("s0"), -1.0, 1.0);
+    let g = rng.vec(n("s"), -1.0, 1.0);
+    let start = rng.flags(n("start"), 0.01);
+    let t = tensors(
+        &p,
+        &[("x", &x), ("a", &a), ("b", &b), ("s0", &s0), ("grad_s", &g)],
+    )?;
+    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let inp = FfmInputs {
+        x: &t[0],
+        a: &t[1],
+        b: &t[2],
+        s0: Some(&t[3]),
+        start: Some(&st),
+    };
+    let (out, fwd) = timed(dev, || ffm::forward(dev, &p, &inp))?;
+    let bin = FfmBackwardInputs {
+        x: &t[0],
+        a: &t[1],
+        b: &t[2],
+        s0: Some(&t[3]),
+        start: Some(&st),
+        grad_s: &t[4],
+        grad_final: None,
+    };
+    let (gr, bwd) = timed(dev, || ffm::backward(dev, &p, &bin))?;
+    let rin = FfmInputs {
+        x: &x[..],
+        a: &a[..],
+        b: &b[..],
+        s0: Some(&s0[..]),
+        start: Some(&start[..]),
+    };
+    let r = ffm::reference::forward(&p, &rin)?;
+    let rb = FfmBackwardInputs {
+        x: &x[..],
+        a: &a[..],
+        b: &b[..],
+        s0: Some(&s0[..]),
+        start: Some(&start[..]),
+        grad_s: &g[..],
+        grad_final: None,
+    };
+    let rg = ffm::reference::backward(&p, &rb)?;
+    let (sx, ss) = (n("x") as u64 * 4, n("s") as u64 * 4);
+    Ok(Report {
+        fwd_err: worst(&[(&out.s, &r.s), (&out.s_final, &r.s_final)]),
+        bwd_err: worst(&[
+            (&gr.dx, &rg.dx),
+            (&gr.da, &rg.da),
+            (&gr.db, &rg.db),
+            (&gr.ds0, &rg.ds0),
+        ]),
+        fwd,
+        bwd,
+        fwd_bytes: sx + ss,
+        bwd_bytes: 2 * sx + ss,
+    })
+}
+
+fn efla_stop(
+    dev: &Device,
+    rng: &mut Rng,
+    rule: efla::Rule,
+    alg: efla::Algorithm,
+) -> Result<Report> {
+    let p = Efla::new(2, 512, 4, 64, 64)
+        .with_rule(rule)
+        .with_algorithm(alg);
+    let n = |name: &str| p.spec(name).numel();
+    let q = rng.vec(n("q"), -1.0, 1.0);
+    let k = rng.vec(n("k"), -0.3, 0.3);
+    let v = rng.vec(n("v"), -1.0, 1.0);
+    let beta = rng.vec(n("beta"), 0.0, 1.0);
+    let s0 = rng.vec(n("s0"), -1.0, 1.0);
+    let g = rng.vec(n("o"), -1.0, 1.0);
+    let start = rng.flags(n("start"), 0.01);
+    let t = tensors(
+        &p,
+        &[
+            ("q", &q),
+            ("k", &k),
+            ("v", &v),
+            ("beta", &beta),
+            ("s0", &s0),
+            ("grad_o", &g),
+        ],
+    )?;
+    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let inp = EflaInputs {
+        q: &t[0],
+        k: &t[1],
+        v: &t[2],
+        beta: &t[3],
+        s0: Some(&t[4]),
+        start: Some(&st),
+    };
+    let (out, fwd) = timed(dev, || efla::forward(dev, &p, &inp))?;
+    let bin = EflaBackwardInputs {
+        q: &t[0],
+        k: &t[1],
+        v: &t[2],
+        beta: &t[3],
+        s0: Some(&t[4]),
+        start: Some(&st),
+        grad_o: &t[5],
+        grad_final: None,
+    };
+    let (gr, bwd) = timed(dev, || efla::backward(dev, &p, &bin))?;
+    let rin = EflaInputs {
+        q: &q[..],
+        k: &k[..],
+        v: &v[..],
+        beta: &beta[..],
+        s0: Some(&s0[..]),
+        start: Some(&start[..]),
+    };
+    let r = efla::reference::forward(&p, &rin)?;
+    let rb = EflaBackwardInputs {
+        q: &q[..],
+        k: &k[..],
+        v: &v[..],
+        beta: &beta[..],
+        s0: Some(&s0[..]),
+        start: Some(&start[..]),
+        grad_o: &g[..],
+        grad_final: None,
+    };
+    let rg = efla::reference::backward(&p, &rb)?;
+    // bytes an ideal kernel moves: q, k, v, o (and beta) once; the state stays on chip
+    let io = (n("q") + n("k") + n("v") + n("o") + n("beta")) as u64 * 4;
+    Ok(Report {
+        fwd_err: worst(&[(&out.o, &r.o), (&out.s_final, &r.s_final)]),
+        bwd_err: worst(&[
+            (&gr.dq, &rg.dq),
+            (&gr.dk, &rg.dk),
+            (&gr.dv, &rg.dv),
+            (&gr.dbeta, &rg.dbeta),
+            (&gr.ds0, &rg.ds0),
+        ]),
+        fwd,
+        bwd,
+        fwd_bytes: io,
+        bwd_bytes: 2 * io,
+    })
+}
+
+fn selective_stop(dev: &Device, rng: &mut Rng) -> Result<Report> {
+    let p = SelectiveScan::new(4, 512, 128, 16).softplus();
+    let n = |name: &str| p.spec(name).numel();
+    let names = [
+        "u",
+        "delta",
+        "a",
+        "bm",
+        "cm",
+        "dskip",
+        "z",
+        "delta_bias",
+        "h0",
+        "grad_out",
+    ];
+    let vals: Vec<Vec<f64>> = names
+        .iter()
+        .map(|nm| match *nm {
+            "a" => rng.vec(n(nm), -2.0, -0.1),
+            "delta" => rng.vec(n(nm), -3.0, 0.0),
+            _ => rng.vec(n(nm), -1.0, 1.0),
+        })
+        .collect();
+    let start = rng.flags(n("start"), 0.01);
+    let pairs: Vec<(&str, &Vec<f64>)> = names.iter().copied().zip(vals.iter()).collect();
+    let t = tensors(&p, &pairs)?;
+    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let inp = SelectiveInputs {
+        u: &t[0],
+        delta: &t[1],
+        a: &t[2],
+        bm: &t[3],
+        cm: &t[4],
+        dskip: Some(&t[5]),
+        z: Some(&t[6]),
+        delta_bias: Some(&t[7]),
+        h0: Some(&t[8]),
+        start: Some(&st),
+    };
+    let (out, fwd) = timed(dev, || selective::forward(dev, &p, &inp))?;
+    let bin = inp.clone().with_grads(&t[9], None);
+    let (gr, bwd) = timed(dev, || selective::backward(dev, &p, &bin))?;
+    let v = |i: usize| &vals[i][..];
+    let rin = SelectiveInputs {
+        u: v(0),
+        delta: v(1),
+        a: v(2),
+        bm: v(3),
+        cm: v(4),
+        dskip: Some(v(5)),
+        z: Some(v(6)),
+        delta_bias: Some(v(7)),
+        h0: Some(v(8)),
+        start: Some(&start[..]),
+    };
+    let r = selective::reference::forward(&p, &rin)?;
+    let rg = selective::reference::backward(&p, &rin.clone().with_grads(v(9), None))?;
+    let seq = n("u") as u64 * 4;
+    let bc = (n("bm") + n("cm")) as u64 * 4;
+    Ok(Report {
+        fwd_err: worst(&[(&out.out, &r.out), (&out.h_final, &r.h_final)]),
+        bwd_err: worst(&[
+            (&gr.du, &rg.du),
+            (&gr.ddelta, &rg.ddelta),
+            (&gr.da, &rg.da),
+            (&gr.dbm, &rg.dbm),
+            (&gr.dcm, &rg.dcm),
+            (&gr.ddskip, &rg.ddskip),
+            (&gr.dz, &rg.dz),
+            (&gr.ddelta_bias, &rg.ddelta_bias),
+            (&gr.dh0, &rg.dh0),
+        ]),
+        fwd,
+        bwd,
+        fwd_bytes: 4 * seq + bc,
+        bwd_bytes: 7 * seq + 2 * bc,
+    })
+}
+
 fn stops() -> Vec<Stop> {
+    use efla::{Algorithm::*, Rule::*};
     vec![
         Stop {
             name: "linear scan, real",
@@ -134,11 +385,39 @@ fn stops() -> Vec<Stop> {
             shape: "B=8 T=2048 D=256".into(),
             run: |d, r| scan_stop(d, r, true),
         },
+        Stop {
+            name: "FFM aggregation",
+            shape: "B=8 T=1024 M=32 C=4".into(),
+            run: ffm_stop,
+        },
+        Stop {
+            name: "EFLA, chunked",
+            shape: "B=2 T=512 H=4 K=V=64".into(),
+            run: |d, r| efla_stop(d, r, Efla, Chunked { chunk: 64 }),
+        },
+        Stop {
+            name: "EFLA, recurrent",
+            shape: "B=2 T=512 H=4 K=V=64".into(),
+            run: |d, r| efla_stop(d, r, Efla, Recurrent),
+        },
+        Stop {
+            name: "delta rule, chunked",
+            shape: "B=2 T=512 H=4 K=V=64".into(),
+            run: |d, r| efla_stop(d, r, Delta, Chunked { chunk: 64 }),
+        },
+        Stop {
+            name: "selective scan",
+            shape: "B=4 T=512 D=128 N=16".into(),
+            run: selective_stop,
+        },
     ]
 }
 
-fn gbs(bytes: u64, t: Duration) -> f64 {
-    bytes as f64 / t.as_secs_f64().max(1e-12) / 1e9
+/// GB/s with three significant digits.
+fn gbs(bytes: u64, t: Duration) -> String {
+    let v = bytes as f64 / t.as_secs_f64().max(1e-12) / 1e9;
+    let digits = (2 - v.abs().max(1e-9).log10().floor() as i32).clamp(0, 6) as usize;
+    format!("{v:.digits$}")
 }
 
 fn main() {
@@ -161,7 +440,7 @@ fn main() {
     }
     println!();
     println!(
-        "{:<28} {:<18} {:<6} {:>10} {:>10} {:>10} {:>9} {:>10} {:>9}",
+        "{:<24} {:<22} {:<6} {:>10} {:>10} {:>10} {:>9} {:>10} {:>9}",
         "op", "shape", "on", "fwd err", "bwd err", "fwd time", "fwd GB/s", "bwd time", "bwd GB/s"
     );
     let mut rng = Rng(0x5EED);
@@ -172,7 +451,7 @@ fn main() {
                 Ok(r) => {
                     worst = worst.max(r.fwd_err).max(r.bwd_err);
                     println!(
-                        "{:<28} {:<18} {:<6} {:>10.2e} {:>10.2e} {:>8.3}ms {:>9.2} {:>8.3}ms {:>9.2}",
+                        "{:<24} {:<22} {:<6} {:>10.2e} {:>10.2e} {:>8.3}ms {:>9.2} {:>8.3}ms {:>9.2}",
                         stop.name,
                         stop.shape,
                         dev.kind().name(),
@@ -189,7 +468,7 @@ fn main() {
                 Err(Error::Unsupported { .. }) => continue,
                 Err(e) => {
                     println!(
-                        "{:<28} {:<18} {:<6} error: {e}",
+                        "{:<24} {:<22} {:<6} error: {e}",
                         stop.name,
                         stop.shape,
                         dev.kind().name()
