@@ -12,7 +12,9 @@
 //!
 //! `cargo run --release --features candle --example train_memory`
 //! (CPU; add `candle-cuda` for a CUDA GPU). Options: `--max-steps N` (default 600),
-//! `--max-seconds S` (default 150, per model), `--seed N`.
+//! `--max-seconds S` (default 150, per model), `--seed N` (default 7), `--lr X` (AdamW, default
+//! 0.01), `--models ffm,gru`, `--gap MIN-MAX` (default 100-200), `--distract P` (the chance of a
+//! distractor at each step, default 1).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::rnn::{gru, GRUConfig, GRUState, GRU, RNN};
@@ -204,10 +206,17 @@ struct Outcome {
 
 fn train(name: &str, m: &dyn Model, vm: &VarMap, dev: &Device, opts: &Opts) -> Result<Outcome> {
     let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    // a fixed order of the variables, so a seed reproduces the run
+    let vars: Vec<candle_core::Var> = {
+        let data = vm.data().lock().unwrap();
+        let mut v: Vec<(&String, &candle_core::Var)> = data.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.into_iter().map(|(_, v)| v.clone()).collect()
+    };
     let mut opt = AdamW::new(
-        vm.all_vars(),
+        vars,
         ParamsAdamW {
-            lr: 3e-2,
+            lr: opts.lr,
             weight_decay: 0.0,
             ..Default::default()
         },
@@ -273,7 +282,7 @@ fn opts() -> Opts {
         max_time: Duration::from_secs(150),
         seed: 7,
         models: "ffm,gru".into(),
-        lr: 3e-2,
+        lr: 1e-2,
         gap: (100, 200),
         distract: 1.0,
     };

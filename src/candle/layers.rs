@@ -152,16 +152,7 @@ impl FfmCell {
                         up: bound,
                     },
                 )?;
-                let b = v.get_with_hints(
-                    m,
-                    "bias",
-                    Init::Const(
-                        std::env::var("GATE_B")
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(cfg.input_gate_bias),
-                    ),
-                )?;
+                let b = v.get_with_hints(m, "bias", Init::Const(cfg.input_gate_bias))?;
                 Linear::new(w, Some(b))
             },
             gate_out: linear(i, o, vb.pp("gate_out"))?,
@@ -196,12 +187,7 @@ impl FfmCell {
         // sqrt(1 - |gamma|^2), so a long-memory channel summing hundreds of steps and a
         // short one holding about one step have comparable variance.
         let norm = (1.0 - (&a * 2.0)?.exp()?)?.sqrt()?;
-        let xin = if std::env::var("NO_LRU").is_ok() {
-            let _ = norm;
-            xin
-        } else {
-            xin.broadcast_mul(&norm)?
-        };
+        let xin = xin.broadcast_mul(&norm)?;
         let freq = (&self.base_freq + &self.freq)?;
         let p = Ffm::new(b, t, m, c);
         let (s, s_final) = ffm(&p, &xin.contiguous()?, &a, &freq, state, start)?;
