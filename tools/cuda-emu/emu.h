@@ -6,6 +6,17 @@
 // this way exports linrec_emu_has(name) and linrec_emu_launch(...), which the fake libcuda
 // (fake_cuda.cpp) calls from cuLaunchKernel with the kernel's parameter array.
 //
+// By default the CUDA threads of a block are *fibers* (user-level contexts switched by a few
+// instructions) run cooperatively on the launching OS thread: a barrier parks the fiber and the
+// scheduler resumes the others, so a barrier costs nanoseconds instead of the OS context switches
+// of std::thread (hundreds of microseconds per warp barrier on a loaded 2-core machine). The
+// semantics are the same (barriers, warp exchanges, threads that return drop out of barriers); a
+// barrier that can never complete is reported as a deadlock instead of hanging. Environment:
+//   LINREC_EMU_THREADS=1     one std::thread per CUDA thread (the original mode: truly concurrent,
+//                            which may expose a missing barrier that fibers happen to hide);
+//   LINREC_EMU_SCHEDULE=reverse|shuffle   the order fibers are resumed in (default: ascending), to
+//                            shake out code that depends on the order between barriers.
+//
 // This checks kernel *logic* (indexing, synchronisation, arithmetic) on machines without a
 // GPU. It says nothing about performance, and it cannot see hardware-specific races.
 #pragma once
@@ -17,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -50,10 +62,76 @@ inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z,
 
 namespace linrec_emu {
 
+// ------------------------------------------------------------------ fibers (x86-64 only)
+#if defined(__x86_64__)
+#define LINREC_EMU_FIBERS 1
+// linrec_emu_switch(save, to): saves the callee-saved registers, MXCSR and the x87 control word
+// on the current stack, stores the stack pointer in *save, switches to `to` and restores the same
+// from there. A new fiber's stack is prepared so that the first switch "returns" into
+// linrec_emu_tramp, which calls r13(r12) (see Fiber::start).
+extern "C" void linrec_emu_switch(void** save, void* to);
+extern "C" void linrec_emu_tramp();
+asm(R"(
+    .text
+    .p2align 4
+    .hidden linrec_emu_switch
+    .globl linrec_emu_switch
+    .type linrec_emu_switch,@function
+linrec_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size linrec_emu_switch, .-linrec_emu_switch
+    .p2align 4
+    .hidden linrec_emu_tramp
+    .globl linrec_emu_tramp
+    .type linrec_emu_tramp,@function
+linrec_emu_tramp:
+    movq %r12, %rdi
+    callq *%r13
+    ud2
+    .size linrec_emu_tramp, .-linrec_emu_tramp
+)");
+#endif
+
+struct Fiber;
+struct Sched;
+
+// A barrier of `expected` participants, either a std::barrier (thread mode) or cooperative
+// (fiber mode: the last arrival completes the phase and carries on; the others park until the
+// scheduler sees the phase complete).
+struct Bar {
+    std::unique_ptr<std::barrier<>> os;
+    unsigned expected = 0, arrived = 0;
+    uint64_t gen = 0;
+    void arrive_and_wait();
+    void arrive_and_drop();
+};
+
 struct Block {
-    std::unique_ptr<std::barrier<>> bar;
-    std::vector<std::unique_ptr<std::barrier<>>> warp;
+    std::unique_ptr<Bar> bar;
+    std::vector<std::unique_ptr<Bar>> warp;
     std::vector<std::array<uint64_t, 2>> xbuf;  // per-thread shuffle slot
+    // per-thread slots for wider warp collectives (tensor-core fragments, ldmatrix addresses)
+    std::vector<std::array<uint64_t, 8>> wbuf;
     std::vector<unsigned char> dyn_smem;
     unsigned n = 0;
 };
@@ -63,6 +141,66 @@ inline thread_local dim3 b_idx;
 inline dim3 b_dim;
 inline dim3 g_dim;
 inline Block* cur = nullptr;
+
+struct Fiber {
+    void* sp = nullptr;
+    unsigned char* stack = nullptr;
+    dim3 tid;
+    bool done = false;
+    Bar* wait = nullptr;  // parked on this barrier ...
+    uint64_t wait_gen = 0;  // ... until its phase moves past this one
+};
+
+// The cooperative scheduler of the block being run (fiber mode only).
+struct Sched {
+    void* sp = nullptr;  // the scheduler's own context
+    std::vector<Fiber> fibers;
+    Fiber* running = nullptr;
+    const std::function<void(void**)>* kernel = nullptr;
+    void** params = nullptr;
+    static constexpr size_t kStack = 512 * 1024;
+    ~Sched() {
+        for (auto& f : fibers) std::free(f.stack);
+    }
+    void park(Bar* b) {
+        Fiber* f = running;
+        f->wait = b;
+        f->wait_gen = b->gen;
+        linrec_emu_switch(&f->sp, sp);
+    }
+};
+inline Sched* sched = nullptr;  // non-null while a block runs as fibers
+
+inline void Bar::arrive_and_wait() {
+    if (os) {
+        os->arrive_and_wait();
+        return;
+    }
+    if (++arrived >= expected) {
+        arrived = 0;
+        ++gen;
+        return;
+    }
+    sched->park(this);
+}
+inline void Bar::arrive_and_drop() {
+    if (os) {
+        os->arrive_and_drop();
+        return;
+    }
+    --expected;
+    if (arrived > 0 && arrived >= expected) {
+        arrived = 0;
+        ++gen;
+    }
+}
+
+inline std::unique_ptr<Bar> make_bar(unsigned n, bool threads) {
+    auto b = std::make_unique<Bar>();
+    b->expected = n;
+    if (threads) b->os = std::make_unique<std::barrier<>>(n);
+    return b;
+}
 
 inline unsigned lin_tid() { return t_idx.x + b_dim.x * (t_idx.y + b_dim.y * t_idx.z); }
 
@@ -206,6 +344,90 @@ extern "C" int linrec_emu_has(const char* name) {
     return linrec_emu::registry().count(name) ? 1 : 0;
 }
 
+namespace linrec_emu {
+
+inline bool env_flag(const char* name) {
+    const char* v = std::getenv(name);
+    return v && *v && std::strcmp(v, "0") != 0;
+}
+
+// Body of every fiber: run the kernel as CUDA thread `f`, drop out of the barriers, hand back.
+inline void fiber_main(void* arg) {
+    Fiber* f = static_cast<Fiber*>(arg);
+    (*sched->kernel)(sched->params);
+    Block& blk = *cur;
+    const unsigned t = (unsigned)(f - sched->fibers.data());
+    blk.bar->arrive_and_drop();
+    blk.warp[t / 32]->arrive_and_drop();
+    f->done = true;
+    linrec_emu_switch(&f->sp, sched->sp);
+    std::abort();  // never resumed
+}
+
+// Run one block as fibers. Returns false on a deadlock (a barrier that can never complete).
+inline bool run_block_fibers(Sched& S, Block& blk, unsigned bx, unsigned by, unsigned n,
+                             const std::function<void(void**)>& kernel, void** params,
+                             int order, uint64_t& rng) {
+#ifdef LINREC_EMU_FIBERS
+    S.kernel = &kernel;
+    S.params = params;
+    if (S.fibers.size() < n) S.fibers.resize(n);
+    for (unsigned t = 0; t < n; ++t) {
+        Fiber& f = S.fibers[t];
+        if (!f.stack) f.stack = static_cast<unsigned char*>(std::aligned_alloc(64, Sched::kStack));
+        f.done = false;
+        f.wait = nullptr;
+        f.tid = {t % bx, (t / bx) % by, t / (bx * by)};
+        // initial frame, popped by linrec_emu_switch: [mxcsr | fpu cw][r15][r14][r13][r12][rbx]
+        // [rbp][return address = linrec_emu_tramp]; rsp is 16-aligned after the return
+        uintptr_t top = ((uintptr_t)f.stack + Sched::kStack) & ~(uintptr_t)15;
+        uint64_t* sp = reinterpret_cast<uint64_t*>(top - 64 - 16);
+        unsigned mx = 0x1f80;
+        unsigned short cw = 0x037f;
+        std::memcpy(&sp[0], &mx, 4);
+        std::memcpy(reinterpret_cast<char*>(&sp[0]) + 4, &cw, 2);
+        sp[1] = 0;                               // r15
+        sp[2] = 0;                               // r14
+        sp[3] = (uint64_t)(void*)&fiber_main;    // r13: entry
+        sp[4] = (uint64_t)(void*)&f;             // r12: argument
+        sp[5] = 0;                               // rbx
+        sp[6] = 0;                               // rbp
+        sp[7] = (uint64_t)(void*)&linrec_emu_tramp;
+        f.sp = sp;
+    }
+    std::vector<unsigned> ord(n);
+    for (unsigned t = 0; t < n; ++t) ord[t] = order == 1 ? n - 1 - t : t;
+    unsigned left = n;
+    while (left > 0) {
+        if (order == 2) {
+            for (unsigned t = n; t > 1; --t) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                std::swap(ord[t - 1], ord[(rng >> 33) % t]);
+            }
+        }
+        bool progress = false;
+        for (unsigned t : ord) {
+            Fiber& f = S.fibers[t];
+            if (f.done || (f.wait && f.wait->gen == f.wait_gen)) continue;
+            f.wait = nullptr;
+            S.running = &f;
+            t_idx = f.tid;
+            linrec_emu_switch(&S.sp, f.sp);
+            progress = true;
+            if (f.done) --left;
+        }
+        if (!progress) return false;
+    }
+    return true;
+#else
+    (void)S, (void)blk, (void)bx, (void)by, (void)n, (void)kernel, (void)params, (void)order,
+        (void)rng;
+    return false;
+#endif
+}
+
+}  // namespace linrec_emu
+
 extern "C" int linrec_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz,
                                  unsigned bx, unsigned by, unsigned bz, unsigned smem,
                                  void** params) {
@@ -215,33 +437,60 @@ extern "C" int linrec_emu_launch(const char* name, unsigned gx, unsigned gy, uns
     g_dim = {gx, gy, gz};
     b_dim = {bx, by, bz};
     const unsigned n = bx * by * bz;
-    for (unsigned z = 0; z < gz; ++z)
-        for (unsigned y = 0; y < gy; ++y)
-            for (unsigned x = 0; x < gx; ++x) {
+#ifdef LINREC_EMU_FIBERS
+    const bool threads = env_flag("LINREC_EMU_THREADS");
+#else
+    const bool threads = true;
+#endif
+    int order = 0;
+    if (const char* o = std::getenv("LINREC_EMU_SCHEDULE")) {
+        if (!std::strcmp(o, "reverse")) order = 1;
+        if (!std::strcmp(o, "shuffle")) order = 2;
+    }
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    static Sched S;  // fiber stacks, reused by every launch (launches never overlap)
+    int status = 0;
+    for (unsigned z = 0; z < gz && !status; ++z)
+        for (unsigned y = 0; y < gy && !status; ++y)
+            for (unsigned x = 0; x < gx && !status; ++x) {
                 Block blk;
                 blk.n = n;
-                blk.bar = std::make_unique<std::barrier<>>(n);
+                blk.bar = make_bar(n, threads);
                 for (unsigned w = 0; w * 32 < n; ++w)
-                    blk.warp.push_back(std::make_unique<std::barrier<>>(std::min(32u, n - w * 32)));
+                    blk.warp.push_back(make_bar(std::min(32u, n - w * 32), threads));
                 blk.xbuf.resize(n);
+                blk.wbuf.resize(n);
                 // Fill dynamic shared memory with NaNs so reads before writes show.
                 blk.dyn_smem.assign(smem + 16, 0xff);
                 cur = &blk;
-                std::vector<std::thread> th;
-                th.reserve(n);
-                for (unsigned t = 0; t < n; ++t) {
-                    th.emplace_back([&, t, x, y, z] {
-                        t_idx = {t % bx, (t / bx) % by, t / (bx * by)};
-                        b_idx = {x, y, z};
-                        it->second(params);
-                        blk.bar->arrive_and_drop();
-                        blk.warp[t / 32]->arrive_and_drop();
-                    });
+                if (threads) {
+                    std::vector<std::thread> th;
+                    th.reserve(n);
+                    for (unsigned t = 0; t < n; ++t) {
+                        th.emplace_back([&, t, x, y, z] {
+                            t_idx = {t % bx, (t / bx) % by, t / (bx * by)};
+                            b_idx = {x, y, z};
+                            it->second(params);
+                            blk.bar->arrive_and_drop();
+                            blk.warp[t / 32]->arrive_and_drop();
+                        });
+                    }
+                    for (auto& t : th) t.join();
+                } else {
+                    b_idx = {x, y, z};
+                    sched = &S;
+                    if (!run_block_fibers(S, blk, bx, by, n, it->second, params, order, rng)) {
+                        fprintf(stderr,
+                                "linrec cuda-emu: %s deadlocked in block (%u, %u, %u): a barrier "
+                                "that not every thread of the block or warp reaches\n",
+                                name, x, y, z);
+                        status = 2;
+                    }
+                    sched = nullptr;
                 }
-                for (auto& t : th) t.join();
                 cur = nullptr;
             }
-    return 0;
+    return status;
 }
 
 // Kernels register with LINREC_REGISTER(name) after their definition.
