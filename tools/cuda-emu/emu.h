@@ -47,7 +47,7 @@
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -337,8 +337,93 @@ inline unsigned short linrec_emu_f32_to_bf16(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// ------------------------------------------------------------------ tensor cores
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}(.trans).shared.b16, following the PTX ISA: lanes 8i..8i+7
+// give the row addresses of matrix i; lane l gets row l/4, elements 2(l%4), 2(l%4)+1 of matrix
+// i (.trans: column l/4, rows 2(l%4), 2(l%4)+1), the first in the low 16 bits. The addresses go
+// through the warp exchange slots; a misaligned row address aborts (the hardware faults).
+inline void linrec_emu_ldmatrix(unsigned* r, int num, bool trans, const void* row) {
+    using namespace linrec_emu;
+    Block& B = *cur;
+    const unsigned t = lin_tid(), w = t / 32, l = t % 32;
+    if ((reinterpret_cast<uintptr_t>(row) & 15) != 0) {
+        fprintf(stderr, "linrec cuda-emu: ldmatrix row address %p is not 16-byte aligned\n", row);
+        std::abort();
+    }
+    B.wbuf[t][0] = reinterpret_cast<uintptr_t>(row);
+    B.warp[w]->arrive_and_wait();
+    auto addr = [&](unsigned lane) {
+        return reinterpret_cast<const unsigned short*>(B.wbuf[w * 32 + lane][0]);
+    };
+    for (int i = 0; i < num; ++i) {
+        unsigned short e0, e1;
+        if (!trans) {
+            const unsigned short* p = addr(8 * i + l / 4);
+            e0 = p[2 * (l % 4)];
+            e1 = p[2 * (l % 4) + 1];
+        } else {
+            e0 = addr(8 * i + 2 * (l % 4))[l / 4];
+            e1 = addr(8 * i + 2 * (l % 4) + 1)[l / 4];
+        }
+        r[i] = (unsigned)e0 | ((unsigned)e1 << 16);
+    }
+    B.warp[w]->arrive_and_wait();
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d = a b + c, following the PTX ISA
+// fragment layouts (g = lane >> 2, t = lane & 3): A element (row, col) sits in lane
+// 4 (row % 8) + (col % 8) / 2, register (row / 8) + 2 (col / 8), half col % 2; B element
+// (row, col) in lane 4 col + (row % 8) / 2, register row / 8, half row % 2; D element (row, col)
+// is d[2 (row / 8) + col % 2] of lane 4 (row % 8) + col / 2. The bf16 products are exact in f32
+// and are accumulated in f32, k ascending, onto c.
+inline void linrec_emu_mma_bf16_16816(float* d, const unsigned* a, const unsigned* b,
+                                      const float* c) {
+    using namespace linrec_emu;
+    Block& B = *cur;
+    const unsigned t = lin_tid(), w = t / 32, l = t % 32;
+    auto& slot = B.wbuf[t];
+    std::memcpy(&slot[0], a, 16);
+    std::memcpy(&slot[2], b, 8);
+    std::memcpy(&slot[3], c, 16);
+    B.warp[w]->arrive_and_wait();
+    auto reg = [&](unsigned lane, int i) {
+        unsigned v;
+        std::memcpy(&v, reinterpret_cast<const char*>(&B.wbuf[w * 32 + lane][0]) + 4 * i, 4);
+        return v;
+    };
+    auto half = [](unsigned v, int h) { return __uint_as_float((h ? v >> 16 : v & 0xffffu) << 16); };
+    auto A = [&](int row, int col) {
+        return half(reg(4 * (row % 8) + (col % 8) / 2, row / 8 + 2 * (col / 8)), col % 2);
+    };
+    auto Bm = [&](int row, int col) {
+        return half(reg(4 * col + (row % 8) / 2, 4 + row / 8), row % 2);
+    };
+    float cc[4];
+    std::memcpy(cc, &slot[3], 16);
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = (int)(l >> 2) + 8 * (i / 2), col = 2 * (int)(l & 3) + (i % 2);
+        float acc = cc[i];
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * Bm(k, col);
+        out[i] = acc;
+    }
+    B.warp[w]->arrive_and_wait();
+    std::memcpy(d, out, 16);
+}
+
 // Dynamic shared memory for kernels that declare it with LINREC_DYN_SMEM.
 inline void* linrec_emu_dyn_smem() { return linrec_emu::cur->dyn_smem.data(); }
+// Kernels that lay out dynamic shared memory check that the launch gave them enough
+// (LINREC_CHECK_DYN_SMEM in kernels/common.cuh): a launch with too little aborts here instead of
+// writing past the buffer.
+inline void linrec_emu_check_dyn_smem(size_t need, const char* where) {
+    const size_t have = linrec_emu::cur->dyn_smem.size() - 16;
+    if (need > have) {
+        fprintf(stderr, "linrec cuda-emu: %s needs %zu bytes of dynamic shared memory, launched with %zu\n",
+                where, need, have);
+        std::abort();
+    }
+}
 
 extern "C" int linrec_emu_has(const char* name) {
     return linrec_emu::registry().count(name) ? 1 : 0;
