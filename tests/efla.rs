@@ -1516,15 +1516,32 @@ fn wgpu_zero_copy_offsets() -> T {
     Ok(())
 }
 
-/// The CUDA entry points exist and say the kernels are missing (never a wrong answer).
-fn cuda_reports_unsupported() -> T {
+/// The tensor-core building blocks of the chunked CUDA kernels (mma fragments, ldmatrix with
+/// and without .trans, the operand loaders, bf16 splitting) against the PTX ISA's tables: on a
+/// GPU this checks linrec's reading of the ISA, on the emulator the emulator itself.
+fn cuda_tensor_core_layouts() -> T {
     let dev = cuda_dev()?;
-    let d = gen(Efla::new(1, 4, 1, 2, 2), false, Starts::None, 1);
-    let a = host_args(&d);
-    match run_forward(&dev, &d.p, &a) {
-        Err(Error::Unsupported { .. }) | Ok(_) => Ok(()),
-        Err(e) => fail!("cuda forward: {e}"),
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(be) = &dev {
+        efla::cuda::tensor_core_selftest(be)?;
     }
+    let _ = dev;
+    Ok(())
+}
+
+fn cuda_recurrent_smoke() -> T {
+    let dev = cuda_dev()?;
+    let mut seed = 1000;
+    for p in variants(2, 150, 2, 67, 9, &[]) {
+        for (s0, st) in [(false, Starts::None), (true, Starts::Edges)] {
+            for dt in [DType::F32, DType::BF16] {
+                seed += 1;
+                let d = gen(p.with_dtype(dt), s0, st, seed);
+                check_backend(&dev, &d, &format!("cuda {} s0={s0} {st:?}", name(&d.p)))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -1555,6 +1572,7 @@ fn main() {
         cuda_long_sequences,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
-        cuda_reports_unsupported,
+        cuda_tensor_core_layouts,
+        cuda_recurrent_smoke,
     ]);
 }
