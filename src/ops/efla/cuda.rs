@@ -363,26 +363,295 @@ pub fn tensor_core_selftest(be: &CudaBackend) -> Result<()> {
 }
 
 mod chunked {
-    //! Placeholder until the chunked kernels land.
+    //! The chunked WY pipeline (`chunk_prep.cu`, `chunk_state.cu`, `chunk_grads.cu`; the math
+    //! and the precision rules are in `kernels/efla/chunk.cuh`).
+    //!
+    //! Forward: `efla_ck_prep` (per chunk, all chunks in parallel: Gram and `Q K^T` on the tensor
+    //! cores, coefficients, masks, the triangular inverse `X`), then `efla_ck_state` (per batch
+    //! row, head and 32 columns of `S`, chunks in order, the state in registers: `R`, `delta`,
+    //! the outputs and the state update on the tensor cores).
+    //!
+    //! Backward: `efla_ck_prep` again (keeping `Gm`), `efla_ck_state` writing each chunk's
+    //! incoming state and `delta`, `R` instead of outputs, `efla_ck_dstate` (the reverse state
+    //! pass: `d(delta)`, `dv`, each chunk's `dS_end`, `ds0`), then `efla_ck_grads` (per chunk,
+    //! in parallel: `dq`, `dk`, `dbeta`). States are recomputed per chunk, never stored per step.
     use super::*;
 
+    const PREP: &str = "efla/chunk_prep.cu";
+    const STATE: &str = "efla/chunk_state.cu";
+    const GRADS: &str = "efla/chunk_grads.cu";
+
+    /// Elements of one bf16 plane of a 64 x 64 tile (row stride 72) and of a 64 x 32 tile
+    /// (row stride 40); bytes of a 64 x 65 f32 tile (`kernels/efla/chunk.cuh`).
+    const ACC: usize = 64 * 72;
+    const RVT: usize = 64 * 40;
+    const F32T: usize = 64 * 65 * 4;
+    /// Columns of `S` per block of the state passes.
+    const VT: usize = 32;
+
+    /// bf16 planes of storage inputs, of state-side intermediates and of output-side ones
+    /// (`Prec<S>` in `kernels/efla/chunk.cuh`).
+    fn planes(dt: DType) -> (usize, usize, usize) {
+        match dt {
+            DType::BF16 => (1, 2, 1),
+            DType::F16 => (2, 2, 1),
+            _ => (3, 3, 3),
+        }
+    }
+
+    /// Storage of the intermediates only output-side products read (`Prec<S>::IT`).
+    fn it_dtype(dt: DType) -> DType {
+        if dt == DType::F32 {
+            DType::F32
+        } else {
+            DType::BF16
+        }
+    }
+
+    /// The key-dimension variant of the state passes: 64, 128 or 256 rows of `S` per block.
+    fn km(k: usize) -> usize {
+        k.next_power_of_two().max(64)
+    }
+
+    // Dynamic shared memory of each kernel, in the order the kernels carve it.
+    fn prep_smem(dt: DType) -> usize {
+        let (pi, _, _) = planes(dt);
+        2 * (2 * pi * ACC) + 2 * F32T + 4 * 64 * 5
+    }
+    fn state_smem(dt: DType, km: usize) -> usize {
+        let (pi, px, po) = planes(dt);
+        2 * (pi * ACC + po * ACC + px * km * 40 + px * ACC + po * ACC + px * RVT + po * RVT + px * RVT)
+            + 4 * 64 * 5
+    }
+    fn dstate_smem(dt: DType, km: usize) -> usize {
+        let (pi, px, _) = planes(dt);
+        2 * (2 * pi * ACC + px * km * 40 + 2 * px * ACC + pi * RVT + 2 * px * RVT) + 4 * 64 * 5
+    }
+    fn grads_smem(dt: DType) -> usize {
+        let (_, _, po) = planes(dt);
+        let shared = (2 * (5 * po * RVT + 2 * po * ACC)).max(2 * F32T + 2 * 3 * po * ACC);
+        2 * (2 * po * ACC) + 4 * 64 * 7 + shared
+    }
+
+    /// Per-chunk scratch: coefficients `[B*H, T, 4]` and the `C x C` matrices `[B*H, NC, C, C]`.
+    struct Prep {
+        coef: CuTensor,
+        x: CuTensor,
+        pm: CuTensor,
+        gm: Option<CuTensor>,
+    }
+
+    fn prep(
+        be: &CudaBackend,
+        p: &Efla,
+        q: &CuRef<'_>,
+        k: &CuRef<'_>,
+        beta: &CuRef<'_>,
+        start: Option<&CuRef<'_>>,
+        d: &Dims,
+        keep_gm: bool,
+    ) -> Result<Prep> {
+        let bh = p.batch * p.heads;
+        let (c, nc) = (d.c as usize, d.nc as usize);
+        let mut out = Prep {
+            coef: be.zeros(&[bh * p.len * 4], DType::F32)?,
+            x: be.zeros(&[bh * nc * c * c], DType::F32)?,
+            pm: be.zeros(&[bh * nc * c * c], DType::F32)?,
+            gm: if keep_gm {
+                Some(be.zeros(&[bh * nc * c * c], DType::F32)?)
+            } else {
+                None
+            },
+        };
+        let smem = prep_smem(p.dtype);
+        let f = be.function_smem(PREP, &format!("efla_ck_prep_{}", suffix(p.dtype)?), smem)?;
+        let cfg = be.grid((bh * nc) as u64, 128, smem as u32)?;
+        let mut b = be.stream.launch_builder(&f);
+        q.push(&mut b);
+        k.push(&mut b);
+        beta.push(&mut b);
+        push_opt(&mut b, start);
+        out.coef.push_mut(&mut b);
+        out.x.push_mut(&mut b);
+        out.pm.push_mut(&mut b);
+        match out.gm.as_mut() {
+            Some(g) => g.push_mut(&mut b),
+            None => {
+                b.arg(&NULL);
+            }
+        }
+        b.arg(d);
+        // SAFETY: `efla_ck_prep_*` (chunk_prep.cu) takes q, k, beta (storage dtype, checked
+        // against their shapes), start (u8 [B, T] or null with HAS_START clear), coef
+        // [B*H, T, 4], X, Pm and Gm (or null) [B*H, NC, C, C] f32, allocated so above, and Dims.
+        // Blocks past B*H*NC return; every index is below those sizes (rows and columns past the
+        // chunk's end are masked); the kernel carves exactly `smem` bytes of shared memory
+        // (checked by the emulator).
+        unsafe { be.run(b, cfg) }?;
+        Ok(out)
+    }
+
     pub(super) fn forward(
-        _be: &CudaBackend,
-        _p: &Efla,
-        _inp: &EflaInputs<CuRef<'_>>,
-        _chunk: usize,
-        _flags: u32,
+        be: &CudaBackend,
+        p: &Efla,
+        inp: &EflaInputs<CuRef<'_>>,
+        chunk: usize,
+        flags: u32,
     ) -> Result<EflaOutputs<CuTensor>> {
-        Err(Error::unsupported("cuda", "efla chunked forward"))
+        let d = Dims::new(p, chunk, flags | WRITE_OUT)?;
+        let pr = prep(be, p, &inp.q, &inp.k, &inp.beta, inp.start.as_ref(), &d, false)?;
+        let mut o = be.zeros(&p.spec("o").shape, p.dtype)?;
+        let mut sf = be.zeros(&p.spec("s_final").shape, DType::F32)?;
+        let km = km(p.key_dim);
+        let smem = state_smem(p.dtype, km);
+        let name = format!("efla_ck_state_{}_k{km}", suffix(p.dtype)?);
+        let f = be.function_smem(STATE, &name, smem)?;
+        let blocks = (p.batch * p.heads * p.value_dim.div_ceil(VT)) as u64;
+        let cfg = be.grid(blocks, 128, smem as u32)?;
+        let (coef, x, pm) = (pr.coef.as_ref(), pr.x.as_ref(), pr.pm.as_ref());
+        let mut b = be.stream.launch_builder(&f);
+        inp.q.push(&mut b);
+        inp.k.push(&mut b);
+        inp.v.push(&mut b);
+        push_opt(&mut b, inp.s0.as_ref());
+        push_opt(&mut b, inp.start.as_ref());
+        coef.push(&mut b);
+        x.push(&mut b);
+        pm.push(&mut b);
+        o.push_mut(&mut b);
+        sf.push_mut(&mut b);
+        b.arg(&NULL).arg(&NULL).arg(&NULL).arg(&d);
+        // SAFETY: `efla_ck_state_*_k{km}` (chunk_state.cu) parameters in order: q, k, v (storage
+        // dtype, checked), s0 f32 [B, H, K, V] or null (HAS_S0), start or null (HAS_START), the
+        // prep results, o [B, T, H, V] (storage dtype) and s_final f32 allocated from their
+        // shapes; with WRITE_OUT set the three checkpoint pointers (null) are never touched.
+        // K <= km rows per block; blocks past B*H*ceil(V/32) return, columns past V and rows
+        // past K or the chunk's end are masked; `smem` bytes as the kernel carves them.
+        unsafe { be.run(b, cfg) }?;
+        Ok(EflaOutputs { o, s_final: sf })
     }
 
     pub(super) fn backward(
-        _be: &CudaBackend,
-        _p: &Efla,
-        _inp: &EflaBackwardInputs<CuRef<'_>>,
-        _chunk: usize,
-        _flags: u32,
+        be: &CudaBackend,
+        p: &Efla,
+        inp: &EflaBackwardInputs<CuRef<'_>>,
+        chunk: usize,
+        flags: u32,
     ) -> Result<EflaGrads<CuTensor>> {
-        Err(Error::unsupported("cuda", "efla chunked backward"))
+        let d = Dims::new(p, chunk, flags)?;
+        let pr = prep(be, p, &inp.q, &inp.k, &inp.beta, inp.start.as_ref(), &d, true)?;
+        let (bh, tn, kd, vd) = (p.batch * p.heads, p.len, p.key_dim, p.value_dim);
+        let nc = d.nc as usize;
+        let it = it_dtype(p.dtype);
+        let sfx = suffix(p.dtype)?;
+        let km = km(kd);
+        let blocks = (bh * vd.div_ceil(VT)) as u64;
+        let mut ck_s = be.zeros(&[bh * nc * kd * vd], it)?;
+        let mut ck_ds = be.zeros(&[bh * nc * kd * vd], it)?;
+        let mut ck_delta = be.zeros(&[bh * tn * vd], it)?;
+        let mut ck_r = be.zeros(&[bh * tn * vd], it)?;
+        let mut ck_dd = be.zeros(&[bh * tn * vd], it)?;
+        let mut ck_dr = be.zeros(&[bh * tn * vd], it)?;
+        let mut dq = be.zeros(&p.spec("dq").shape, p.dtype)?;
+        let mut dk = be.zeros(&p.spec("dk").shape, p.dtype)?;
+        let mut dv = be.zeros(&p.spec("dv").shape, p.dtype)?;
+        let mut dbeta = be.zeros(&p.spec("dbeta").shape, p.dtype)?;
+        let mut ds0 = be.zeros(&p.spec("ds0").shape, DType::F32)?;
+        let (coef, x, pm) = (pr.coef.as_ref(), pr.x.as_ref(), pr.pm.as_ref());
+        let gm = pr.gm.as_ref().expect("prep kept Gm").as_ref();
+        // forward state pass: checkpoints
+        {
+            let smem = state_smem(p.dtype, km);
+            let f = be.function_smem(STATE, &format!("efla_ck_state_{sfx}_k{km}"), smem)?;
+            let cfg = be.grid(blocks, 128, smem as u32)?;
+            let d = Dims::new(p, chunk, flags & !HAS_GF)?;
+            let mut b = be.stream.launch_builder(&f);
+            inp.q.push(&mut b);
+            inp.k.push(&mut b);
+            inp.v.push(&mut b);
+            push_opt(&mut b, inp.s0.as_ref());
+            push_opt(&mut b, inp.start.as_ref());
+            coef.push(&mut b);
+            x.push(&mut b);
+            pm.push(&mut b);
+            b.arg(&NULL).arg(&NULL);
+            ck_s.push_mut(&mut b);
+            ck_delta.push_mut(&mut b);
+            ck_r.push_mut(&mut b);
+            b.arg(&d);
+            // SAFETY: as in the forward, without WRITE_OUT: o and s_final (null) are never
+            // touched; the checkpoints S_in [B*H, NC, K, V] and delta, R [B*H, T, V] are in the
+            // intermediate dtype `it` the kernel's `Prec<S>::IT` names, allocated so above.
+            unsafe { be.run(b, cfg) }?;
+        }
+        // reverse state pass
+        {
+            let smem = dstate_smem(p.dtype, km);
+            let f = be.function_smem(STATE, &format!("efla_ck_dstate_{sfx}_k{km}"), smem)?;
+            let cfg = be.grid(blocks, 128, smem as u32)?;
+            let mut b = be.stream.launch_builder(&f);
+            inp.q.push(&mut b);
+            inp.k.push(&mut b);
+            inp.grad_o.push(&mut b);
+            push_opt(&mut b, inp.start.as_ref());
+            push_opt(&mut b, inp.grad_final.as_ref());
+            coef.push(&mut b);
+            x.push(&mut b);
+            pm.push(&mut b);
+            ck_ds.push_mut(&mut b);
+            ck_dd.push_mut(&mut b);
+            ck_dr.push_mut(&mut b);
+            dv.push_mut(&mut b);
+            ds0.push_mut(&mut b);
+            b.arg(&d);
+            // SAFETY: `efla_ck_dstate_*_k{km}` parameters in order: q, k, grad_o (storage dtype,
+            // checked), start or null, grad_final f32 [B, H, K, V] or null (HAS_GF), the prep
+            // results, the checkpoints dS_end [B*H, NC, K, V] and d(delta), dR [B*H, T, V] in
+            // `it`, dv [B, T, H, V] (storage dtype) and ds0 f32, all allocated from those
+            // shapes; masking and shared memory as in the forward state pass.
+            unsafe { be.run(b, cfg) }?;
+        }
+        // input gradients, per chunk
+        {
+            let smem = grads_smem(p.dtype);
+            let f = be.function_smem(GRADS, &format!("efla_ck_grads_{sfx}"), smem)?;
+            let cfg = be.grid((bh * nc) as u64, 256, smem as u32)?;
+            let (s, dsr, dl, r, dd, dr) = (
+                ck_s.as_ref(),
+                ck_ds.as_ref(),
+                ck_delta.as_ref(),
+                ck_r.as_ref(),
+                ck_dd.as_ref(),
+                ck_dr.as_ref(),
+            );
+            let mut b = be.stream.launch_builder(&f);
+            inp.q.push(&mut b);
+            inp.k.push(&mut b);
+            inp.grad_o.push(&mut b);
+            push_opt(&mut b, inp.start.as_ref());
+            coef.push(&mut b);
+            x.push(&mut b);
+            gm.push(&mut b);
+            for t in [&s, &dsr, &dl, &r, &dd, &dr] {
+                t.push(&mut b);
+            }
+            dq.push_mut(&mut b);
+            dk.push_mut(&mut b);
+            dbeta.push_mut(&mut b);
+            b.arg(&d);
+            // SAFETY: `efla_ck_grads_*` parameters in order: q, k, grad_o (storage dtype,
+            // checked), start or null, coef, X, Gm (prep, f32), the six checkpoints written
+            // above (dtype `it`, sizes as allocated), dq, dk [B, T, H, K] and dbeta [B, T, H]
+            // in the storage dtype. Blocks past B*H*NC return; rows past the chunk's end, keys
+            // past K and columns past V are masked; `smem` bytes as the kernel carves them.
+            unsafe { be.run(b, cfg) }?;
+        }
+        Ok(EflaGrads {
+            dq,
+            dk,
+            dv,
+            dbeta,
+            ds0,
+        })
     }
 }
