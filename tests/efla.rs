@@ -1534,9 +1534,16 @@ fn cuda_recurrent_smoke() -> T {
     let spec = std::env::var("EFLA_SMOKE").unwrap_or_else(|_| "2,150,2,67,9,64,bf16".into());
     let v: Vec<&str> = spec.split(',').collect();
     let n = |i: usize| v[i].parse::<usize>().unwrap();
-    let dt = match v[6] { "f32" => DType::F32, "f16" => DType::F16, _ => DType::BF16 };
+    let dt = match v[6] {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        _ => DType::BF16,
+    };
     for rule in [Rule::Efla, Rule::Delta] {
-        let p = Efla::new(n(0), n(1), n(2), n(3), n(4)).with_rule(rule).chunked(n(5)).with_dtype(dt);
+        let p = Efla::new(n(0), n(1), n(2), n(3), n(4))
+            .with_rule(rule)
+            .chunked(n(5))
+            .with_dtype(dt);
         let d = gen(p, true, Starts::Edges, 77);
         let a = host_args(&d);
         let (o, g) = (run_forward(&dev, &d.p, &a)?, run_backward(&dev, &d.p, &a)?);

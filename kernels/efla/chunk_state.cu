@@ -416,14 +416,14 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
 }  // namespace
 
 #define LINREC_EFLA_STATE(SUF, S, KM)                                                            \
-    extern "C" __global__ void __launch_bounds__(NTH) efla_ck_state_##SUF##_k##KM(               \
+    extern "C" __global__ void __launch_bounds__(NTH, 1) efla_ck_state_##SUF##_k##KM(               \
         const S* q, const S* k, const S* v, const float* s0, const unsigned char* start,         \
         const float* coef, const float* X, const float* Pm, S* o, float* sf,                     \
         Prec<S>::IT* ck_s, Prec<S>::IT* ck_delta, Prec<S>::IT* ck_r, Dims d) {                   \
         ck_state<S, KM>(q, k, v, s0, start, coef, X, Pm, o, sf, ck_s, ck_delta, ck_r, d);        \
     }                                                                                            \
     LINREC_REGISTER(efla_ck_state_##SUF##_k##KM)                                                 \
-    extern "C" __global__ void __launch_bounds__(NTH) efla_ck_dstate_##SUF##_k##KM(              \
+    extern "C" __global__ void __launch_bounds__(NTH, 1) efla_ck_dstate_##SUF##_k##KM(              \
         const S* q, const S* k, const S* go, const unsigned char* start, const float* gf,        \
         const float* coef, const float* X, const float* Pm, Prec<S>::IT* ck_ds,                  \
         Prec<S>::IT* ck_dd, Prec<S>::IT* ck_dr, S* dv, float* ds0, Dims d) {                     \

@@ -185,7 +185,9 @@ impl CudaBackend {
         if smem > 48 * 1024 {
             let max = self
                 .ctx
-                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                .attribute(
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                )
                 .map_err(drv)?;
             if smem > max.max(0) as usize {
                 return Err(Error::Limit {

@@ -60,7 +60,10 @@ impl Dims {
         }
         // every index the kernels form in 32 bits stays below these products
         int("batch * heads * len", p.batch * p.heads * p.len)?;
-        int("batch * heads * key_dim * value_dim", p.batch * p.heads * p.key_dim * p.value_dim)?;
+        int(
+            "batch * heads * key_dim * value_dim",
+            p.batch * p.heads * p.key_dim * p.value_dim,
+        )?;
         Ok(Dims {
             b: int("batch", p.batch)?,
             t: int("len", p.len)?,
@@ -342,7 +345,12 @@ pub fn tensor_core_selftest(be: &CudaBackend) -> Result<()> {
                 let plain = ((8 * i + l / 4) * 8 + 2 * (l % 4) + h) as f64;
                 let trans = ((8 * i + 2 * (l % 4) + h) * 8 + l / 4) as f64;
                 expect("ldmatrix.x4 layout", 768 + 8 * l + 2 * i + h, plain, 0.0);
-                expect("ldmatrix.x4.trans layout", 1024 + 8 * l + 2 * i + h, trans, 0.0);
+                expect(
+                    "ldmatrix.x4.trans layout",
+                    1024 + 8 * l + 2 * i + h,
+                    trans,
+                    0.0,
+                );
             }
         }
     }
@@ -420,7 +428,14 @@ mod chunked {
     }
     fn state_smem(dt: DType, km: usize) -> usize {
         let (pi, px, po) = planes(dt);
-        2 * (pi * ACC + po * ACC + px * km * 40 + px * ACC + po * ACC + px * RVT + po * RVT + px * RVT)
+        2 * (pi * ACC
+            + po * ACC
+            + px * km * 40
+            + px * ACC
+            + po * ACC
+            + px * RVT
+            + po * RVT
+            + px * RVT)
             + 4 * 64 * 5
     }
     fn dstate_smem(dt: DType, km: usize) -> usize {
@@ -441,12 +456,11 @@ mod chunked {
         gm: Option<CuTensor>,
     }
 
+    /// `qkb`: q, k and beta.
     fn prep(
         be: &CudaBackend,
         p: &Efla,
-        q: &CuRef<'_>,
-        k: &CuRef<'_>,
-        beta: &CuRef<'_>,
+        qkb: [&CuRef<'_>; 3],
         start: Option<&CuRef<'_>>,
         d: &Dims,
         keep_gm: bool,
@@ -467,9 +481,9 @@ mod chunked {
         let f = be.function_smem(PREP, &format!("efla_ck_prep_{}", suffix(p.dtype)?), smem)?;
         let cfg = be.grid((bh * nc) as u64, 128, smem as u32)?;
         let mut b = be.stream.launch_builder(&f);
-        q.push(&mut b);
-        k.push(&mut b);
-        beta.push(&mut b);
+        for r in qkb {
+            r.push(&mut b);
+        }
         push_opt(&mut b, start);
         out.coef.push_mut(&mut b);
         out.x.push_mut(&mut b);
@@ -499,7 +513,8 @@ mod chunked {
         flags: u32,
     ) -> Result<EflaOutputs<CuTensor>> {
         let d = Dims::new(p, chunk, flags | WRITE_OUT)?;
-        let pr = prep(be, p, &inp.q, &inp.k, &inp.beta, inp.start.as_ref(), &d, false)?;
+        let qkb = [&inp.q, &inp.k, &inp.beta];
+        let pr = prep(be, p, qkb, inp.start.as_ref(), &d, false)?;
         let mut o = be.zeros(&p.spec("o").shape, p.dtype)?;
         let mut sf = be.zeros(&p.spec("s_final").shape, DType::F32)?;
         let km = km(p.key_dim);
@@ -539,7 +554,8 @@ mod chunked {
         flags: u32,
     ) -> Result<EflaGrads<CuTensor>> {
         let d = Dims::new(p, chunk, flags)?;
-        let pr = prep(be, p, &inp.q, &inp.k, &inp.beta, inp.start.as_ref(), &d, true)?;
+        let qkb = [&inp.q, &inp.k, &inp.beta];
+        let pr = prep(be, p, qkb, inp.start.as_ref(), &d, true)?;
         let (bh, tn, kd, vd) = (p.batch * p.heads, p.len, p.key_dim, p.value_dim);
         let nc = d.nc as usize;
         let it = it_dtype(p.dtype);
