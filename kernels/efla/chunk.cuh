@@ -79,25 +79,67 @@ __device__ __forceinline__ void chunk_segs(const Dims& d, const unsigned char* s
 // Steps j <= i of the chunk share a segment.
 __device__ __forceinline__ bool same_seg(const int* seg, int i, int j) { return seg[i] <= j; }
 
-// Stage a 64 x W tile (W even) into P planes (row stride ld, plane stride ps):
+// Stage a 64 x W tile into P planes (row stride ld, plane stride ps):
 //   dst[r][c] = rs[r] * cs[c] * src[base + r * rstride + c0 + c]   for r < nr, c0 + c < nc,
-// 0 elsewhere (rs, cs may be null: 1). All threads of the block call it (nth of them).
-template <int P, typename T>
-__device__ __forceinline__ void stage(bf16s* dst, int ld, int ps, int W, const T* __restrict__ src,
+// 0 elsewhere (rs, cs may be null: 1). All NTH threads of the block call it. Every thread loads
+// 4 pairs (in flight together), then splits and stores them, and so on (a fully unrolled loop
+// would hoist the index arithmetic of every staging into registers and spill).
+template <int P, int W, int NTH, typename T>
+__device__ __forceinline__ void stage(bf16s* dst, int ld, int ps, const T* __restrict__ src,
                                       size_t base, size_t rstride, int nr, int c0, int nc,
-                                      const float* rs, const float* cs, int tid, int nth) {
-    const int half = W / 2;
-    for (int e = tid; e < CH * half; e += nth) {
-        const int r = e / half, c = 2 * (e % half);
-        float x0 = 0.f, x1 = 0.f;
-        if (r < nr) {
-            const size_t at = base + (size_t)r * rstride + c0 + c;
-            const float s = rs ? rs[r] : 1.f;
-            if (c0 + c < nc) x0 = s * to_f32(src[at]) * (cs ? cs[c] : 1.f);
-            if (c0 + c + 1 < nc) x1 = s * to_f32(src[at + 1]) * (cs ? cs[c + 1] : 1.f);
+                                      const float* rs, const float* cs, int tid) {
+    constexpr int HALF = W / 2, IT = CH * HALF / NTH, GRP = IT < 4 ? IT : 4;
+    static_assert(CH * HALF % NTH == 0 && IT % GRP == 0, "whole pairs per thread");
+#pragma unroll 1
+    for (int g0 = 0; g0 < IT; g0 += GRP) {
+        float x0[GRP], x1[GRP];
+#pragma unroll
+        for (int it = 0; it < GRP; ++it) {
+            const int e = tid + (g0 + it) * NTH, r = e / HALF, c = 2 * (e % HALF);
+            x0[it] = 0.f;
+            x1[it] = 0.f;
+            if (r < nr) {
+                const size_t at = base + (size_t)r * rstride + c0 + c;
+                if (c0 + c < nc) x0[it] = to_f32(src[at]);
+                if (c0 + c + 1 < nc) x1[it] = to_f32(src[at + 1]);
+            }
         }
-        tc::put2<P>(dst, ps, r * ld + c, x0, x1);
+#pragma unroll
+        for (int it = 0; it < GRP; ++it) {
+            const int e = tid + (g0 + it) * NTH, r = e / HALF, c = 2 * (e % HALF);
+            float a = x0[it], b = x1[it];
+            if (rs) {
+                a *= rs[r];
+                b *= rs[r];
+            }
+            if (cs) {
+                a *= cs[c];
+                b *= cs[c + 1];
+            }
+            tc::put2<P>(dst, ps, r * ld + c, a, b);
+        }
     }
+}
+
+// The step flags and alpha of a chunk, as efla_ck_prep left them in coef (alpha, dk factor,
+// dbeta factor, c + 2 e): al[i], cf[i] = c_i, ef[i] = e_i (0 past the chunk's end). Ends with
+// a barrier.
+__device__ __forceinline__ void chunk_coef(const Dims& d, const float* __restrict__ coef, int bh,
+                                           Chunk ch, float* al, float* cf, float* ef, int tid) {
+    if (tid < CH) {
+        float a = 0.f, c = 0.f, e = 0.f;
+        if (tid < ch.len) {
+            const float* cp = coef + ((size_t)bh * d.T + ch.t0 + tid) * 4;
+            a = cp[0];
+            const int f = (int)cp[3];
+            c = (float)(f & 1);
+            e = (float)(f >> 1);
+        }
+        al[tid] = a;
+        cf[tid] = c;
+        ef[tid] = e;
+    }
+    __syncthreads();
 }
 
 // Write accumulator element pairs of a warp's 16 x (8 NT) tile at (m0, n0) into P planes.

@@ -121,11 +121,10 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
     tc::zero(adt);
     tc::zero(adp);
     for (int vb = 0; vb < V; vb += VB) {
-        stage<PO>(sm.DDp, LDV, RVT, VB, ck_dd, it0, V, len, vb, V, nullptr, nullptr, tid, NTH);
-        stage<PO>(sm.Rp, LDV, RVT, VB, ck_r, it0, V, len, vb, V, nullptr, nullptr, tid, NTH);
-        stage<PO>(sm.GOp, LDV, RVT, VB, go, seq_at(d, b, ch.t0, h, V), rv, len, vb, V, nullptr,
-                  nullptr, tid, NTH);
-        stage<PO>(sm.DLp, LDV, RVT, VB, ck_delta, it0, V, len, vb, V, nullptr, nullptr, tid, NTH);
+        stage<PO, VB, NTH>(sm.DDp, LDV, RVT, ck_dd, it0, V, len, vb, V, nullptr, nullptr, tid);
+        stage<PO, VB, NTH>(sm.Rp, LDV, RVT, ck_r, it0, V, len, vb, V, nullptr, nullptr, tid);
+        stage<PO, VB, NTH>(sm.GOp, LDV, RVT, go, seq_at(d, b, ch.t0, h, V), rv, len, vb, V, nullptr, nullptr, tid);
+        stage<PO, VB, NTH>(sm.DLp, LDV, RVT, ck_delta, it0, V, len, vb, V, nullptr, nullptr, tid);
         __syncthreads();
         tc::gemm<1, 4, PO, PO, LO, false, false>(adt, {sm.DDp, LDV, RVT}, {sm.Rp, LDV, RVT}, m0,
                                                  n0, VB, lane);
@@ -143,7 +142,7 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
             adp[0][nt][e] = in && j <= i && same_seg(sm.seg, i, j) ? d.scale * adp[0][nt][e] : 0.f;
         }
     put_acc<PO, 4>(sm.DPp, LDC, ACC, adp, m0, n0, lane);
-    stage<PO>(sm.XP, LDC, ACC, 64, Xg, cc, C, len, 0, len, nullptr, nullptr, tid, NTH);
+    stage<PO, 64, NTH>(sm.XP, LDC, ACC, Xg, cc, C, len, 0, len, nullptr, nullptr, tid);
     __syncthreads();
 
     // phase 2: through the triangular inverse
@@ -211,13 +210,11 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
         tc::zero(ak);
         tc::zero(ak2);
         for (int vb = 0; vb < V; vb += VB) {
-            stage<PO>(sm.Sv, LDV, RVT, VB, ck_s, sbase, V, nk, vb, V, nullptr, nullptr, tid, NTH);
-            stage<PO>(sm.dSv, LDV, RVT, VB, ck_ds, sbase, V, nk, vb, V, nullptr, nullptr, tid, NTH);
-            stage<PO>(sm.GOp, LDV, RVT, VB, go, seq_at(d, b, ch.t0, h, V), rv, len, vb, V, nullptr,
-                      nullptr, tid, NTH);
-            stage<PO>(sm.DRp, LDV, RVT, VB, ck_dr, it0, V, len, vb, V, nullptr, nullptr, tid, NTH);
-            stage<PO>(sm.DLp, LDV, RVT, VB, ck_delta, it0, V, len, vb, V, nullptr, nullptr, tid,
-                      NTH);
+            stage<PO, VB, NTH>(sm.Sv, LDV, RVT, ck_s, sbase, V, nk, vb, V, nullptr, nullptr, tid);
+            stage<PO, VB, NTH>(sm.dSv, LDV, RVT, ck_ds, sbase, V, nk, vb, V, nullptr, nullptr, tid);
+            stage<PO, VB, NTH>(sm.GOp, LDV, RVT, go, seq_at(d, b, ch.t0, h, V), rv, len, vb, V, nullptr, nullptr, tid);
+            stage<PO, VB, NTH>(sm.DRp, LDV, RVT, ck_dr, it0, V, len, vb, V, nullptr, nullptr, tid);
+            stage<PO, VB, NTH>(sm.DLp, LDV, RVT, ck_delta, it0, V, len, vb, V, nullptr, nullptr, tid);
             __syncthreads();
             tc::gemm<1, 4, PO, PO, LO, false, false>(aq, {sm.GOp, LDV, RVT}, {sm.Sv, LDV, RVT}, m0,
                                                      n0, VB, lane);
@@ -236,8 +233,8 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
                 ak[0][nt][e] = sm.ef[i] * ak2[0][nt][e] - sm.cf[i] * ak[0][nt][e];
             }
         const size_t kbase = seq_at(d, b, ch.t0, h, K) + kb;
-        stage<PO>(sm.Kp, LDC, ACC, 64, k, kbase, rk, len, 0, nk, nullptr, nullptr, tid, NTH);
-        stage<PO>(sm.Qp, LDC, ACC, 64, q, kbase, rk, len, 0, nk, nullptr, nullptr, tid, NTH);
+        stage<PO, 64, NTH>(sm.Kp, LDC, ACC, k, kbase, rk, len, 0, nk, nullptr, nullptr, tid);
+        stage<PO, 64, NTH>(sm.Qp, LDC, ACC, q, kbase, rk, len, 0, nk, nullptr, nullptr, tid);
         __syncthreads();
         tc::gemm<1, 4, PO, PO, LO, false, true>(aq, {sm.DPp, LDC, ACC}, {sm.Kp, LDC, ACC}, m0, n0,
                                                 kl, lane);

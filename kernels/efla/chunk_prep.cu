@@ -4,13 +4,15 @@
 //   the step coefficients (alpha, dk factor, dbeta factor) from beta and lambda_i = G_ii,
 //   Gm = strict_lower(G) and Pm = lower(P) masked across resets,
 //   X = (I + diag(alpha) Gm)^{-1} by forward substitution in f32.
-// Writes coef [B*H, T, 4], X and Pm [B*H, NC, C, C] f32, and Gm (when given, the backward).
+// Writes coef [B*H, T, 4] (alpha, dk factor, dbeta factor, c + 2 e: the step's reset flags for
+// the state passes), X and Pm [B*H, NC, C, C] f32, and Gm (when given, the backward).
 //
 // Thread layout: one block of 128 threads (4 warps) per (batch row, head, chunk); the chunk's
 // rows are padded to 64. Products: warp w owns rows 16w .. 16w+15 of G and P (8 n-tiles of 8),
 // the keys are staged in blocks of 64 columns (row stride 72: ldmatrix without bank conflicts).
-// The solve: thread j < 64 owns column j of X (columns are independent: X[i][j] =
-// -alpha_i sum_{l < i} Gm[i][l] X[l][j]), reading Gm rows as shared-memory broadcasts.
+// The solve: columns of X are independent (X[i][j] = -alpha_i sum_{l < i} Gm[i][l] X[l][j]);
+// lanes 2j and 2j + 1 own column j, one parity of l each, in registers, reading Gm rows as
+// shared-memory broadcasts.
 // Every chunk is independent: the grid is B * H * NC blocks.
 #include "efla/chunk.cuh"
 
@@ -53,8 +55,8 @@ __device__ void ck_prep(const S* __restrict__ q, const S* __restrict__ k,
     tc::zero(ap);
     for (int k0 = 0; k0 < K; k0 += 64) {
         const size_t base = seq_at(d, b, ch.t0, h, K) + k0;
-        stage<P::PI>(Kp, LDC, ACC, 64, k, base, rs, ch.len, 0, K - k0, nullptr, nullptr, tid, NTH);
-        stage<P::PI>(Qp, LDC, ACC, 64, q, base, rs, ch.len, 0, K - k0, nullptr, nullptr, tid, NTH);
+        stage<P::PI, 64, NTH>(Kp, LDC, ACC, k, base, rs, ch.len, 0, K - k0, nullptr, nullptr, tid);
+        stage<P::PI, 64, NTH>(Qp, LDC, ACC, q, base, rs, ch.len, 0, K - k0, nullptr, nullptr, tid);
         __syncthreads();
         const int kd = round16(min(64, K - k0));
         tc::gemm<1, 8, P::PI, P::PI, P::LX, false, false>(ag, {Kp, LDC, ACC}, {Kp, LDC, ACC},
@@ -84,7 +86,7 @@ __device__ void ck_prep(const S* __restrict__ q, const S* __restrict__ k,
             cp[0] = c.alpha;
             cp[1] = c.dkf;
             cp[2] = c.dbf;
-            cp[3] = 0.f;
+            cp[3] = cf[tid] + 2.f * ef[tid];  // the step's reset flags, for the state passes
             a = c.alpha;
         }
         al[tid] = a;
@@ -98,19 +100,23 @@ __device__ void ck_prep(const S* __restrict__ q, const S* __restrict__ k,
         if (Gg && i < ch.len && j < ch.len) Gg[cc + (size_t)i * C + j] = v;
     }
     __syncthreads();
-    // X by forward substitution, one column per thread
-    if (tid < CH) {
-        const int j = tid;
+    // X by forward substitution: column j by the lane pair 2j, 2j + 1, each holding the rows of
+    // one parity in registers and summing over them; a shuffle adds the two halves
+    {
+        const int j = tid >> 1, part = tid & 1;
+        float xh[CH / 2];
+#pragma unroll
         for (int i = 0; i < CH; ++i) {
-            float s0 = 0.f, s1 = 0.f;
-            int l = 0;
-            for (; l + 1 < i; l += 2) {
-                s0 += Gs[i * LDF + l] * Xs[l * LDF + j];
-                s1 += Gs[i * LDF + l + 1] * Xs[(l + 1) * LDF + j];
-            }
-            if (l < i) s0 += Gs[i * LDF + l] * Xs[l * LDF + j];
-            Xs[i * LDF + j] = i == j ? 1.f : (i < j ? 0.f : -al[i] * (s0 + s1));
+            float s = 0.f;
+#pragma unroll
+            for (int m = 0; m < i / 2 + 1; ++m)
+                if (2 * m + part < i) s += Gs[i * LDF + 2 * m + part] * xh[m];
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            const float x = i == j ? 1.f : (i < j ? 0.f : -al[i] * s);
+            if ((i & 1) == part) xh[i / 2] = x;
         }
+#pragma unroll
+        for (int m = 0; m < CH / 2; ++m) Xs[(2 * m + part) * LDF + j] = xh[m];
     }
     __syncthreads();
     for (int e = tid; e < ch.len * ch.len; e += NTH) {

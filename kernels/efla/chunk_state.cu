@@ -40,7 +40,6 @@ template <typename S, int KM>
 struct StateSmem {
     using P = Prec<S>;
     bf16s *Kp, *Qp, *Sp, *Tp, *Pp, *Rp, *Dp, *Ep;
-    int *fl, *seg;
     float *cf, *ef, *al;
     __device__ StateSmem(unsigned char* base) {
         bf16s* x = reinterpret_cast<bf16s*>(base);
@@ -60,9 +59,7 @@ struct StateSmem {
         x += P::PO * RVT;
         Ep = x;
         x += P::PX * RVT;
-        fl = reinterpret_cast<int*>(x);
-        seg = fl + CH;
-        cf = reinterpret_cast<float*>(seg + CH);
+        cf = reinterpret_cast<float*>(x);
         ef = cf + CH;
         al = ef + CH;
         LINREC_CHECK_DYN_SMEM((char*)(al + CH) - (char*)base);
@@ -118,7 +115,7 @@ __device__ __forceinline__ void state_planes(bf16s* Sp, const float (&st)[KM / 6
 template <typename S, int KM>
 __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
                          const S* __restrict__ v, const float* __restrict__ s0,
-                         const unsigned char* __restrict__ start, const float* __restrict__ coef,
+                         const float* __restrict__ coef,
                          const float* __restrict__ Xg, const float* __restrict__ Pg,
                          S* __restrict__ o, float* __restrict__ sf,
                          typename Prec<S>::IT* __restrict__ ck_s,
@@ -145,13 +142,10 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
     for (int n = 0; n < d.NC; ++n) {
         const Chunk ch = chunk_of(d, n);
         const size_t cc = ((size_t)bh * d.NC + n) * C * C;
-        chunk_segs(d, start, b, ch, sm.fl, sm.seg, sm.cf, sm.ef, tid);
-        if (tid < CH) sm.al[tid] = tid < ch.len ? coef[((size_t)bh * d.T + ch.t0 + tid) * 4] : 0.f;
-        __syncthreads();
-        stage<P::PX>(sm.Tp, LDC, ACC, 64, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid, NTH);
+        chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, tid);
+        stage<P::PX, 64, NTH>(sm.Tp, LDC, ACC, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid);
         if (wo)
-            stage<P::PO>(sm.Pp, LDC, ACC, 64, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr,
-                         tid, NTH);
+            stage<P::PO, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
         if (!wo) acc_state_ckpt<KM>(st, ck_s, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
 
         // K S_in and Q S_in, key block by key block
@@ -160,11 +154,9 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
         tc::zero(qs);
         for (int kb = 0; kb < nkb; ++kb) {
             const size_t base = seq_at(d, b, ch.t0, h, K) + 64 * kb;
-            stage<P::PI>(sm.Kp, LDC, ACC, 64, k, base, rk, ch.len, 0, K - 64 * kb, nullptr,
-                         nullptr, tid, NTH);
+            stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, base, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
             if (wo)
-                stage<P::PO>(sm.Qp, LDC, ACC, 64, q, base, rk, ch.len, 0, K - 64 * kb, nullptr,
-                             nullptr, tid, NTH);
+                stage<P::PO, 64, NTH>(sm.Qp, LDC, ACC, q, base, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
             __syncthreads();
             const int kd = round16(min(64, K - 64 * kb));
             const tc::Op Sop{sm.Sp + 64 * kb * LDV, LDV, KM * LDV};
@@ -235,8 +227,7 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
             if (kb >= nkb) continue;
             if (kb + 1 < nkb) {
                 __syncthreads();
-                stage<P::PI>(sm.Kp, LDC, ACC, 64, k, seq_at(d, b, ch.t0, h, K) + 64 * kb, rk,
-                             ch.len, 0, K - 64 * kb, nullptr, nullptr, tid, NTH);
+                stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, seq_at(d, b, ch.t0, h, K) + 64 * kb, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
                 __syncthreads();
             }
             float up[1][NTV][4];
@@ -261,7 +252,6 @@ template <typename S, int KM>
 struct DStateSmem {
     using P = Prec<S>;
     bf16s *Kp, *Qp, *Sp, *Tp, *Pp, *Gp, *Dd, *Cr;
-    int *fl, *seg;
     float *cf, *ef, *al;
     __device__ DStateSmem(unsigned char* base) {
         bf16s* x = reinterpret_cast<bf16s*>(base);
@@ -281,9 +271,7 @@ struct DStateSmem {
         x += P::PX * RVT;
         Cr = x;
         x += P::PX * RVT;
-        fl = reinterpret_cast<int*>(x);
-        seg = fl + CH;
-        cf = reinterpret_cast<float*>(seg + CH);
+        cf = reinterpret_cast<float*>(x);
         ef = cf + CH;
         al = ef + CH;
         LINREC_CHECK_DYN_SMEM((char*)(al + CH) - (char*)base);
@@ -292,8 +280,8 @@ struct DStateSmem {
 
 template <typename S, int KM>
 __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
-                          const S* __restrict__ go, const unsigned char* __restrict__ start,
-                          const float* __restrict__ gf, const float* __restrict__ coef,
+                          const S* __restrict__ go, const float* __restrict__ gf,
+                          const float* __restrict__ coef,
                           const float* __restrict__ Xg, const float* __restrict__ Pg,
                           typename Prec<S>::IT* __restrict__ ck_ds,
                           typename Prec<S>::IT* __restrict__ ck_dd,
@@ -320,20 +308,15 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
         const Chunk ch = chunk_of(d, n);
         const size_t cc = ((size_t)bh * d.NC + n) * C * C;
         acc_state_ckpt<KM>(st, ck_ds, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
-        chunk_segs(d, start, b, ch, sm.fl, sm.seg, sm.cf, sm.ef, tid);
-        if (tid < CH) sm.al[tid] = tid < ch.len ? coef[((size_t)bh * d.T + ch.t0 + tid) * 4] : 0.f;
-        __syncthreads();
-        stage<P::PX>(sm.Tp, LDC, ACC, 64, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid, NTH);
-        stage<P::PX>(sm.Pp, LDC, ACC, 64, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid,
-                     NTH);
-        stage<P::PI>(sm.Gp, LDV, RVT, VT, go, seq_at(d, b, ch.t0, h, V), rv, ch.len, c0, V,
-                     nullptr, nullptr, tid, NTH);
+        chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, tid);
+        stage<P::PX, 64, NTH>(sm.Tp, LDC, ACC, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid);
+        stage<P::PX, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
+        stage<P::PI, VT, NTH>(sm.Gp, LDV, RVT, go, seq_at(d, b, ch.t0, h, V), rv, ch.len, c0, V, nullptr, nullptr, tid);
         // K dS_end, key block by key block
         float kd_[1][NTV][4];
         tc::zero(kd_);
         for (int kb = 0; kb < nkb; ++kb) {
-            stage<P::PI>(sm.Kp, LDC, ACC, 64, k, seq_at(d, b, ch.t0, h, K) + 64 * kb, rk, ch.len,
-                         0, K - 64 * kb, nullptr, nullptr, tid, NTH);
+            stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, seq_at(d, b, ch.t0, h, K) + 64 * kb, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
             __syncthreads();
             tc::gemm<1, NTV, P::PI, P::PX, P::LX, false, true>(
                 kd_, {sm.Kp, LDC, ACC}, {sm.Sp + 64 * kb * LDV, LDV, KM * LDV}, 16 * w, 0,
@@ -386,10 +369,8 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
             __syncthreads();
             const size_t base = seq_at(d, b, ch.t0, h, K) + 64 * kb;
             if (kb + 1 < nkb)
-                stage<P::PI>(sm.Kp, LDC, ACC, 64, k, base, rk, ch.len, 0, K - 64 * kb, nullptr,
-                             nullptr, tid, NTH);
-            stage<P::PI>(sm.Qp, LDC, ACC, 64, q, base, rk, ch.len, 0, K - 64 * kb, sm.cf, nullptr,
-                         tid, NTH);
+                stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, base, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
+            stage<P::PI, 64, NTH>(sm.Qp, LDC, ACC, q, base, rk, ch.len, 0, K - 64 * kb, sm.cf, nullptr, tid);
             __syncthreads();
             float aq[1][NTV][4], ak[1][NTV][4];
             tc::zero(aq);
@@ -417,17 +398,17 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
 
 #define LINREC_EFLA_STATE(SUF, S, KM)                                                            \
     extern "C" __global__ void __launch_bounds__(NTH, 1) efla_ck_state_##SUF##_k##KM(               \
-        const S* q, const S* k, const S* v, const float* s0, const unsigned char* start,         \
-        const float* coef, const float* X, const float* Pm, S* o, float* sf,                     \
-        Prec<S>::IT* ck_s, Prec<S>::IT* ck_delta, Prec<S>::IT* ck_r, Dims d) {                   \
-        ck_state<S, KM>(q, k, v, s0, start, coef, X, Pm, o, sf, ck_s, ck_delta, ck_r, d);        \
+        const S* q, const S* k, const S* v, const float* s0, const float* coef, const float* X,  \
+        const float* Pm, S* o, float* sf, Prec<S>::IT* ck_s, Prec<S>::IT* ck_delta,              \
+        Prec<S>::IT* ck_r, Dims d) {                                                             \
+        ck_state<S, KM>(q, k, v, s0, coef, X, Pm, o, sf, ck_s, ck_delta, ck_r, d);               \
     }                                                                                            \
     LINREC_REGISTER(efla_ck_state_##SUF##_k##KM)                                                 \
     extern "C" __global__ void __launch_bounds__(NTH, 1) efla_ck_dstate_##SUF##_k##KM(              \
-        const S* q, const S* k, const S* go, const unsigned char* start, const float* gf,        \
-        const float* coef, const float* X, const float* Pm, Prec<S>::IT* ck_ds,                  \
-        Prec<S>::IT* ck_dd, Prec<S>::IT* ck_dr, S* dv, float* ds0, Dims d) {                     \
-        ck_dstate<S, KM>(q, k, go, start, gf, coef, X, Pm, ck_ds, ck_dd, ck_dr, dv, ds0, d);     \
+        const S* q, const S* k, const S* go, const float* gf, const float* coef, const float* X,  \
+        const float* Pm, Prec<S>::IT* ck_ds, Prec<S>::IT* ck_dd, Prec<S>::IT* ck_dr, S* dv,      \
+        float* ds0, Dims d) {                                                                    \
+        ck_dstate<S, KM>(q, k, go, gf, coef, X, Pm, ck_ds, ck_dd, ck_dr, dv, ds0, d);            \
     }                                                                                            \
     LINREC_REGISTER(efla_ck_dstate_##SUF##_k##KM)
 

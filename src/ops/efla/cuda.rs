@@ -436,11 +436,11 @@ mod chunked {
             + px * RVT
             + po * RVT
             + px * RVT)
-            + 4 * 64 * 5
+            + 4 * 64 * 3
     }
     fn dstate_smem(dt: DType, km: usize) -> usize {
         let (pi, px, _) = planes(dt);
-        2 * (2 * pi * ACC + px * km * 40 + 2 * px * ACC + pi * RVT + 2 * px * RVT) + 4 * 64 * 5
+        2 * (2 * pi * ACC + px * km * 40 + 2 * px * ACC + pi * RVT + 2 * px * RVT) + 4 * 64 * 3
     }
     fn grads_smem(dt: DType) -> usize {
         let (_, _, po) = planes(dt);
@@ -529,7 +529,6 @@ mod chunked {
         inp.k.push(&mut b);
         inp.v.push(&mut b);
         push_opt(&mut b, inp.s0.as_ref());
-        push_opt(&mut b, inp.start.as_ref());
         coef.push(&mut b);
         x.push(&mut b);
         pm.push(&mut b);
@@ -537,8 +536,8 @@ mod chunked {
         sf.push_mut(&mut b);
         b.arg(&NULL).arg(&NULL).arg(&NULL).arg(&d);
         // SAFETY: `efla_ck_state_*_k{km}` (chunk_state.cu) parameters in order: q, k, v (storage
-        // dtype, checked), s0 f32 [B, H, K, V] or null (HAS_S0), start or null (HAS_START), the
-        // prep results, o [B, T, H, V] (storage dtype) and s_final f32 allocated from their
+        // dtype, checked), s0 f32 [B, H, K, V] or null (HAS_S0), the prep results (coef also
+        // carries the reset flags), o [B, T, H, V] (storage dtype) and s_final f32 allocated from their
         // shapes; with WRITE_OUT set the three checkpoint pointers (null) are never touched.
         // K <= km rows per block; blocks past B*H*ceil(V/32) return, columns past V and rows
         // past K or the chunk's end are masked; `smem` bytes as the kernel carves them.
@@ -586,7 +585,6 @@ mod chunked {
             inp.k.push(&mut b);
             inp.v.push(&mut b);
             push_opt(&mut b, inp.s0.as_ref());
-            push_opt(&mut b, inp.start.as_ref());
             coef.push(&mut b);
             x.push(&mut b);
             pm.push(&mut b);
@@ -609,7 +607,6 @@ mod chunked {
             inp.q.push(&mut b);
             inp.k.push(&mut b);
             inp.grad_o.push(&mut b);
-            push_opt(&mut b, inp.start.as_ref());
             push_opt(&mut b, inp.grad_final.as_ref());
             coef.push(&mut b);
             x.push(&mut b);
@@ -621,7 +618,7 @@ mod chunked {
             ds0.push_mut(&mut b);
             b.arg(&d);
             // SAFETY: `efla_ck_dstate_*_k{km}` parameters in order: q, k, grad_o (storage dtype,
-            // checked), start or null, grad_final f32 [B, H, K, V] or null (HAS_GF), the prep
+            // checked), grad_final f32 [B, H, K, V] or null (HAS_GF), the prep
             // results, the checkpoints dS_end [B*H, NC, K, V] and d(delta), dR [B*H, T, V] in
             // `it`, dv [B, T, H, V] (storage dtype) and ds0 f32, all allocated from those
             // shapes; masking and shared memory as in the forward state pass.
