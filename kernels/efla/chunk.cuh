@@ -25,22 +25,26 @@ namespace efla {
 constexpr int CH = 64;                 // rows of every chunk tile (chunks of C <= 64 steps)
 constexpr int LDC = tc::ld_for(64);    // row stride of 64-column tiles (72)
 constexpr int ACC = CH * LDC;          // elements of one plane of a 64 x 64 tile
-constexpr int VT = 32;                 // columns of S per block of the state passes
-constexpr int LDV = tc::ld_for(VT);    // row stride of VT-column tiles (40)
-constexpr int RVT = CH * LDV;          // elements of one plane of a 64 x VT tile
 constexpr int LDF = 65;                // row stride of 64 x 64 f32 tiles
 
+// Per storage type: planes and levels (above), the storage IT of intermediates read only by
+// output-side products, VT (columns of S per block of the state passes) and VB (columns of V per
+// staged block of efla_ck_grads). f32 uses narrower tiles and ALIAS_PM (the state pass stages
+// Pm into Q's buffer once Q S is done) so that every kernel fits 163 KB of shared memory (A100).
 template <typename S> struct Prec;
 template <> struct Prec<bf16s> {
-    static constexpr int PI = 1, PX = 2, LX = 2, PO = 1, LO = 1;
-    using IT = bf16s;  // storage of intermediates read only by output-side products
+    static constexpr int PI = 1, PX = 2, LX = 2, PO = 1, LO = 1, VT = 32, VB = 32;
+    static constexpr bool ALIAS_PM = false;
+    using IT = bf16s;
 };
 template <> struct Prec<f16s> {
-    static constexpr int PI = 2, PX = 2, LX = 2, PO = 1, LO = 1;
+    static constexpr int PI = 2, PX = 2, LX = 2, PO = 1, LO = 1, VT = 32, VB = 32;
+    static constexpr bool ALIAS_PM = false;
     using IT = bf16s;
 };
 template <> struct Prec<float> {
-    static constexpr int PI = 3, PX = 3, LX = 3, PO = 3, LO = 3;
+    static constexpr int PI = 3, PX = 3, LX = 3, PO = 3, LO = 3, VT = 16, VB = 16;
+    static constexpr bool ALIAS_PM = true;
     using IT = float;
 };
 

@@ -14,7 +14,8 @@
 // Thread layout: one block of 256 threads (8 warps) per (batch row, head, chunk): every chunk
 // is independent, the grid is B * H * NC. For every 64 x 64 product warp w owns rows
 // 16 (w % 4) .. +15 and columns 32 (w / 4) .. +31 (4 n-tiles). The sums over V run in blocks
-// of 32 columns staged in shared memory (row stride 40); the key dimension in blocks of 64
+// of VB = 32 columns (16 for f32) staged in shared memory (row stride 40 or 24); the key
+// dimension in blocks of 64
 // (one pass per block for dQ and dK, each re-reading its 64 rows of S_in and dS_end).
 // Shared memory: the dPm and M planes persist; the staging of the three phases shares one
 // region.
@@ -25,11 +26,11 @@ using namespace efla;
 namespace {
 
 constexpr int NTH = 256;
-constexpr int VB = 32;  // V columns per staged block
 
 template <typename S>
 struct GradSmem {
     using P = Prec<S>;
+    static constexpr int RVT = CH * tc::ld_for(P::VB);
     bf16s *DPp, *MP;
     int *fl, *seg;
     float *cf, *ef, *al, *da, *dkd;
@@ -79,8 +80,7 @@ struct GradSmem {
         XP = z;
         z += P::PO * ACC;
         DXp = z;
-        z += P::PO * ACC;
-        NP = z;
+        NP = z;  // N = dX X^T replaces dX once every warp has used it
         z += P::PO * ACC;
         const char* end = (char*)y > (char*)z ? (char*)y : (char*)z;
         LINREC_CHECK_DYN_SMEM(end - (char*)base);
@@ -101,7 +101,7 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
                          const typename Prec<S>::IT* __restrict__ ck_dr, S* __restrict__ dq,
                          S* __restrict__ dk, S* __restrict__ dbeta, const Dims d) {
     using P = Prec<S>;
-    constexpr int PO = P::PO, LO = P::LO;
+    constexpr int PO = P::PO, LO = P::LO, VB = P::VB, LDV = tc::ld_for(VB), RVT = CH * LDV;
     LINREC_DYN_SMEM(unsigned char, smem);
     const GradSmem<S> sm(smem);
     const long long g = (long long)linear_block();
@@ -163,6 +163,7 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
         tc::zero(an);
         tc::gemm<1, 4, PO, PO, LO, false, false>(an, {sm.DXp, LDC, ACC}, {sm.XP, LDC, ACC}, m0, n0,
                                                  kl, lane);
+        __syncthreads();
         put_acc<PO, 4>(sm.NP, LDC, ACC, an, m0, n0, lane);
     }
     __syncthreads();

@@ -16,16 +16,16 @@
 //   dS_in    = c_last dS_end + scale Q^T diag(c) dO - K^T diag(c) dR
 // writing dS_end of every chunk, d(delta) and dR for efla_ck_grads, dv, and ds0 at the end.
 //
-// Thread layout of both: one block of 128 threads (4 warps) per (batch row, head, tile of
-// VT = 32 columns of S); columns of S (and of dS) are independent, so blocks never wait on each
-// other, and the grid is B * H * ceil(V / 32). A block walks the chunks in order, the state
-// tile in registers as f32 mma accumulators: warp w holds rows 64 kb + 16 w .. 64 kb + 16 w + 15
-// of S for every key block kb < KM / 64 (KM = 64, 128 or 256 >= K), all 32 columns, and keeps
-// a split-bf16 copy in shared memory as the B operand of the next chunk's products. For the
-// C x VT products warp w owns rows 16 w .. 16 w + 15 of the chunk. Shared tiles have row strides
-// of 72 and 40 elements (odd multiples of 16 bytes: ldmatrix and the paired epilogue stores are
-// free of bank conflicts). Per chunk: 3 + ceil(K / 64) barriers forward, 3 + 2 ceil(K / 64)
-// backward; the state never leaves the chip between chunks.
+// Thread layout of both: one block of 128 threads (4 warps) per (batch row, head, tile of VT
+// columns of S: 32, or 16 for f32 storage); columns of S (and of dS) are independent, so blocks
+// never wait on each other, and the grid is B * H * ceil(V / VT). A block walks the chunks in
+// order, the state tile in registers as f32 mma accumulators: warp w holds rows
+// 64 kb + 16 w .. 64 kb + 16 w + 15 of S for every key block kb < KM / 64 (KM = 64, 128 or
+// 256 >= K), all VT columns, and keeps a split-bf16 copy in shared memory as the B operand of
+// the next chunk's products. For the C x VT products warp w owns rows 16 w .. 16 w + 15 of the
+// chunk. Shared tiles have row strides of 72 and 40 (24) elements (odd multiples of 16 bytes:
+// ldmatrix and the paired epilogue stores are free of bank conflicts). Per chunk: 3 + ceil(K / 64)
+// barriers forward, 3 + 2 ceil(K / 64) backward; the state never leaves the chip between chunks.
 #include "efla/chunk.cuh"
 
 using namespace efla;
@@ -33,12 +33,12 @@ using namespace efla;
 namespace {
 
 constexpr int NTH = 128;
-constexpr int NTV = VT / 8;  // n-tiles of a VT-column product
 
 // The shared memory of efla_ck_state, carved in order (src/ops/efla/cuda.rs mirrors the size).
 template <typename S, int KM>
 struct StateSmem {
     using P = Prec<S>;
+    static constexpr int LDV = tc::ld_for(P::VT), RVT = CH * LDV;
     bf16s *Kp, *Qp, *Sp, *Tp, *Pp, *Rp, *Dp, *Ep;
     float *cf, *ef, *al;
     __device__ StateSmem(unsigned char* base) {
@@ -51,8 +51,12 @@ struct StateSmem {
         x += P::PX * KM * LDV;
         Tp = x;
         x += P::PX * ACC;
-        Pp = x;
-        x += P::PO * ACC;
+        if (P::ALIAS_PM) {
+            Pp = Qp;
+        } else {
+            Pp = x;
+            x += P::PO * ACC;
+        }
         Rp = x;
         x += P::PX * RVT;
         Dp = x;
@@ -68,12 +72,12 @@ struct StateSmem {
 
 // Load or store the state accumulators (rows 64 kb + 16 w + ., columns c0 + .) from or to an
 // f32 [K][V] matrix at `base`.
-template <int KM>
-__device__ __forceinline__ void acc_state_io(float (&st)[KM / 64][1][NTV][4], float* m,
+template <int NKB, int NTV>
+__device__ __forceinline__ void acc_state_io(float (&st)[NKB][1][NTV][4], float* m,
                                              const float* src, size_t base, int K, int V, int c0,
                                              int w, int lane, bool load) {
 #pragma unroll
-    for (int kb = 0; kb < KM / 64; ++kb)
+    for (int kb = 0; kb < NKB; ++kb)
 #pragma unroll
         for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -89,12 +93,12 @@ __device__ __forceinline__ void acc_state_io(float (&st)[KM / 64][1][NTV][4], fl
 }
 
 // The same to a checkpoint in the intermediate storage type.
-template <int KM, typename IT>
-__device__ __forceinline__ void acc_state_ckpt(const float (&st)[KM / 64][1][NTV][4], IT* m,
+template <int NKB, int NTV, typename IT>
+__device__ __forceinline__ void acc_state_ckpt(const float (&st)[NKB][1][NTV][4], IT* m,
                                                size_t base, int K, int V, int c0, int w,
                                                int lane) {
 #pragma unroll
-    for (int kb = 0; kb < KM / 64; ++kb)
+    for (int kb = 0; kb < NKB; ++kb)
 #pragma unroll
         for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -106,10 +110,11 @@ __device__ __forceinline__ void acc_state_ckpt(const float (&st)[KM / 64][1][NTV
 }
 
 // Write the state accumulators of key block kb into the split copy (PX planes).
-template <int PX, int KM>
-__device__ __forceinline__ void state_planes(bf16s* Sp, const float (&st)[KM / 64][1][NTV][4],
+template <int PX, int NKB, int NTV>
+__device__ __forceinline__ void state_planes(bf16s* Sp, const float (&st)[NKB][1][NTV][4],
                                              int kb, int w, int lane) {
-    put_acc<PX, NTV>(Sp, LDV, KM * LDV, st[kb], 64 * kb + 16 * w, 0, lane);
+    constexpr int LDV = tc::ld_for(8 * NTV);
+    put_acc<PX, NTV>(Sp, LDV, 64 * NKB * LDV, st[kb], 64 * kb + 16 * w, 0, lane);
 }
 
 template <typename S, int KM>
@@ -123,6 +128,7 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
                          typename Prec<S>::IT* __restrict__ ck_r, const Dims d) {
     using P = Prec<S>;
     using IT = typename P::IT;
+    constexpr int VT = P::VT, LDV = tc::ld_for(VT), RVT = CH * LDV, NTV = VT / 8;
     LINREC_DYN_SMEM(unsigned char, smem);
     const StateSmem<S, KM> sm(smem);
     const int nvt = (d.V + VT - 1) / VT;
@@ -135,18 +141,18 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
     const size_t sb = state_at(d, bh), rk = (size_t)d.H * K;
 
     float st[KM / 64][1][NTV][4];
-    acc_state_io<KM>(st, nullptr, (d.flags & HAS_S0) ? s0 : nullptr, sb, K, V, c0, w, lane, true);
+    acc_state_io(st, nullptr, (d.flags & HAS_S0) ? s0 : nullptr, sb, K, V, c0, w, lane, true);
 #pragma unroll
-    for (int kb = 0; kb < KM / 64; ++kb) state_planes<P::PX, KM>(sm.Sp, st, kb, w, lane);
+    for (int kb = 0; kb < KM / 64; ++kb) state_planes<P::PX>(sm.Sp, st, kb, w, lane);
 
     for (int n = 0; n < d.NC; ++n) {
         const Chunk ch = chunk_of(d, n);
         const size_t cc = ((size_t)bh * d.NC + n) * C * C;
         chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, tid);
         stage<P::PX, 64, NTH>(sm.Tp, LDC, ACC, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid);
-        if (wo)
+        if (wo && !P::ALIAS_PM)
             stage<P::PO, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
-        if (!wo) acc_state_ckpt<KM>(st, ck_s, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
+        if (!wo) acc_state_ckpt(st, ck_s, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
 
         // K S_in and Q S_in, key block by key block
         float ks[1][NTV][4], qs[1][NTV][4];
@@ -183,6 +189,9 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
             }
         put_acc<P::PX, NTV>(sm.Rp, LDV, RVT, ks, 16 * w, 0, lane);
         __syncthreads();
+        // (ALIAS_PM: Pm goes where Q was, now that every Q S product is done)
+        if (wo && P::ALIAS_PM)
+            stage<P::PO, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
         // delta = T R
         float dl[1][NTV][4];
         tc::zero(dl);
@@ -240,30 +249,31 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                     st[kb][0][nt][e] = c_last * st[kb][0][nt][e] + up[0][nt][e];
-            state_planes<P::PX, KM>(sm.Sp, st, kb, w, lane);
+            state_planes<P::PX>(sm.Sp, st, kb, w, lane);
         }
         __syncthreads();
     }
-    if (wo) acc_state_io<KM>(st, sf, nullptr, sb, K, V, c0, w, lane, false);
+    if (wo) acc_state_io(st, sf, nullptr, sb, K, V, c0, w, lane, false);
 }
 
 // The shared memory of efla_ck_dstate, carved in order (src/ops/efla/cuda.rs mirrors the size).
 template <typename S, int KM>
 struct DStateSmem {
     using P = Prec<S>;
+    static constexpr int LDV = tc::ld_for(P::VT), RVT = CH * LDV;
+    static_assert(P::PX >= P::PI, "Q's planes fit in Pm's buffer");
     bf16s *Kp, *Qp, *Sp, *Tp, *Pp, *Gp, *Dd, *Cr;
     float *cf, *ef, *al;
     __device__ DStateSmem(unsigned char* base) {
         bf16s* x = reinterpret_cast<bf16s*>(base);
         Kp = x;
         x += P::PI * ACC;
-        Qp = x;
-        x += P::PI * ACC;
         Sp = x;
         x += P::PX * KM * LDV;
         Tp = x;
         x += P::PX * ACC;
-        Pp = x;
+        Pp = x;  // Q (c-masked) reuses it once Pm^T dO is done
+        Qp = x;
         x += P::PX * ACC;
         Gp = x;
         x += P::PI * RVT;
@@ -289,6 +299,7 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
                           float* __restrict__ ds0, const Dims d) {
     using P = Prec<S>;
     using IT = typename P::IT;
+    constexpr int VT = P::VT, LDV = tc::ld_for(VT), RVT = CH * LDV, NTV = VT / 8;
     LINREC_DYN_SMEM(unsigned char, smem);
     const DStateSmem<S, KM> sm(smem);
     const int nvt = (d.V + VT - 1) / VT;
@@ -300,14 +311,14 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
     const size_t sb = state_at(d, bh), rk = (size_t)d.H * K, rv = (size_t)d.H * V;
 
     float st[KM / 64][1][NTV][4];
-    acc_state_io<KM>(st, nullptr, (d.flags & HAS_GF) ? gf : nullptr, sb, K, V, c0, w, lane, true);
+    acc_state_io(st, nullptr, (d.flags & HAS_GF) ? gf : nullptr, sb, K, V, c0, w, lane, true);
 #pragma unroll
-    for (int kb = 0; kb < KM / 64; ++kb) state_planes<P::PX, KM>(sm.Sp, st, kb, w, lane);
+    for (int kb = 0; kb < KM / 64; ++kb) state_planes<P::PX>(sm.Sp, st, kb, w, lane);
 
     for (int n = d.NC - 1; n >= 0; --n) {
         const Chunk ch = chunk_of(d, n);
         const size_t cc = ((size_t)bh * d.NC + n) * C * C;
-        acc_state_ckpt<KM>(st, ck_ds, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
+        acc_state_ckpt(st, ck_ds, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
         chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, tid);
         stage<P::PX, 64, NTH>(sm.Tp, LDC, ACC, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid);
         stage<P::PX, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
@@ -387,11 +398,11 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
                 for (int e = 0; e < 4; ++e)
                     st[kb][0][nt][e] =
                         c_last * st[kb][0][nt][e] + d.scale * aq[0][nt][e] - ak[0][nt][e];
-            state_planes<P::PX, KM>(sm.Sp, st, kb, w, lane);
+            state_planes<P::PX>(sm.Sp, st, kb, w, lane);
         }
         __syncthreads();
     }
-    acc_state_io<KM>(st, ds0, nullptr, sb, K, V, c0, w, lane, false);
+    acc_state_io(st, ds0, nullptr, sb, K, V, c0, w, lane, false);
 }
 
 }  // namespace

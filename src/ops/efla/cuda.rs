@@ -389,22 +389,56 @@ mod chunked {
     const STATE: &str = "efla/chunk_state.cu";
     const GRADS: &str = "efla/chunk_grads.cu";
 
-    /// Elements of one bf16 plane of a 64 x 64 tile (row stride 72) and of a 64 x 32 tile
-    /// (row stride 40); bytes of a 64 x 65 f32 tile (`kernels/efla/chunk.cuh`).
+    /// Elements of one bf16 plane of a 64 x 64 tile (row stride 72); bytes of a 64 x 65 f32
+    /// tile (`kernels/efla/chunk.cuh`).
     const ACC: usize = 64 * 72;
-    const RVT: usize = 64 * 40;
     const F32T: usize = 64 * 65 * 4;
-    /// Columns of `S` per block of the state passes.
-    const VT: usize = 32;
 
-    /// bf16 planes of storage inputs, of state-side intermediates and of output-side ones
-    /// (`Prec<S>` in `kernels/efla/chunk.cuh`).
-    fn planes(dt: DType) -> (usize, usize, usize) {
+    /// Per storage dtype (`Prec<S>` in `kernels/efla/chunk.cuh`): bf16 planes of storage
+    /// inputs, of state-side intermediates and of output-side ones; columns of `S` per block of
+    /// the state passes (`VT`) and of `V` per staged block of the gradients (`VB`); whether the
+    /// state pass stages `Pm` into `Q`'s buffer.
+    struct Tiles {
+        pi: usize,
+        px: usize,
+        po: usize,
+        vt: usize,
+        vb: usize,
+        alias_pm: bool,
+    }
+
+    fn tiles(dt: DType) -> Tiles {
         match dt {
-            DType::BF16 => (1, 2, 1),
-            DType::F16 => (2, 2, 1),
-            _ => (3, 3, 3),
+            DType::BF16 => Tiles {
+                pi: 1,
+                px: 2,
+                po: 1,
+                vt: 32,
+                vb: 32,
+                alias_pm: false,
+            },
+            DType::F16 => Tiles {
+                pi: 2,
+                px: 2,
+                po: 1,
+                vt: 32,
+                vb: 32,
+                alias_pm: false,
+            },
+            _ => Tiles {
+                pi: 3,
+                px: 3,
+                po: 3,
+                vt: 16,
+                vb: 16,
+                alias_pm: true,
+            },
         }
+    }
+
+    /// Row stride of a tile of `cols` columns (`tc::ld_for`).
+    fn ld_for(cols: usize) -> usize {
+        cols.div_ceil(16) * 16 + 8
     }
 
     /// Storage of the intermediates only output-side products read (`Prec<S>::IT`).
@@ -423,29 +457,32 @@ mod chunked {
 
     // Dynamic shared memory of each kernel, in the order the kernels carve it.
     fn prep_smem(dt: DType) -> usize {
-        let (pi, _, _) = planes(dt);
-        2 * (2 * pi * ACC) + 2 * F32T + 4 * 64 * 5
+        2 * (2 * tiles(dt).pi * ACC) + 2 * F32T + 4 * 64 * 5
     }
     fn state_smem(dt: DType, km: usize) -> usize {
-        let (pi, px, po) = planes(dt);
-        2 * (pi * ACC
-            + po * ACC
-            + px * km * 40
-            + px * ACC
-            + po * ACC
-            + px * RVT
-            + po * RVT
-            + px * RVT)
+        let t = tiles(dt);
+        let (ldv, rv) = (ld_for(t.vt), 64 * ld_for(t.vt));
+        let pm = if t.alias_pm { 0 } else { t.po * ACC };
+        2 * (t.pi * ACC
+            + t.po * ACC
+            + t.px * km * ldv
+            + t.px * ACC
+            + pm
+            + 2 * t.px * rv
+            + t.po * rv)
             + 4 * 64 * 3
     }
     fn dstate_smem(dt: DType, km: usize) -> usize {
-        let (pi, px, _) = planes(dt);
-        2 * (2 * pi * ACC + px * km * 40 + 2 * px * ACC + pi * RVT + 2 * px * RVT) + 4 * 64 * 3
+        let t = tiles(dt);
+        let (ldv, rv) = (ld_for(t.vt), 64 * ld_for(t.vt));
+        2 * (t.pi * ACC + t.px * km * ldv + 2 * t.px * ACC + t.pi * rv + 2 * t.px * rv) + 4 * 64 * 3
     }
     fn grads_smem(dt: DType) -> usize {
-        let (_, _, po) = planes(dt);
-        let shared = (2 * (5 * po * RVT + 2 * po * ACC)).max(2 * F32T + 2 * 3 * po * ACC);
-        2 * (2 * po * ACC) + 4 * 64 * 7 + shared
+        let t = tiles(dt);
+        let rb = 64 * ld_for(t.vb);
+        let staging = 2 * (5 * t.po * rb + 2 * t.po * ACC);
+        let inverse = 2 * F32T + 2 * 2 * t.po * ACC;
+        2 * (2 * t.po * ACC) + 4 * 64 * 7 + staging.max(inverse)
     }
 
     /// Per-chunk scratch: coefficients `[B*H, T, 4]` and the `C x C` matrices `[B*H, NC, C, C]`.
@@ -521,7 +558,7 @@ mod chunked {
         let smem = state_smem(p.dtype, km);
         let name = format!("efla_ck_state_{}_k{km}", suffix(p.dtype)?);
         let f = be.function_smem(STATE, &name, smem)?;
-        let blocks = (p.batch * p.heads * p.value_dim.div_ceil(VT)) as u64;
+        let blocks = (p.batch * p.heads * p.value_dim.div_ceil(tiles(p.dtype).vt)) as u64;
         let cfg = be.grid(blocks, 128, smem as u32)?;
         let (coef, x, pm) = (pr.coef.as_ref(), pr.x.as_ref(), pr.pm.as_ref());
         let mut b = be.stream.launch_builder(&f);
@@ -539,7 +576,7 @@ mod chunked {
         // dtype, checked), s0 f32 [B, H, K, V] or null (HAS_S0), the prep results (coef also
         // carries the reset flags), o [B, T, H, V] (storage dtype) and s_final f32 allocated from their
         // shapes; with WRITE_OUT set the three checkpoint pointers (null) are never touched.
-        // K <= km rows per block; blocks past B*H*ceil(V/32) return, columns past V and rows
+        // K <= km rows per block; blocks past B*H*ceil(V/VT) return, columns past V and rows
         // past K or the chunk's end are masked; `smem` bytes as the kernel carves them.
         unsafe { be.run(b, cfg) }?;
         Ok(EflaOutputs { o, s_final: sf })
@@ -560,7 +597,7 @@ mod chunked {
         let it = it_dtype(p.dtype);
         let sfx = suffix(p.dtype)?;
         let km = km(kd);
-        let blocks = (bh * vd.div_ceil(VT)) as u64;
+        let blocks = (bh * vd.div_ceil(tiles(p.dtype).vt)) as u64;
         let mut ck_s = be.zeros(&[bh * nc * kd * vd], it)?;
         let mut ck_ds = be.zeros(&[bh * nc * kd * vd], it)?;
         let mut ck_delta = be.zeros(&[bh * tn * vd], it)?;
