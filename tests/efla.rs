@@ -1516,15 +1516,74 @@ fn wgpu_zero_copy_offsets() -> T {
     Ok(())
 }
 
-/// The CUDA entry points exist and say the kernels are missing (never a wrong answer).
-fn cuda_reports_unsupported() -> T {
+/// The tensor-core building blocks of the chunked CUDA kernels (mma fragments, ldmatrix with
+/// and without .trans, the operand loaders, bf16 splitting) against the PTX ISA's tables: on a
+/// GPU this checks linrec's reading of the ISA, on the emulator the emulator itself.
+fn cuda_tensor_core_layouts() -> T {
     let dev = cuda_dev()?;
-    let d = gen(Efla::new(1, 4, 1, 2, 2), false, Starts::None, 1);
-    let a = host_args(&d);
-    match run_forward(&dev, &d.p, &a) {
-        Err(Error::Unsupported { .. }) | Ok(_) => Ok(()),
-        Err(e) => fail!("cuda forward: {e}"),
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(be) = &dev {
+        efla::cuda::tensor_core_selftest(be)?;
     }
+    let _ = dev;
+    Ok(())
+}
+
+/// The chunked CUDA kernels on half storage at the benchmark's head size (K = V = 128, and
+/// 256), against fla's own bf16 thresholds (RMS-relative 0.006 on outputs, 0.008 on
+/// gradients: the metric `rel` is the same) and with f32-accurate states (they are computed
+/// on split-bf16 tensor-core operands); prints the errors measured.
+fn cuda_half_fla_thresholds() -> T {
+    let dev = cuda_dev()?;
+    for (i, &(b, t, h, kv, dt)) in [
+        (2, 200, 2, 128, DType::BF16),
+        (1, 130, 1, 256, DType::BF16),
+        (1, 100, 2, 128, DType::F16),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for rule in [Rule::Delta, Rule::Efla] {
+            let p = Efla::new(b, t, h, kv, kv).with_rule(rule).with_dtype(dt);
+            let mut d = gen(p, true, Starts::Edges, 4000 + i as u64);
+            // keep s0 and the last chunk's state in play
+            for row in d.start.as_mut().unwrap().chunks_mut(t) {
+                row[0] = 0;
+                row[t - 1] = 0;
+            }
+            let a = host_args(&d);
+            let (o, g) = (run_forward(&dev, &p, &a)?, run_backward(&dev, &p, &a)?);
+            let (ro, rg) = (fwd_ref(&d), bwd_ref(&d));
+            let what = format!("cuda {}", name(&p));
+            eprintln!(
+                "{what}: rel o {:.1e} s_final {:.1e} dq {:.1e} dk {:.1e} dv {:.1e} dbeta {:.1e} ds0 {:.1e}",
+                rel(&o.o.to_f64_vec(), &ro.o),
+                rel(&o.s_final.to_f64_vec(), &ro.s_final),
+                rel(&g.dq.to_f64_vec(), &rg.dq),
+                rel(&g.dk.to_f64_vec(), &rg.dk),
+                rel(&g.dv.to_f64_vec(), &rg.dv),
+                rel(&g.dbeta.to_f64_vec(), &rg.dbeta),
+                rel(&g.ds0.to_f64_vec(), &rg.ds0),
+            );
+            close(&format!("{what} o"), &o.o.to_f64_vec(), &ro.o, 0.006)?;
+            close(
+                &format!("{what} s_final"),
+                &o.s_final.to_f64_vec(),
+                &ro.s_final,
+                1e-4,
+            )?;
+            for (n, x, y) in [
+                ("dq", &g.dq, &rg.dq),
+                ("dk", &g.dk, &rg.dk),
+                ("dv", &g.dv, &rg.dv),
+                ("dbeta", &g.dbeta, &rg.dbeta),
+            ] {
+                close(&format!("{what} {n}"), &x.to_f64_vec(), y, 0.008)?;
+            }
+            close(&format!("{what} ds0"), &g.ds0.to_f64_vec(), &rg.ds0, 1e-4)?;
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -1555,6 +1614,7 @@ fn main() {
         cuda_long_sequences,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
-        cuda_reports_unsupported,
+        cuda_tensor_core_layouts,
+        cuda_half_fla_thresholds,
     ]);
 }

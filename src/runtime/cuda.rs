@@ -170,6 +170,42 @@ impl CudaBackend {
         m.load_function(func).map_err(drv)
     }
 
+    /// Like [`CudaBackend::function`], for a kernel launched with `smem` bytes of dynamic shared
+    /// memory: above the default 48 KiB it raises the kernel's
+    /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` (once per call; cheap), and it returns a
+    /// [`Error::Limit`] when the device cannot give that much to one block.
+    pub(crate) fn function_smem(
+        &self,
+        module: &'static str,
+        func: &str,
+        smem: usize,
+    ) -> Result<CudaFunction> {
+        use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+        let f = self.function(module, func)?;
+        if smem > 48 * 1024 {
+            let max = self
+                .ctx
+                .attribute(
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                )
+                .map_err(drv)?;
+            if smem > max.max(0) as usize {
+                return Err(Error::Limit {
+                    backend: BACKEND,
+                    what: format!(
+                        "{func} needs {smem} bytes of shared memory per block; the device allows {max}"
+                    ),
+                });
+            }
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(drv)?;
+        }
+        Ok(f)
+    }
+
     /// A zero-filled device tensor.
     pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<CuTensor> {
         let n: usize = shape.iter().product::<usize>().max(1);
