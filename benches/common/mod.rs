@@ -32,6 +32,9 @@ pub fn is_slow(dev: &Device) -> bool {
     match dev {
         Device::Cpu => true,
         Device::Wgpu(c) => c.info.device_type == wgpu::DeviceType::Cpu,
+        // linrec's CUDA emulator (tools/cuda-emu) runs kernels on the CPU
+        #[cfg(feature = "cuda")]
+        Device::Cuda(be) => be.describe().contains("emulator"),
         #[allow(unreachable_patterns)]
         _ => false,
     }
