@@ -1371,7 +1371,10 @@ fn cuda_backward_in_pieces() -> T {
     };
     for (k, (p, budget)) in [
         // 2 blocks per group: partials; two chunks of all rows fit: calls over chunks
-        (SelectiveScan::new(2, 700, 16, 3).softplus(), 2 * 2 * 256 * 2 * 3 * 8),
+        (
+            SelectiveScan::new(2, 700, 16, 3).softplus(),
+            2 * 2 * 256 * 2 * 3 * 8,
+        ),
         // not even one row's chunk fits: calls per row and chunk
         (SelectiveScan::new(3, 300, 16, 2), 1),
         // fixed Bm / Cm and groups inside blocks have no partials: one call

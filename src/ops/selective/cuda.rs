@@ -319,7 +319,16 @@ pub fn backward_with_budget(
         Some(_) => Some(be.zeros(&[bn, tn, dn], DType::F32)?),
         None => None,
     };
-    launch_forward(be, p, &pl, &fwd_inp, None, None, Some(&mut ck), ysc.as_mut())?;
+    launch_forward(
+        be,
+        p,
+        &pl,
+        &fwd_inp,
+        None,
+        None,
+        Some(&mut ck),
+        ysc.as_mut(),
+    )?;
 
     // pass 2: the backward proper, over ranges of rows and chunks that keep the partials
     // within the budget
@@ -424,7 +433,13 @@ pub fn backward_with_budget(
                 dbm.push_mut(&mut b);
                 dcm.push_mut(&mut b);
             }
-            for t in [part.as_mut(), Some(&mut dh0), Some(&mut pa), pbf.as_mut(), pcf.as_mut()] {
+            for t in [
+                part.as_mut(),
+                Some(&mut dh0),
+                Some(&mut pa),
+                pbf.as_mut(),
+                pcf.as_mut(),
+            ] {
                 match t {
                     Some(t) => t.push_mut(&mut b),
                     None => {
