@@ -527,10 +527,31 @@ fn errors_name_the_argument() -> T {
 
 // ------------------------------------------------------------------ backends
 
+/// Round the sequence tensors of `d` (x, a time-varying a, grad_h) to its problem's storage
+/// dtype, so the reference sees exactly what a kernel reads.
+fn rounded(mut d: Data) -> Data {
+    let dt = d.p.dtype;
+    let r = |v: &[f64]| Tensor::from_f64([v.len()], v, dt).unwrap().to_f64_vec();
+    d.x = r(&d.x);
+    d.g = r(&d.g);
+    if d.p.time_varying {
+        d.a = r(&d.a);
+    }
+    d
+}
+
+/// Forward and backward on `dev` against the reference (f32: rel <= 1e-5 / 1e-4; f16 / bf16
+/// storage: rel <= 1e-2, the backward's reference fed the backend's own rounded h), then
+/// bitwise reproducibility.
 fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     let p = &d.p;
     let sh = |n: &str| p.spec(n).shape;
-    let t = |n: &str, v: &[f64]| tensor(&sh(n), v, DType::F32);
+    let t = |n: &str, v: &[f64]| tensor(&sh(n), v, p.dtype_of(p.spec(n).role));
+    let (tf, tb) = if p.dtype == DType::F32 {
+        (1e-5, 1e-4)
+    } else {
+        (1e-2, 1e-2)
+    };
     let (x, a) = (t("x", &d.x), t("a", &d.a));
     let h0 = d.h0.as_ref().map(|v| t("h0", v));
     let st = d
@@ -545,12 +566,12 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     };
     let out = scan::forward(dev, p, &inp)?;
     let r = fwd_ref(d);
-    close(&format!("{what} h"), &out.h.to_f64_vec(), &r.h, 1e-5)?;
+    close(&format!("{what} h"), &out.h.to_f64_vec(), &r.h, tf)?;
     close(
         &format!("{what} h_final"),
         &out.h_final.to_f64_vec(),
         &r.h_final,
-        1e-5,
+        tf,
     )?;
     // backward from the backend's own h (as a framework would), vs the reference from its own
     let (g, gf) = (t("grad_h", &d.g), d.gf.as_ref().map(|v| t("grad_final", v)));
@@ -563,10 +584,14 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
         grad_final: gf.as_ref(),
     };
     let gr = scan::backward(dev, p, &bin)?;
-    let rr = bwd_ref(d, &r.h);
-    close(&format!("{what} dx"), &gr.dx.to_f64_vec(), &rr.dx, 1e-4)?;
-    close(&format!("{what} da"), &gr.da.to_f64_vec(), &rr.da, 1e-4)?;
-    close(&format!("{what} dh0"), &gr.dh0.to_f64_vec(), &rr.dh0, 1e-4)?;
+    let rr = if p.dtype == DType::F32 {
+        bwd_ref(d, &r.h)
+    } else {
+        bwd_ref(d, &out.h.to_f64_vec())
+    };
+    close(&format!("{what} dx"), &gr.dx.to_f64_vec(), &rr.dx, tb)?;
+    close(&format!("{what} da"), &gr.da.to_f64_vec(), &rr.da, tb)?;
+    close(&format!("{what} dh0"), &gr.dh0.to_f64_vec(), &rr.dh0, tb)?;
     // bitwise reproducible
     let again = scan::forward(dev, p, &inp)?;
     bitwise(
@@ -575,11 +600,13 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
         &again.h.to_f32_vec(),
     )?;
     let again = scan::backward(dev, p, &bin)?;
-    bitwise(
-        &format!("{what} da"),
-        &gr.da.to_f32_vec(),
-        &again.da.to_f32_vec(),
-    )?;
+    for (n, x, y) in [
+        ("dx", &gr.dx, &again.dx),
+        ("da", &gr.da, &again.da),
+        ("dh0", &gr.dh0, &again.dh0),
+    ] {
+        bitwise(&format!("{what} {n}"), &x.to_f32_vec(), &y.to_f32_vec())?;
+    }
     Ok(())
 }
 
@@ -664,6 +691,42 @@ fn wgpu_shapes() -> T {
 }
 fn cuda_shapes() -> T {
     shapes_on("cuda")
+}
+
+/// f16 and bf16 storage of x, h, a time-varying a and their gradients on CUDA (f32 state and
+/// arithmetic), every option, against the reference fed the same rounded inputs (rel <= 1e-2):
+/// T across several chunks and not a multiple of one, odd D, D wider than a channel block, T = 1.
+fn cuda_storage_dtypes() -> T {
+    let dev = cuda_dev()?;
+    let mut k = 0;
+    for dt in [DType::F16, DType::BF16] {
+        for (b, t, dd) in [(3, 301, 5), (2, 70, 40), (1, 1, 3), (2, 1100, 2)] {
+            for p in variants(b, t, dd) {
+                k += 1;
+                let p = p.with_dtype(dt);
+                let (h0, st) = if k % 2 == 0 {
+                    (true, Starts::Edges)
+                } else {
+                    (false, Starts::None)
+                };
+                let d = rounded(gen(p, h0, st, 950 + k));
+                check_backend(&dev, &d, &format!("cuda {} {dt}", name(&p)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The WGSL scan stores f32 only: other storage dtypes are refused, not misread.
+fn wgpu_storage_dtypes_refused() -> T {
+    let dev = wgpu()?;
+    let p = LinearScan::new(1, 4, 2).with_dtype(DType::BF16);
+    let d = rounded(gen(p, false, Starts::None, 3));
+    match check_backend(&dev, &d, "wgpu bf16") {
+        Err(Stop::Fail(m)) if m.contains("unsupported") => Ok(()),
+        Err(Stop::Fail(m)) => fail!("unexpected error: {m}"),
+        _ => fail!("bf16 storage accepted by the WGSL scan"),
+    }
 }
 
 /// Property-based: random shapes and options, every GPU backend against the reference.
@@ -858,6 +921,8 @@ fn main() {
         cuda_each_option,
         wgpu_shapes,
         cuda_shapes,
+        cuda_storage_dtypes,
+        wgpu_storage_dtypes_refused,
         random_shapes_all_backends,
         wgpu_long_sequence,
         wgpu_split_limits,

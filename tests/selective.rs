@@ -1177,9 +1177,29 @@ const SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 300, 6, 33, 2),
 ];
 
+/// Shapes for linrec's CUDA emulator (a thread per CUDA thread, on the CPU): smaller, still
+/// crossing every boundary of the CUDA kernels: T = 1, T over several 256-step chunks and not
+/// a multiple of one, N = 1, 17, 256, groups inside a block (several per block) and spanning
+/// blocks (partials), D a multiple of 8 (16-byte rows) and not.
+const EMU_SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 1),
+    (2, 1, 7, 16, 7),
+    (1, 2, 3, 256, 1),
+    (2, 65, 5, 17, 5),
+    (1, 300, 24, 4, 1),
+    (3, 64, 40, 4, 8),
+    (1, 520, 6, 3, 2),
+];
+
+/// Whether `dev` is linrec's CUDA emulator (slow: small shapes).
+fn emulated(dev: &Device) -> bool {
+    dev.describe().contains("emulator")
+}
+
 fn shapes_on(bk: &str) -> T {
     let dev = backend(bk)?;
-    for (i, &(b, t, d, n, g)) in SHAPES.iter().enumerate() {
+    let shapes = if emulated(&dev) { EMU_SHAPES } else { SHAPES };
+    for (i, &(b, t, d, n, g)) in shapes.iter().enumerate() {
         for (k, p) in variants(b, t, d, n, g).into_iter().enumerate() {
             let o = option_sets()[(i + k) % 4];
             check_backend(
@@ -1223,8 +1243,14 @@ fn storage_dtypes_on(bk: &str) -> T {
         if dt == DType::F16 && matches!(&dev, Device::Wgpu(c) if !c.has_f16()) {
             continue;
         }
-        // odd D and odd T * D: bf16 pairs straddle channel blocks, rows and dispatches
-        for (b, t, d, n, g) in [(3, 77, 9, 5, 3), (2, 130, 33, 16, 1), (1, 1, 3, 2, 1)] {
+        // odd D and odd T * D: bf16 pairs straddle channel blocks, rows and dispatches; on
+        // the CUDA emulator D = 16 (16-byte rows of 8 channels) instead of 33
+        let wide = if emulated(&dev) {
+            (2, 300, 16, 8, 1)
+        } else {
+            (2, 130, 33, 16, 1)
+        };
+        for (b, t, d, n, g) in [(3, 77, 9, 5, 3), wide, (1, 1, 3, 2, 1)] {
             for p in variants(b, t, d, n, g) {
                 for o in [ALL, NONE] {
                     k += 1;
@@ -1312,6 +1338,100 @@ fn wgpu_long_sequence() -> T {
         ] {
             let d = gen(p, ALL, 800);
             check_backend(&dev, &d, &format!("{bk} {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+
+/// T = 4096 (SPEC's longest) with resets on CUDA: 16 chunks carried through the forward, the
+/// checkpoints and the backward.
+fn cuda_long_sequence() -> T {
+    let dev = cuda_dev()?;
+    for p in [
+        SelectiveScan::new(1, 4096, 3, 4).softplus(),
+        SelectiveScan::new(1, 4096, 2, 16).fixed_bc(),
+    ] {
+        let d = gen(p, ALL, 800);
+        check_backend(&dev, &d, &format!("cuda {}", name(&p)))?;
+    }
+    Ok(())
+}
+
+/// The CUDA backward over ranges of rows and chunks (a small budget for the dBm / dCm
+/// partials) matches the reference: the adjoint, dA, dDskip, dbias (and fixed dBm / dCm) are
+/// carried between calls.
+#[cfg(not(feature = "cuda"))]
+fn cuda_backward_in_pieces() -> T {
+    Err(Stop::Skip("built without feature `cuda`".into()))
+}
+#[cfg(feature = "cuda")]
+fn cuda_backward_in_pieces() -> T {
+    let Device::Cuda(be) = cuda_dev()? else {
+        return Err(Stop::Skip("no CUDA device".into()));
+    };
+    for (k, (p, budget)) in [
+        // 2 blocks per group: partials; two chunks of all rows fit: calls over chunks
+        (
+            SelectiveScan::new(2, 700, 16, 3).softplus(),
+            2 * 2 * 256 * 2 * 3 * 8,
+        ),
+        // not even one row's chunk fits: calls per row and chunk
+        (SelectiveScan::new(3, 300, 16, 2), 1),
+        // fixed Bm / Cm and groups inside blocks have no partials: one call
+        (SelectiveScan::new(2, 300, 9, 2).fixed_bc(), 1),
+        (
+            SelectiveScan::new(2, 300, 12, 2)
+                .groups(3)
+                .with_dtype(DType::BF16),
+            1,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = gen(p, ALL, 860 + k as u64);
+        let ts = tensors(&d);
+        let up = |t: &Tensor| be.upload(t);
+        let opt = |t: &Option<Tensor>| t.as_ref().map(up).transpose();
+        let (u, delta, a, bm, cm) = (
+            up(&ts.u)?,
+            up(&ts.delta)?,
+            up(&ts.a)?,
+            up(&ts.bm)?,
+            up(&ts.cm)?,
+        );
+        let (dskip, z, bias, h0, start) = (
+            opt(&ts.dskip)?,
+            opt(&ts.z)?,
+            opt(&ts.bias)?,
+            opt(&ts.h0)?,
+            opt(&ts.start)?,
+        );
+        let (g, gf) = (up(&ts.g)?, opt(&ts.gf)?);
+        let bin = SelectiveBackwardInputs {
+            u: u.as_ref(),
+            delta: delta.as_ref(),
+            a: a.as_ref(),
+            bm: bm.as_ref(),
+            cm: cm.as_ref(),
+            dskip: dskip.as_ref().map(|t| t.as_ref()),
+            z: z.as_ref().map(|t| t.as_ref()),
+            delta_bias: bias.as_ref().map(|t| t.as_ref()),
+            h0: h0.as_ref().map(|t| t.as_ref()),
+            start: start.as_ref().map(|t| t.as_ref()),
+            grad_out: g.as_ref(),
+            grad_final: gf.as_ref().map(|t| t.as_ref()),
+        };
+        let gr = selective::cuda::backward_with_budget(&be, &p, &bin, budget)?;
+        let rb = bwd_ref(&d);
+        let tol = if p.dtype == DType::F32 { 1e-4 } else { 1e-2 };
+        for ((n, x), (_, y)) in grads_named(&gr).into_iter().zip(grads_named(&rb)) {
+            close(
+                &format!("pieces {} {n}", name(&p)),
+                &be.download(x)?.to_f64_vec(),
+                y,
+                tol,
+            )?;
         }
     }
     Ok(())
@@ -1561,6 +1681,8 @@ fn main() {
         cuda_storage_dtypes,
         random_shapes_all_backends,
         wgpu_long_sequence,
+        cuda_long_sequence,
+        cuda_backward_in_pieces,
         wgpu_lavapipe_length_caps,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,

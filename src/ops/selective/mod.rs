@@ -27,10 +27,13 @@
 //! zeros then.
 //!
 //! **Backward and memory.** The backward needs no saved activations: it takes the forward's
-//! inputs and recomputes. Each workgroup first sweeps forward once over its sequences and
-//! checkpoints the state every 64 steps (a scratch of `B * ceil(T / 64) * D * N` f32), then
-//! walks the checkpoint intervals from the end, recomputing each interval's states in
-//! 8-step chunks; no per-step state is ever stored in device memory.
+//! inputs and recomputes. WGSL: each workgroup first sweeps forward once over its sequences
+//! and checkpoints the state every 64 steps (a scratch of `B * ceil(T / 64) * D * N` f32),
+//! then walks the checkpoint intervals from the end, recomputing each interval's states in
+//! 8-step chunks. CUDA: a checkpoint pass writes the state entering every 256-step chunk
+//! (`B * ceil(T / 256) * D * N` f32, plus the pre-gate output `B * T * D` f32 when `z` is
+//! present), then the backward recomputes each chunk from its checkpoint (module `cuda`). No
+//! per-step state is ever stored in device memory.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
