@@ -36,7 +36,9 @@ if ! ls $nvbin/nvcc >/dev/null 2>&1; then
     nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
     nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
 fi
-export PATH="$(echo $nvbin):$PATH"
+# a fixed name for the toolkit directory (.cargo/config.toml points NVCC there)
+ln -sfn "$(cd $(echo $nvbin)/.. && pwd)" "$root/.tools/cuda"
+export PATH="$root/.tools/cuda/bin:$PATH"
 
 # --- CUDA: the real driver when there is a GPU, else the emulator
 if [ "${LINREC_CUDA_EMU:-auto}" = 1 ] || { [ "${LINREC_CUDA_EMU:-auto}" = auto ] && ! nvidia-smi -L >/dev/null 2>&1; }; then

@@ -1081,32 +1081,6 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     Ok(())
 }
 
-fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
-    let mut ran = false;
-    let mut skipped = Vec::new();
-    for (bk, dev) in gpus() {
-        match dev {
-            Ok(dev) => {
-                f(&dev, bk)?;
-                ran = true;
-            }
-            Err(Stop::Skip(r)) => skipped.push(format!("{bk}: {r}")),
-            Err(e) => return Err(e),
-        }
-    }
-    if !ran {
-        return Err(Stop::Skip(skipped.join("; ")));
-    }
-    Ok(())
-}
-
-fn backend(bk: &str) -> Result<Device, Stop> {
-    match bk {
-        "wgpu" => wgpu(),
-        _ => cuda_dev(),
-    }
-}
-
 /// Both rules x (recurrent, chunked 64, chunked 16) x (no state or resets, both): T not a
 /// multiple of the chunk, K crossing a 64-column tile, odd V, B and H > 1.
 fn each_option_on(bk: &str) -> T {

@@ -610,32 +610,6 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     Ok(())
 }
 
-fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
-    let mut ran = false;
-    let mut skipped = Vec::new();
-    for (bk, dev) in gpus() {
-        match dev {
-            Ok(dev) => {
-                f(&dev, bk)?;
-                ran = true;
-            }
-            Err(Stop::Skip(r)) => skipped.push(format!("{bk}: {r}")),
-            Err(e) => return Err(e),
-        }
-    }
-    if !ran {
-        return Err(Stop::Skip(skipped.join("; ")));
-    }
-    Ok(())
-}
-
-fn backend(dev_name: &str) -> Result<Device, Stop> {
-    match dev_name {
-        "wgpu" => wgpu(),
-        _ => cuda_dev(),
-    }
-}
-
 fn each_option_on(bk: &str) -> T {
     let dev = backend(bk)?;
     // T not a multiple of any chunk; D odd; B > 1

@@ -1096,25 +1096,6 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     Ok(())
 }
 
-fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
-    let mut ran = false;
-    let mut skipped = Vec::new();
-    for (bk, dev) in gpus() {
-        match dev {
-            Ok(dev) => {
-                f(&dev, bk)?;
-                ran = true;
-            }
-            Err(Stop::Skip(r)) => skipped.push(format!("{bk}: {r}")),
-            Err(e) => return Err(e),
-        }
-    }
-    if !ran {
-        return Err(Stop::Skip(skipped.join("; ")));
-    }
-    Ok(())
-}
-
 fn backend(dev_name: &str) -> Result<Device, Stop> {
     match dev_name {
         "wgpu" => wgpu(),

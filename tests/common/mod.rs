@@ -99,6 +99,34 @@ pub fn gpus() -> Vec<(&'static str, Result<Device, Stop>)> {
     vec![("wgpu", wgpu()), ("cuda", cuda_dev())]
 }
 
+/// The device of a backend name from [`gpus`].
+pub fn backend(name: &str) -> Result<Device, Stop> {
+    match name {
+        "wgpu" => wgpu(),
+        _ => cuda_dev(),
+    }
+}
+
+/// Run `f` on every GPU backend present; a skip (naming each missing backend) when none is.
+pub fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
+    let mut ran = false;
+    let mut skipped = Vec::new();
+    for (bk, dev) in gpus() {
+        match dev {
+            Ok(dev) => {
+                f(&dev, bk)?;
+                ran = true;
+            }
+            Err(Stop::Skip(r)) => skipped.push(format!("{bk}: {r}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if !ran {
+        return Err(Stop::Skip(skipped.join("; ")));
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ data
 
 /// SplitMix64: small, seedable, good enough for test data.
