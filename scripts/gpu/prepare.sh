@@ -23,10 +23,10 @@ for line in sys.stdin:
         shutil.copy(m["executable"], dst)
         print("  ", dst)
 '
-echo "prepare: gpu_bench"
-cargo build -q --release --features cuda --example gpu_bench
-cp target/release/examples/gpu_bench .gpu/
-strip .gpu/gpu_bench .gpu/tests/* 2>/dev/null || true
+echo "prepare: gpu_bench, bench_efla"
+cargo build -q --release --features cuda --example gpu_bench --example bench_efla
+cp target/release/examples/gpu_bench target/release/examples/bench_efla .gpu/
+strip .gpu/gpu_bench .gpu/bench_efla .gpu/tests/* 2>/dev/null || true
 
 echo "prepare: peer wheels"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

@@ -3,7 +3,7 @@
 # machine): every CUDA test against the reference, compute-sanitizer memcheck and racecheck on
 # the CUDA tests, linrec's timings (CUDA and WGSL through Vulkan) next to the peers', and the
 # report. Results go to $OUT (or ./gpu-results): tests.log, sanitizer.log, linrec.jsonl,
-# peers.jsonl, report.md, *.png.
+# peers.jsonl, report.md, *.png, efla_bench.{md,json,png} (EFLA / delta rule against fla).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
@@ -38,5 +38,6 @@ fi
 echo "== timings"
 .gpu/gpu_bench ${BENCH_ARGS:-} > "$out/linrec.jsonl"
 python3 scripts/gpu/peers.py > "$out/peers.jsonl"
-[ -f scripts/gpu/bench_efla.py ] && python3 scripts/gpu/bench_efla.py >> "$out/peers.jsonl"
+# EFLA / delta rule against flash-linear-attention: efla_bench.{md,json,png} in $out
+python3 scripts/gpu/bench_efla.py --bin .gpu/bench_efla --wheels .whl --out "$out"
 python3 scripts/gpu/report.py "$out" | tee "$out/report.md"
