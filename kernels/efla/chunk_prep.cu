@@ -127,8 +127,10 @@ __device__ void ck_prep(const S* __restrict__ q, const S* __restrict__ k,
 
 }  // namespace
 
+// Minimum blocks per SM 1: with only the block size, ptxas aims at 128 registers and spills 8
+// bytes in the f32 variant (three bf16 planes per operand); 1 lets it use 131-156 (sm_80/90).
 #define LINREC_EFLA_PREP(SUF, S)                                                                 \
-    extern "C" __global__ void __launch_bounds__(NTH) efla_ck_prep_##SUF(                        \
+    extern "C" __global__ void __launch_bounds__(NTH, 1) efla_ck_prep_##SUF(                     \
         const S* q, const S* k, const S* beta, const unsigned char* start, float* coef,         \
         float* X, float* Pm, float* Gm, Dims d) {                                                \
         ck_prep<S>(q, k, beta, start, coef, X, Pm, Gm, d);                                       \
