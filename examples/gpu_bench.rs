@@ -3,7 +3,10 @@
 //! ceiling, and prints one JSON object per measurement (stdout). `scripts/gpu/run.sh` runs it
 //! next to the Python peers on the GPU machine and turns both into tables and a plot.
 //!
-//! `cargo run --release --features cuda --example gpu_bench -- [--quick] [--only scan,ffm,selective,efla] [--reps N]`
+//! `cargo run --release --features cuda --example gpu_bench -- [--quick | --cpu-sizes] [--only scan,ffm,selective,efla] [--reps N]`
+//!
+//! Sizes: the peer shapes by default (a real GPU); `--cpu-sizes`, smaller ones that a software
+//! adapter (lavapipe) runs in minutes; `--quick`, tiny ones that check the binary works.
 //!
 //! Each figure is the median over `--reps` runs (after two warm-ups) of the device time of the
 //! op's kernels (CUDA events around each launch, wgpu timestamp queries around each pass;
@@ -16,8 +19,16 @@ use linrec::scan::{LinearScan, ScanBackwardInputs, ScanInputs};
 use linrec::selective::{SelectiveInputs, SelectiveScan};
 use linrec::{efla, ffm, scan, selective, DType, Device, Error, Problem, Result, Tensor};
 
+/// Problem sizes (see the module docs).
+#[derive(Clone, Copy)]
+enum Size {
+    Quick,
+    Cpu,
+    Gpu,
+}
+
 struct Opts {
-    quick: bool,
+    size: Size,
     only: Vec<String>,
     reps: usize,
 }
@@ -25,13 +36,14 @@ struct Opts {
 fn opts() -> Opts {
     let args: Vec<String> = std::env::args().collect();
     let mut o = Opts {
-        quick: false,
+        size: Size::Gpu,
         only: vec![],
         reps: 20,
     };
     for (i, a) in args.iter().enumerate() {
         match a.as_str() {
-            "--quick" => o.quick = true,
+            "--quick" => o.size = Size::Quick,
+            "--cpu-sizes" => o.size = Size::Cpu,
             "--only" => o.only = args[i + 1].split(',').map(str::to_string).collect(),
             "--reps" => o.reps = args[i + 1].parse().expect("--reps N"),
             _ => {}
@@ -91,12 +103,16 @@ fn emit(
 }
 
 fn run_scan(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
-    let ts: &[usize] = if o.quick {
-        &[256]
-    } else {
-        &[4096, 8192, 16384, 32768, 65536]
+    let ts: &[usize] = match o.size {
+        Size::Quick => &[256],
+        Size::Cpu => &[4096],
+        Size::Gpu => &[4096, 8192, 16384, 32768, 65536],
     };
-    let (b, d) = if o.quick { (2, 64) } else { (8, 1536) };
+    let (b, d) = match o.size {
+        Size::Quick => (2, 64),
+        Size::Cpu => (8, 256),
+        Size::Gpu => (8, 1536),
+    };
     for &t in ts {
         let p = LinearScan::new(b, t, d);
         let (x, a, g) = (
@@ -144,10 +160,10 @@ fn run_scan(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
 }
 
 fn run_ffm(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
-    let shapes: &[(usize, usize, usize, usize)] = if o.quick {
-        &[(2, 128, 8, 4)]
-    } else {
-        &[(8, 1024, 32, 4), (32, 4096, 128, 8)]
+    let shapes: &[(usize, usize, usize, usize)] = match o.size {
+        Size::Quick => &[(2, 128, 8, 4)],
+        Size::Cpu => &[(8, 1024, 32, 4)],
+        Size::Gpu => &[(8, 1024, 32, 4), (32, 4096, 128, 8)],
     };
     for &(b, t, m, c) in shapes {
         let p = Ffm::new(b, t, m, c);
@@ -198,10 +214,10 @@ fn run_ffm(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
 }
 
 fn run_selective(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
-    let (b, t, d, n) = if o.quick {
-        (1, 128, 64, 16)
-    } else {
-        (8, 2048, 2048, 16)
+    let (b, t, d, n) = match o.size {
+        Size::Quick => (1, 128, 64, 16),
+        Size::Cpu => (2, 1024, 256, 16),
+        Size::Gpu => (8, 2048, 2048, 16),
     };
     for dt in [DType::F32, DType::BF16] {
         let p = SelectiveScan::new(b, t, d, n).softplus().with_dtype(dt);
@@ -261,12 +277,16 @@ fn run_selective(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
 }
 
 fn run_efla(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
-    let (b, h, k, v) = if o.quick {
-        (1, 2, 32, 32)
-    } else {
-        (8, 16, 128, 128)
+    let (b, h, k, v) = match o.size {
+        Size::Quick => (1, 2, 32, 32),
+        Size::Cpu => (1, 4, 64, 64),
+        Size::Gpu => (8, 16, 128, 128),
     };
-    let ts: &[usize] = if o.quick { &[128] } else { &[2048, 4096, 8192] };
+    let ts: &[usize] = match o.size {
+        Size::Quick => &[128],
+        Size::Cpu => &[1024],
+        Size::Gpu => &[2048, 4096, 8192],
+    };
     for &t in ts {
         for (rule, name) in [(efla::Rule::Delta, "delta"), (efla::Rule::Efla, "efla")] {
             let p = Efla::new(b, t, h, k, v)
@@ -321,7 +341,11 @@ fn run_efla(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
         }
     }
     // decode: one step on a carried state
-    let (bd, hd) = if o.quick { (4, 2) } else { (256, 16) };
+    let (bd, hd) = match o.size {
+        Size::Quick => (4, 2),
+        Size::Cpu => (64, 4),
+        Size::Gpu => (256, 16),
+    };
     let p = Efla::new(bd, 1, hd, k, v)
         .delta()
         .recurrent()
@@ -382,6 +406,26 @@ fn main() -> Result<()> {
                     "fwd",
                     Some(t.as_secs_f64() * 1e3),
                     2.0 * (mib << 20) as f64,
+                    0.0,
+                );
+            }
+        }
+        if let Device::Wgpu(ctx) = dev {
+            for mib in [64usize, 1024] {
+                let (bytes, t) = match ctx.time_copy(mib << 20) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("gpu_bench: wgpu copy skipped: {e}");
+                        break;
+                    }
+                };
+                emit(
+                    "copy",
+                    &format!("{} MiB", bytes >> 20),
+                    bk,
+                    "fwd",
+                    Some(t.as_secs_f64() * 1e3),
+                    2.0 * bytes as f64,
                     0.0,
                 );
             }

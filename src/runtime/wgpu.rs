@@ -466,6 +466,39 @@ impl WgpuContext {
             .map_or(0.0, |t| t.total_ns);
         Ok((r?, Duration::from_nanos(total as u64)))
     }
+
+    /// GPU time of one device-to-device copy of `bytes` (rounded up to 16, capped at the largest
+    /// binding) by a plain WGSL copy kernel (`shaders/common/copy.wgsl`), the bandwidth ceiling
+    /// for the WGSL kernels: it reads and writes every byte. Returns the bytes copied and the
+    /// time; errors as [`WgpuContext::gpu_time`] does.
+    pub fn time_copy(&self, bytes: usize) -> Result<(usize, Duration)> {
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct Params {
+            n: u32,
+            pad: [u32; 3],
+        }
+        let cap = (self.max_binding() as usize / 16) * 16;
+        let n = bytes.div_ceil(16).clamp(1, cap / 16);
+        let n = check_u32("copy size", n)? as usize;
+        let src = self.zeros(&[4 * n], DType::F32)?;
+        let dst = self.zeros(&[4 * n], DType::F32)?;
+        let pipe = self.pipeline("common/copy.wgsl", "main", &[], &[])?;
+        let run = || {
+            let mut l = self.launch("copy");
+            let (bs, _) = self.bind(&src.as_ref())?;
+            let (bd, _) = self.bind(&dst.as_ref())?;
+            let params = Params {
+                n: n as u32,
+                pad: [0; 3],
+            };
+            l.dispatch(pipe.clone(), &params, vec![bs, bd], n.div_ceil(256) as u32)?;
+            l.submit()
+        };
+        run()?; // warm-up
+        let ((), t) = self.gpu_time(run)?;
+        Ok((16 * n, t))
+    }
 }
 
 /// One step of a [`Launch`].
