@@ -451,7 +451,7 @@ fn main() {
                 Ok(r) => {
                     worst = worst.max(r.fwd_err).max(r.bwd_err);
                     println!(
-                        "{:<24} {:<22} {:<6} {:>10.2e} {:>10.2e} {:>8.3}ms {:>9.2} {:>8.3}ms {:>9.2}",
+                        "{:<24} {:<22} {:<6} {:>10.2e} {:>10.2e} {:>8.3}ms {:>9} {:>8.3}ms {:>9}",
                         stop.name,
                         stop.shape,
                         dev.kind().name(),
