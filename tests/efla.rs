@@ -922,12 +922,6 @@ fn errors_name_the_argument() -> T {
 /// Property-based: random shapes, options and resets; chunked and recurrent references agree.
 fn random_shapes_reference() -> T {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
-    let mut runner = TestRunner::new(Config {
-        cases: 24,
-        failure_persistence: None,
-        ..Config::default()
-    });
     let strat = (
         1usize..3,
         1usize..80,
@@ -938,28 +932,19 @@ fn random_shapes_reference() -> T {
         any::<[bool; 3]>(),
         any::<u64>(),
     );
-    runner
-        .run(&strat, |(b, t, h, k, v, c, o, seed)| {
-            let p = Efla::new(b, t, h, k, v).with_rule(if o[0] { Rule::Efla } else { Rule::Delta });
-            let d = gen(
-                p.recurrent(),
-                o[1],
-                if o[2] { Starts::Edges } else { Starts::None },
-                seed,
-            );
-            let dc = with(&d, p.chunked(c));
-            let r = (|| -> T {
-                close("o", &fwd_ref(&dc).o, &fwd_ref(&d).o, 1e-9)?;
-                close_grads("grads", &bwd_ref(&dc), &bwd_ref(&d), 1e-8)
-            })();
-            match r {
-                Ok(()) => Ok(()),
-                Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => {
-                    Err(TestCaseError::fail(format!("{}: {m}", name(&dc.p))))
-                }
-            }
-        })
-        .map_err(|e| Stop::Fail(e.to_string()))
+    prop_check(24, strat, |(b, t, h, k, v, c, o, seed)| {
+        let p = Efla::new(b, t, h, k, v).with_rule(if o[0] { Rule::Efla } else { Rule::Delta });
+        let d = gen(
+            p.recurrent(),
+            o[1],
+            if o[2] { Starts::Edges } else { Starts::None },
+            seed,
+        );
+        let dc = with(&d, p.chunked(c));
+        let what = name(&dc.p);
+        close(&format!("{what}: o"), &fwd_ref(&dc).o, &fwd_ref(&d).o, 1e-9)?;
+        close_grads(&format!("{what}: grads"), &bwd_ref(&dc), &bwd_ref(&d), 1e-8)
+    })
 }
 
 // ------------------------------------------------------------------ backends
@@ -1258,13 +1243,7 @@ fn cuda_long_sequences() -> T {
 /// Property-based: random shapes, options, dtypes and resets, every GPU backend.
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     on_gpus(|dev, bk| {
-        let mut runner = TestRunner::new(Config {
-            cases: 16,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let strat = (
             1usize..4,
             1usize..200,
@@ -1276,24 +1255,19 @@ fn random_shapes_all_backends() -> T {
             any::<[bool; 3]>(),
             any::<u64>(),
         );
-        runner
-            .run(&strat, |(b, t, h, k, v, c, dt, o, seed)| {
-                let mut p =
-                    Efla::new(b, t, h, k, v).with_rule(if o[0] { Rule::Efla } else { Rule::Delta });
-                p = if c == 0 { p.recurrent() } else { p.chunked(c) };
-                p = p.with_dtype([DType::F32, DType::F16, DType::BF16][dt]);
-                let d = gen(
-                    p,
-                    o[1],
-                    if o[2] { Starts::Edges } else { Starts::None },
-                    seed,
-                );
-                match check_backend(dev, &d, &format!("{bk} {}", name(&p))) {
-                    Ok(()) => Ok(()),
-                    Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
-                }
-            })
-            .map_err(|e| Stop::Fail(e.to_string()))
+        prop_check(16, strat, |(b, t, h, k, v, c, dt, o, seed)| {
+            let mut p =
+                Efla::new(b, t, h, k, v).with_rule(if o[0] { Rule::Efla } else { Rule::Delta });
+            p = if c == 0 { p.recurrent() } else { p.chunked(c) };
+            p = p.with_dtype([DType::F32, DType::F16, DType::BF16][dt]);
+            let d = gen(
+                p,
+                o[1],
+                if o[2] { Starts::Edges } else { Starts::None },
+                seed,
+            );
+            check_backend(dev, &d, &format!("{bk} {}", name(&p)))
+        })
     })
 }
 

@@ -1134,13 +1134,7 @@ fn wgpu_wide_context() -> T {
 /// Property-based: random shapes and options, every GPU backend against the reference.
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     on_gpus(|dev, bk| {
-        let mut runner = TestRunner::new(Config {
-            cases: 24,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let strat = (
             1usize..4,
             1usize..300,
@@ -1149,23 +1143,18 @@ fn random_shapes_all_backends() -> T {
             any::<[bool; 3]>(),
             any::<u64>(),
         );
-        runner
-            .run(&strat, |(b, t, m, c, o, seed)| {
-                let mut d = gen(
-                    Ffm::new(b, t, m, c),
-                    o[0],
-                    if o[1] { Starts::Edges } else { Starts::None },
-                    seed,
-                );
-                if o[2] {
-                    d.gf = None;
-                }
-                match check_backend(dev, &d, &format!("{bk} {}", name(&d))) {
-                    Ok(()) => Ok(()),
-                    Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
-                }
-            })
-            .map_err(|e| Stop::Fail(e.to_string()))
+        prop_check(24, strat, |(b, t, m, c, o, seed)| {
+            let mut d = gen(
+                Ffm::new(b, t, m, c),
+                o[0],
+                if o[1] { Starts::Edges } else { Starts::None },
+                seed,
+            );
+            if o[2] {
+                d.gf = None;
+            }
+            check_backend(dev, &d, &format!("{bk} {}", name(&d)))
+        })
     })
 }
 

@@ -706,13 +706,7 @@ fn wgpu_storage_dtypes_refused() -> T {
 /// Property-based: random shapes and options, every GPU backend against the reference.
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     on_gpus(|dev, bk| {
-        let mut runner = TestRunner::new(Config {
-            cases: 24,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let strat = (
             1usize..4,
             1usize..300,
@@ -720,24 +714,19 @@ fn random_shapes_all_backends() -> T {
             any::<[bool; 5]>(),
             any::<u64>(),
         );
-        runner
-            .run(&strat, |(b, t, dd, o, seed)| {
-                let mut p = LinearScan::new(b, t, dd);
-                p.complex = o[0];
-                p.time_varying = o[1];
-                p.reverse = o[2];
-                let d = gen(
-                    p,
-                    o[3],
-                    if o[4] { Starts::Edges } else { Starts::None },
-                    seed,
-                );
-                match check_backend(dev, &d, &format!("{bk} {}", name(&p))) {
-                    Ok(()) => Ok(()),
-                    Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
-                }
-            })
-            .map_err(|e| Stop::Fail(e.to_string()))
+        prop_check(24, strat, |(b, t, dd, o, seed)| {
+            let mut p = LinearScan::new(b, t, dd);
+            p.complex = o[0];
+            p.time_varying = o[1];
+            p.reverse = o[2];
+            let d = gen(
+                p,
+                o[3],
+                if o[4] { Starts::Edges } else { Starts::None },
+                seed,
+            );
+            check_backend(dev, &d, &format!("{bk} {}", name(&p)))
+        })
     })
 }
 

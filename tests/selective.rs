@@ -1261,13 +1261,7 @@ fn cuda_storage_dtypes() -> T {
 /// every GPU backend against the reference. Kept small: lavapipe runs it on two CPU cores.
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
     on_gpus(|dev, bk| {
-        let mut runner = TestRunner::new(Config {
-            cases: 12,
-            failure_persistence: None,
-            ..Config::default()
-        });
         let strat = (
             1usize..4,
             1usize..130,
@@ -1277,31 +1271,26 @@ fn random_shapes_all_backends() -> T {
             any::<[bool; 8]>(),
             any::<u64>(),
         );
-        runner
-            .run(&strat, |(b, t, dpg, n, g, o, seed)| {
-                let mut p = SelectiveScan::new(b, t, dpg * g, n).groups(g);
-                if o[0] {
-                    p = p.fixed_bc();
-                }
-                p.softplus = o[1];
-                let opts = Opts {
-                    dskip: o[2],
-                    z: o[3],
-                    bias: o[4],
-                    h0: o[5],
-                    gf: o[6],
-                    starts: if o[7] { Starts::Edges } else { Starts::None },
-                };
-                match check_backend(
-                    dev,
-                    &gen(p, opts, seed),
-                    &format!("{bk} {} {opts:?}", name(&p)),
-                ) {
-                    Ok(()) => Ok(()),
-                    Err(Stop::Fail(m)) | Err(Stop::Skip(m)) => Err(TestCaseError::fail(m)),
-                }
-            })
-            .map_err(|e| Stop::Fail(e.to_string()))
+        prop_check(12, strat, |(b, t, dpg, n, g, o, seed)| {
+            let mut p = SelectiveScan::new(b, t, dpg * g, n).groups(g);
+            if o[0] {
+                p = p.fixed_bc();
+            }
+            p.softplus = o[1];
+            let opts = Opts {
+                dskip: o[2],
+                z: o[3],
+                bias: o[4],
+                h0: o[5],
+                gf: o[6],
+                starts: if o[7] { Starts::Edges } else { Starts::None },
+            };
+            check_backend(
+                dev,
+                &gen(p, opts, seed),
+                &format!("{bk} {} {opts:?}", name(&p)),
+            )
+        })
     })
 }
 

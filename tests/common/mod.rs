@@ -127,6 +127,25 @@ pub fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
     Ok(())
 }
 
+/// Property test: `check` on `cases` random values of `strategy` (no persistence file). A case
+/// that fails or skips fails the test, with proptest's shrunk input in the message.
+pub fn prop_check<S>(cases: u32, strategy: S, check: impl Fn(S::Value) -> T) -> T
+where
+    S: proptest::strategy::Strategy,
+{
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |v| {
+            check(v).map_err(|(Stop::Fail(m) | Stop::Skip(m))| TestCaseError::fail(m))
+        })
+        .map_err(|e| Stop::Fail(e.to_string()))
+}
+
 // ------------------------------------------------------------------ data
 
 /// SplitMix64: small, seedable, good enough for test data.
