@@ -3,6 +3,7 @@
 //! feature `candle-cuda` on a GPU).
 
 mod common;
+use candle_core::backprop::GradStore;
 use candle_core::{Device as CDevice, Tensor, Var};
 use common::*;
 use linrec::ops::Problem;
@@ -27,6 +28,28 @@ fn host(t: &Tensor) -> Vec<f64> {
 }
 fn ce(e: candle_core::Error) -> Stop {
     Stop::Fail(format!("candle: {e}"))
+}
+/// `sum(out * g) + sum(fin * gf)`: its gradient with respect to `out` is `g`, to `fin` `gf`.
+fn probe_loss(
+    dev: &CDevice,
+    out: &Tensor,
+    g: &[f64],
+    fin: &Tensor,
+    gf: &[f64],
+) -> Result<Tensor, Stop> {
+    let term = |t: &Tensor, w: &[f64]| -> Result<Tensor, Stop> {
+        t.mul(&cst(dev, t.dims(), w))
+            .and_then(|x| x.sum_all())
+            .map_err(ce)
+    };
+    (term(out, g)? + term(fin, gf)?).map_err(ce)
+}
+/// The gradient candle computed for `v` against the reference's `want`.
+fn grad_close(tag: &str, grads: &GradStore, name: &str, v: &Var, want: &[f64]) -> T {
+    let got = grads
+        .get(v.as_tensor())
+        .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
+    close(&format!("{tag} {name}"), &host(got), want, 1e-4)
 }
 
 /// The scan through candle: forward values and every gradient vs the f64 reference.
@@ -63,16 +86,7 @@ fn scan_on(dev: &CDevice, what: &str) -> T {
             .map(|s| Tensor::from_vec(s.clone(), sh("start"), dev).unwrap());
         let (h, hf) =
             linrec::candle::linear_scan(&p, &xv, &av, Some(&h0v), stt.as_ref()).map_err(ce)?;
-        let loss = (h
-            .mul(&cst(dev, &sh("h"), &g))
-            .map_err(ce)?
-            .sum_all()
-            .map_err(ce)?
-            + hf.mul(&cst(dev, &sh("h_final"), &gf))
-                .map_err(ce)?
-                .sum_all()
-                .map_err(ce)?)
-        .map_err(ce)?;
+        let loss = probe_loss(dev, &h, &g, &hf, &gf)?;
         let grads = loss.backward().map_err(ce)?;
         let r = scan::reference::forward(
             &p,
@@ -102,10 +116,7 @@ fn scan_on(dev: &CDevice, what: &str) -> T {
             ("da", &av, &rg.da),
             ("dh0", &h0v, &rg.dh0),
         ] {
-            let got = grads
-                .get(v.as_tensor())
-                .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
-            close(&format!("{tag} {name}"), &host(got), want, 1e-4)?;
+            grad_close(&tag, &grads, name, v, want)?;
         }
     }
     Ok(())
@@ -136,16 +147,7 @@ fn ffm_on(dev: &CDevice, what: &str) -> T {
             .map(|s| Tensor::from_vec(s.clone(), sh("start"), dev).unwrap());
         let (s, sf) =
             linrec::candle::ffm(&p, &xv, &av, &bv, Some(&s0v), stt.as_ref()).map_err(ce)?;
-        let loss = (s
-            .mul(&cst(dev, &sh("s"), &g))
-            .map_err(ce)?
-            .sum_all()
-            .map_err(ce)?
-            + sf.mul(&cst(dev, &sh("s_final"), &gf))
-                .map_err(ce)?
-                .sum_all()
-                .map_err(ce)?)
-        .map_err(ce)?;
+        let loss = probe_loss(dev, &s, &g, &sf, &gf)?;
         let grads = loss.backward().map_err(ce)?;
         let r = ffm::reference::forward(
             &p,
@@ -177,10 +179,7 @@ fn ffm_on(dev: &CDevice, what: &str) -> T {
             ("db", &bv, &rg.db),
             ("ds0", &s0v, &rg.ds0),
         ] {
-            let got = grads
-                .get(v.as_tensor())
-                .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
-            close(&format!("{tag} {name}"), &host(got), want, 1e-4)?;
+            grad_close(&tag, &grads, name, v, want)?;
         }
     }
     Ok(())
@@ -224,16 +223,7 @@ fn efla_on(dev: &CDevice, what: &str) -> T {
             Some(&stt),
         )
         .map_err(ce)?;
-        let loss = (o
-            .mul(&cst(dev, &sh("o"), &g))
-            .map_err(ce)?
-            .sum_all()
-            .map_err(ce)?
-            + sf.mul(&cst(dev, &sh("s_final"), &gf))
-                .map_err(ce)?
-                .sum_all()
-                .map_err(ce)?)
-        .map_err(ce)?;
+        let loss = probe_loss(dev, &o, &g, &sf, &gf)?;
         let grads = loss.backward().map_err(ce)?;
         let inp = EflaInputs {
             q: &q[..],
@@ -266,10 +256,7 @@ fn efla_on(dev: &CDevice, what: &str) -> T {
             ("dbeta", &vars[3], &rg.dbeta),
             ("ds0", &vars[4], &rg.ds0),
         ] {
-            let got = grads
-                .get(v.as_tensor())
-                .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
-            close(&format!("{tag} {name}"), &host(got), want, 1e-4)?;
+            grad_close(&tag, &grads, name, v, want)?;
         }
     }
     Ok(())
@@ -326,16 +313,7 @@ fn selective_on(dev: &CDevice, what: &str) -> T {
             start: Some(&stt),
         };
         let (out, hf) = linrec::candle::selective_scan(&p, &args).map_err(ce)?;
-        let loss = (out
-            .mul(&cst(dev, &sh("out"), &g))
-            .map_err(ce)?
-            .sum_all()
-            .map_err(ce)?
-            + hf.mul(&cst(dev, &sh("h_final"), &gf))
-                .map_err(ce)?
-                .sum_all()
-                .map_err(ce)?)
-        .map_err(ce)?;
+        let loss = probe_loss(dev, &out, &g, &hf, &gf)?;
         let grads = loss.backward().map_err(ce)?;
         let z = with_z.then(|| &vals[6][..]);
         let rg = linrec::selective::reference::backward(
@@ -375,10 +353,7 @@ fn selective_on(dev: &CDevice, what: &str) -> T {
                 );
                 continue;
             }
-            let got = grads
-                .get(vars[i].as_tensor())
-                .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {nm}")))?;
-            close(&format!("{tag} d{nm}"), &host(got), want[i], 1e-4)?;
+            grad_close(&tag, &grads, &format!("d{nm}"), &vars[i], want[i])?;
         }
     }
     Ok(())
