@@ -1,6 +1,7 @@
 //! [`Device`]: where an operation runs at the convenient (host tensor) API level.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 use std::sync::Arc;
 
 /// Where an operation runs. Cheap to clone.
@@ -96,6 +97,23 @@ impl Device {
             Device::Wgpu(_) => wall(Box::new(f)),
             #[cfg(feature = "cuda")]
             Device::Cuda(c) => c.gpu_time(f),
+        }
+    }
+
+    /// Device time of one device-to-device copy of about `bytes` bytes, the bandwidth ceiling
+    /// benchmarks compare memory-bound kernels with (a copy reads and writes every byte):
+    /// returns the bytes actually copied (rounded to the backend's granule, capped by its
+    /// largest binding) and the time. `Unsupported` on the CPU.
+    pub fn time_copy(&self, bytes: usize) -> Result<(usize, std::time::Duration)> {
+        match self {
+            Device::Cpu => Err(Error::unsupported(
+                "cpu",
+                format!("timing a {bytes}-byte device copy"),
+            )),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(c) => c.time_copy(bytes),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(c) => Ok((4 * bytes.div_ceil(4).max(1), c.time_copy(bytes)?)),
         }
     }
 
