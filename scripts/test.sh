@@ -14,6 +14,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --all-targets --no-default-features --features cuda,candle -- -D warnings  # no wgpu
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -q
 
 echo "== CUDA kernels: sm_80 / sm_90 compile and spill check"
