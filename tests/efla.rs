@@ -1182,16 +1182,10 @@ fn wgpu_f16_without_shader_f16() -> T {
 
 /// The workgroup-memory fallback of the recurrent kernels' lane sums (no subgroups).
 fn wgpu_without_subgroups() -> T {
-    let main = wgpu_ctx()?;
-    let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
-        disable_subgroups: true,
-        ..Default::default()
-    })?;
-    ensure!(!ctx.has_subgroups(), "SUBGROUP still enabled");
-    if !main.has_subgroups() {
+    let dev = wgpu_no_subgroups()?;
+    if !wgpu_ctx()?.has_subgroups() {
         eprintln!("note: the default adapter has no subgroups; both runs use the fallback");
     }
-    let dev = Device::Wgpu(ctx);
     for (i, p) in variants(2, 90, 2, 37, 45, &[32]).into_iter().enumerate() {
         let d = gen(p, true, Starts::Edges, 3200 + i as u64);
         check_backend(&dev, &d, &format!("no subgroups {}", name(&p)))?;

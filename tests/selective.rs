@@ -1096,27 +1096,6 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     Ok(())
 }
 
-fn backend(dev_name: &str) -> Result<Device, Stop> {
-    match dev_name {
-        "wgpu" => wgpu(),
-        "wgpu-no-subgroups" => {
-            let _ = wgpu_ctx()?;
-            static CTX: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
-            CTX.get_or_init(|| {
-                linrec::WgpuContext::with_options(&linrec::WgpuOptions {
-                    disable_subgroups: true,
-                    ..Default::default()
-                })
-                .map(Device::Wgpu)
-                .map_err(|e| e.to_string())
-            })
-            .clone()
-            .map_err(Stop::Skip)
-        }
-        _ => cuda_dev(),
-    }
-}
-
 /// Every option set and B/C mode on a shape whose T is not a multiple of any chunk and whose
 /// D is odd.
 fn each_option_on(bk: &str) -> T {

@@ -81,6 +81,28 @@ pub fn wgpu() -> Result<Device, Stop> {
     Ok(Device::Wgpu(wgpu_ctx()?))
 }
 
+/// A wgpu device on the default adapter with subgroup operations turned off, so the kernels
+/// take their workgroup-memory fallbacks (made once); a skip where there is no adapter.
+pub fn wgpu_no_subgroups() -> Result<Device, Stop> {
+    wgpu_ctx()?;
+    static CTX: OnceLock<Result<Device, String>> = OnceLock::new();
+    let dev = CTX
+        .get_or_init(|| {
+            linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+                disable_subgroups: true,
+                ..Default::default()
+            })
+            .map(Device::Wgpu)
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(Stop::Fail)?;
+    if let Device::Wgpu(c) = &dev {
+        crate::ensure!(!c.has_subgroups(), "SUBGROUP still enabled");
+    }
+    Ok(dev)
+}
+
 /// The CUDA device, or a skip naming why there is none (or that the build lacks `cuda`).
 pub fn cuda_dev() -> Result<Device, Stop> {
     #[cfg(feature = "cuda")]
@@ -99,10 +121,11 @@ pub fn gpus() -> Vec<(&'static str, Result<Device, Stop>)> {
     vec![("wgpu", wgpu()), ("cuda", cuda_dev())]
 }
 
-/// The device of a backend name from [`gpus`].
+/// The device of a backend name from [`gpus`], or `wgpu-no-subgroups`.
 pub fn backend(name: &str) -> Result<Device, Stop> {
     match name {
         "wgpu" => wgpu(),
+        "wgpu-no-subgroups" => wgpu_no_subgroups(),
         _ => cuda_dev(),
     }
 }
