@@ -1362,7 +1362,6 @@ fn wgpu_split_limits() -> T {
 /// bf16, whose odd offsets split packed words).
 fn wgpu_zero_copy_offsets() -> T {
     use linrec::GpuRef;
-    use wgpu::util::DeviceExt;
     let ctx = wgpu_ctx()?;
     for (dt, alg) in [
         (DType::F32, Algorithm::Recurrent),
@@ -1371,20 +1370,7 @@ fn wgpu_zero_copy_offsets() -> T {
     ] {
         let p = Efla::new(2, 45, 2, 5, 3).with_dtype(dt).with_algorithm(alg);
         let d = gen(p, true, Starts::Edges, 3500);
-        let mk = |v: &[f64], pad: usize, dt: DType| {
-            let mut f = vec![7.0; pad];
-            f.extend_from_slice(v);
-            f.extend([7.0; 3]);
-            let t = Tensor::from_f64([f.len()], &f, dt).unwrap();
-            let mut bytes = t.as_bytes().to_vec();
-            bytes.resize(bytes.len().div_ceil(4) * 4, 0);
-            ctx.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: None,
-                    contents: &bytes,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                })
-        };
+        let mk = |v: &[f64], pad: usize, dt: DType| padded_buffer(&ctx, v, pad, dt);
         let es = dt.size() as u64;
         let (bq, bk, bv, bb) = (
             mk(&d.q, 5, dt),
@@ -1393,15 +1379,8 @@ fn wgpu_zero_copy_offsets() -> T {
             mk(&d.beta, 3, dt),
         );
         let bs0 = mk(d.s0.as_ref().unwrap(), 7, DType::F32);
-        let mut fl = vec![9u32; 3];
-        fl.extend(d.start.as_ref().unwrap().iter().map(|&f| f as u32));
-        let bst = ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&fl),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
+        let st = d.start.as_ref().unwrap();
+        let bst = padded_flags(&ctx, st, 3);
         let inp = EflaInputs {
             q: GpuRef::new(&bq, 5 * es, d.q.len(), dt),
             k: GpuRef::new(&bk, 33 * es, d.k.len(), dt),
@@ -1413,7 +1392,7 @@ fn wgpu_zero_copy_offsets() -> T {
                 d.s0.as_ref().unwrap().len(),
                 DType::F32,
             )),
-            start: Some(GpuRef::new(&bst, 12, fl.len() - 3, DType::U32)),
+            start: Some(GpuRef::new(&bst, 12, st.len(), DType::U32)),
         };
         let out = efla::wgpu::forward(&ctx, &p, &inp)?;
         let r = fwd_ref(&d);
@@ -1444,7 +1423,7 @@ fn wgpu_zero_copy_offsets() -> T {
         );
         // flags must be u32 words at this level
         let bad = EflaInputs {
-            start: Some(GpuRef::new(&bst, 12, fl.len() - 3, DType::U8)),
+            start: Some(GpuRef::new(&bst, 12, st.len(), DType::U8)),
             ..inp
         };
         ensure!(

@@ -1289,21 +1289,10 @@ fn wgpu_split_limits() -> T {
 /// The zero-copy API on ranges at odd offsets inside larger caller buffers.
 fn wgpu_zero_copy_offsets() -> T {
     use linrec::GpuRef;
-    use wgpu::util::DeviceExt;
     let ctx = wgpu_ctx()?;
     let p = Ffm::new(2, 45, 3, 2);
     let d = gen(p, true, Starts::Edges, 1100);
-    let mk = |v: &[f64], pad: usize| {
-        let mut f: Vec<f32> = vec![7.0; pad];
-        f.extend(v.iter().map(|&x| x as f32));
-        f.extend([7.0f32; 3]);
-        ctx.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&f),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            })
-    };
+    let mk = |v: &[f64], pad: usize| padded_buffer(&ctx, v, pad, DType::F32);
     let s0 = d.s0.as_ref().unwrap();
     let gfv = d.gf.as_ref().unwrap();
     let (bx, ba, bb, bs0, bg, bgf) = (
@@ -1314,15 +1303,8 @@ fn wgpu_zero_copy_offsets() -> T {
         mk(&d.g, 3),
         mk(gfv, 7),
     );
-    let mut fl = vec![9u32; 2];
-    fl.extend(d.start.as_ref().unwrap().iter().map(|&f| f as u32));
-    let bst = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&fl),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let st = d.start.as_ref().unwrap();
+    let bst = padded_flags(&ctx, st, 2);
     fn f32r(b: &wgpu::Buffer, pad: u64, n: usize) -> GpuRef<'_> {
         GpuRef::new(b, pad * 4, n, DType::F32)
     }
@@ -1331,7 +1313,7 @@ fn wgpu_zero_copy_offsets() -> T {
         a: f32r(&ba, 33, d.a.len()),
         b: f32r(&bb, 2, d.b.len()),
         s0: Some(f32r(&bs0, 1, s0.len())),
-        start: Some(GpuRef::new(&bst, 8, fl.len() - 2, DType::U32)),
+        start: Some(GpuRef::new(&bst, 8, st.len(), DType::U32)),
     };
     let out = ffm::wgpu::forward(&ctx, &p, &inp)?;
     let r = fwd_ref(&d);
@@ -1407,7 +1389,7 @@ fn wgpu_zero_copy_offsets() -> T {
     );
     // flags must be u32 words at this level; offsets must be element-aligned
     let bad = FfmInputs {
-        start: Some(GpuRef::new(&bst, 8, fl.len() - 2, DType::U8)),
+        start: Some(GpuRef::new(&bst, 8, st.len(), DType::U8)),
         ..inp
     };
     ensure!(

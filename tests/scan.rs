@@ -795,38 +795,13 @@ fn wgpu_split_limits() -> T {
 /// The zero-copy API on ranges at odd offsets inside larger caller buffers.
 fn wgpu_zero_copy_offsets() -> T {
     use linrec::GpuRef;
-    use wgpu::util::DeviceExt;
     let ctx = wgpu_ctx()?;
     let p = LinearScan::new(2, 45, 3).complex();
     let d = gen(p, true, Starts::Edges, 900);
-    let mk = |v: &[f64], pad: usize| {
-        let mut f: Vec<f32> = vec![7.0; pad];
-        f.extend(v.iter().map(|&x| x as f32));
-        f.extend([7.0f32; 3]);
-        ctx.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&f),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            })
-    };
+    let mk = |v: &[f64], pad: usize| padded_buffer(&ctx, v, pad, DType::F32);
     let (bx, ba, bh0) = (mk(&d.x, 5), mk(&d.a, 33), mk(d.h0.as_ref().unwrap(), 1));
-    let flags: Vec<u32> = d
-        .start
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|&f| f as u32)
-        .collect();
-    let mut fl = vec![9u32; 2];
-    fl.extend(flags);
-    let bs = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: bytemuck::cast_slice(&fl),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let st = d.start.as_ref().unwrap();
+    let bs = padded_flags(&ctx, st, 2);
     let inp = ScanInputs {
         x: GpuRef::new(&bx, 20, d.x.len(), DType::F32),
         a: GpuRef::new(&ba, 132, d.a.len(), DType::F32),
@@ -836,7 +811,7 @@ fn wgpu_zero_copy_offsets() -> T {
             d.h0.as_ref().unwrap().len(),
             DType::F32,
         )),
-        start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U32)),
+        start: Some(GpuRef::new(&bs, 8, st.len(), DType::U32)),
     };
     let out = scan::wgpu::forward(&ctx, &p, &inp)?;
     let r = fwd_ref(&d);
@@ -860,7 +835,7 @@ fn wgpu_zero_copy_offsets() -> T {
     );
     // flags must be u32 words at this level
     let bad = ScanInputs {
-        start: Some(GpuRef::new(&bs, 8, fl.len() - 2, DType::U8)),
+        start: Some(GpuRef::new(&bs, 8, st.len(), DType::U8)),
         ..inp
     };
     ensure!(

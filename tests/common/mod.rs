@@ -169,6 +169,44 @@ where
         .map_err(|e| Stop::Fail(e.to_string()))
 }
 
+/// A caller's storage buffer for the zero-copy tests: `v` in `dtype` between `pad` elements of
+/// filler (7.0) in front and three behind, the length rounded up to 4 bytes.
+pub fn padded_buffer(
+    ctx: &linrec::WgpuContext,
+    v: &[f64],
+    pad: usize,
+    dtype: linrec::DType,
+) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let mut f = vec![7.0; pad];
+    f.extend_from_slice(v);
+    f.extend([7.0; 3]);
+    let mut bytes = Tensor::from_f64([f.len()], &f, dtype)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+}
+
+/// Reset flags as u32 words after `pad` filler words (9), for the zero-copy tests.
+pub fn padded_flags(ctx: &linrec::WgpuContext, flags: &[u8], pad: usize) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let mut w = vec![9u32; pad];
+    w.extend(flags.iter().map(|&f| f as u32));
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&w),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+}
+
 // ------------------------------------------------------------------ data
 
 /// SplitMix64: small, seedable, good enough for test data.
