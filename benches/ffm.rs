@@ -165,7 +165,7 @@ fn bench(c: &mut Criterion) {
                     g.bench_function(format!("copy-reference/{id}"), |bch| {
                         bch.iter_custom(|iters| {
                             (0..iters)
-                                .map(|_| be.time_copy(sb as usize).expect("device copy"))
+                                .map(|_| be.time_copy(sb as usize).expect("device copy").1)
                                 .sum()
                         })
                     });

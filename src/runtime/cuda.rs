@@ -277,10 +277,11 @@ impl CudaBackend {
         Ok((r?, Duration::from_secs_f64(ms / 1e3)))
     }
 
-    /// Device time of one device-to-device copy of `bytes` bytes (CUDA events around a
-    /// `cuMemcpyDtoD` on this backend's stream): the reference bandwidth memory-bound kernels
-    /// are compared with (a copy moves `2 * bytes`: each byte read once and written once).
-    pub fn time_copy(&self, bytes: usize) -> Result<Duration> {
+    /// Device time of one device-to-device copy of `bytes` bytes, rounded up to 4 (CUDA events
+    /// around a `cuMemcpyDtoD` on this backend's stream): the reference bandwidth memory-bound
+    /// kernels are compared with (a copy moves twice its bytes: each read once and written
+    /// once). Returns the bytes copied and the time.
+    pub fn time_copy(&self, bytes: usize) -> Result<(usize, Duration)> {
         let n = bytes.div_ceil(4).max(1);
         let src = self.stream.alloc_zeros::<f32>(n).map_err(drv)?;
         let mut dst = self.stream.alloc_zeros::<f32>(n).map_err(drv)?;
@@ -290,7 +291,7 @@ impl CudaBackend {
         let b = self.stream.record_event(flags).map_err(drv)?;
         b.synchronize().map_err(drv)?;
         let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
-        Ok(Duration::from_secs_f64(ms / 1e3))
+        Ok((4 * n, Duration::from_secs_f64(ms / 1e3)))
     }
 
     /// A launch configuration of `blocks` blocks (split into a 2-D grid when needed; kernels
