@@ -150,16 +150,18 @@ pub fn on_gpus(f: impl Fn(&Device, &str) -> T) -> T {
     Ok(())
 }
 
-/// Property test: `check` on `cases` random values of `strategy` (no persistence file). A case
-/// that fails or skips fails the test, with proptest's shrunk input in the message.
+/// Property test: `check` on `cases` random values of `strategy` (no persistence file). The
+/// generator is seeded like [`Rng`] (fixed, varied with `LINREC_SEED`), so a run is
+/// reproducible. A case that fails or skips fails the test, with the shrunk input.
 pub fn prop_check<S>(cases: u32, strategy: S, check: impl Fn(S::Value) -> T) -> T
 where
     S: proptest::strategy::Strategy,
 {
-    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(Rng::new(0x9209_7e57).next_u64()),
         ..Config::default()
     });
     runner
