@@ -34,7 +34,11 @@ enum Starts {
 /// FFM's parametrisation: `a = ln(0.01) / period` with periods log-uniform in [1, 1024] (the
 /// memory is 1% of its input after `period` steps), angular frequencies in (-pi, pi).
 fn gen(p: Ffm, s0: bool, starts: Starts, seed: u64) -> Data {
-    let mut r = Rng::new(seed);
+    gen_from(p, s0, starts, Rng::new(seed))
+}
+
+/// `gen` from a given generator.
+fn gen_from(p: Ffm, s0: bool, starts: Starts, mut r: Rng) -> Data {
     let (bn, tn, mn, cn) = (p.batch, p.len, p.memory, p.context);
     let x = f32_exact(&r.vec(bn * tn * mn, -1.0, 1.0));
     let a: Vec<f64> = (0..mn)
@@ -113,13 +117,48 @@ impl Results {
     }
 }
 
-/// Compare all results: forward outputs within `tf`, gradients within `tg`.
-fn close_all(what: &str, out: &Results, reference: &Results, tf: f64, tg: f64) -> T {
-    for ((n, o), (_, r)) in out.fields().into_iter().zip(reference.fields()) {
-        let tol = if n.starts_with('s') { tf } else { tg };
-        close(&format!("{what} {n}"), o, r, tol)?;
+/// Compare all results: forward outputs within `tf`, gradients within `tg`. With `d` (the
+/// problem, when `reference` is its f64 reference), `da` and `db` (sums over every row, step
+/// and channel) pass within `tg` or, where `d`'s f32 inputs do not determine them to `tg`,
+/// within what they do determine (see `close_or_within_spread`).
+fn close_all(
+    what: &str,
+    d: Option<&Data>,
+    out: &Results,
+    reference: &Results,
+    tf: f64,
+    tg: f64,
+) -> T {
+    for (k, ((n, o), (_, r))) in out.fields().into_iter().zip(reference.fields()).enumerate() {
+        let what = format!("{what} {n}");
+        if n.starts_with('s') {
+            close(&what, o, r, tf)?;
+        } else if let (Some(d), "da" | "db") = (d, n) {
+            close_or_within_spread(&what, o, r, tg, || spread(d, reference, k))?;
+        } else {
+            close(&what, o, r, tg)?;
+        }
     }
     Ok(())
+}
+
+/// The largest relative change of the reference's field `k` (`Results::fields` order) when
+/// every input of `d` changes by at most half an f32 ulp (four random changes).
+fn spread(d: &Data, reference: &Results, k: usize) -> f64 {
+    let mut worst = 0.0f64;
+    for draw in 0..4 {
+        let mut q = d.clone();
+        let mut rng = Rng::fixed(0x5eed_0000 + draw);
+        for v in [&mut q.x, &mut q.a, &mut q.b, &mut q.g] {
+            jitter_half_ulp(&mut rng, v);
+        }
+        for v in [q.s0.as_mut(), q.gf.as_mut()].into_iter().flatten() {
+            jitter_half_ulp(&mut rng, v);
+        }
+        let Ok(rq) = run(None, &q) else { return 0.0 };
+        worst = worst.max(rel(rq.fields()[k].1, reference.fields()[k].1));
+    }
+    worst
 }
 
 fn fwd_ref(d: &Data) -> ffm::FfmOutputs<Vec<f64>> {
@@ -323,7 +362,7 @@ fn reference_matches_spec_transcription() -> T {
         ] {
             let d = gen(Ffm::new(b, t, m, c), s0, starts, 100 + k as u64);
             let r = run(None, &d)?;
-            close_all(&name(&d), &r, &naive(&d), 1e-12, 1e-10)?;
+            close_all(&name(&d), None, &r, &naive(&d), 1e-12, 1e-10)?;
         }
     }
     Ok(())
@@ -510,7 +549,7 @@ fn reference_equals_complex_scan() -> T {
             }
             let f = run(None, &d)?;
             let s = as_scan(None, &d)?;
-            close_all(&format!("{} vs scan", name(&d)), &f, &s, 1e-12, 1e-10)?;
+            close_all(&format!("{} vs scan", name(&d)), None, &f, &s, 1e-12, 1e-10)?;
         }
     }
     Ok(())
@@ -984,7 +1023,7 @@ fn errors_name_the_argument() -> T {
 fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     let out = run(Some(dev), d)?;
     let r = run(None, d)?;
-    close_all(what, &out, &r, 1e-5, 1e-4)?;
+    close_all(what, Some(d), &out, &r, 1e-5, 1e-4)?;
     let again = run(Some(dev), d)?;
     for ((n, a), (_, b)) in out.fields().into_iter().zip(again.fields()) {
         let f = |v: &Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
@@ -1158,6 +1197,47 @@ fn random_shapes_all_backends() -> T {
     })
 }
 
+/// Inputs where f32 cannot give `da` to the SPEC's 1e-4: found by the property test (seed
+/// 2691: wgpu 2.4e-4; seed 396: CUDA 3.9e-4; about 6 in 5000 draws of this shape exceed 1e-4 on
+/// one backend). `da` sums conj(gamma S_{t-1}) H_t over every row, step and context channel;
+/// here those terms (~1e3 when summed with their signs at random) cancel to |da| ~ 1, and the
+/// exact `da` itself moves by 1e-3 (seed 396) and 2e-2 (seed 2691) when the inputs change by
+/// half an f32 ulp. Checked: that
+/// spread exceeds the SPEC bound (so these inputs stay a test of the ill-conditioned case), each
+/// backend's `da` lies within it, every other result meets the SPEC bounds, and on an ordinary
+/// draw of the same shape the spread is far below 1e-4 (it excuses nothing there).
+fn ill_conditioned_da() -> T {
+    let p = Ffm::new(3, 266, 2, 6);
+    let hard = [396, 2691].map(|seed| gen_from(p, false, Starts::Edges, Rng::fixed(seed)));
+    let refs = hard
+        .iter()
+        .map(|d| run(None, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let da = 3; // Results::fields order
+    for (d, r) in hard.iter().zip(&refs) {
+        let s = spread(d, r, da);
+        if s.is_nan() || s <= 1e-4 {
+            fail!(
+                "{}: spread of da {s:.2e}, no longer ill-conditioned",
+                name(d)
+            );
+        }
+    }
+    let easy = gen_from(p, false, Starts::Edges, Rng::fixed(5));
+    let s = spread(&easy, &run(None, &easy)?, da);
+    if s.is_nan() || s >= 1e-5 {
+        fail!("{}: spread of da {s:.2e} on an ordinary draw", name(&easy));
+    }
+    on_gpus(|dev, bk| {
+        for (d, r) in hard.iter().zip(&refs) {
+            let out = run(Some(dev), d)?;
+            eprintln!("{bk} {}: da rel {:.2e}", name(d), rel(&out.da, &r.da));
+            close_all(&format!("{bk} {}", name(d)), Some(d), &out, r, 1e-5, 1e-4)?;
+        }
+        Ok(())
+    })
+}
+
 /// The identities on the GPUs: FFM equals the complex scan on the same device, packed rows
 /// equal separate rows, chained calls equal one call.
 fn gpu_identities() -> T {
@@ -1169,7 +1249,14 @@ fn gpu_identities() -> T {
             let d = gen(Ffm::new(b, t, m, c), k != 1, Starts::Edges, 800 + k as u64);
             let f = run(Some(dev), &d)?;
             let s = as_scan(Some(dev), &d)?;
-            close_all(&format!("{bk} {} vs scan", name(&d)), &f, &s, 1e-5, 1e-4)?;
+            close_all(
+                &format!("{bk} {} vs scan", name(&d)),
+                None,
+                &f,
+                &s,
+                1e-5,
+                1e-4,
+            )?;
         }
         packed_on(Some(dev))?;
         chained_on(Some(dev))
@@ -1184,14 +1271,17 @@ fn long_sequences_on(bk: &str) -> T {
         let out = run(Some(&dev), &d)?;
         let r = run(None, &d)?;
         report(bk, &d, &out, &r);
-        close_all(&format!("{bk} {}", name(&d)), &out, &r, 1e-5, 1e-4)?;
+        close_all(
+            &format!("{bk} {}", name(&d)),
+            Some(&d),
+            &out,
+            &r,
+            1e-5,
+            1e-4,
+        )?;
     }
     Ok(())
 }
-/// T = 4096 with no decay at all (a = 0) and very slow ones, at high frequencies (not exact
-/// in binary, so `n b` rounds): the error of the powers gamma^n is not damped here, so a phase
-/// error per chunk accumulates over the whole sequence (forming `n b` with a single f32
-/// rounding gave rel 5e-5 on S here).
 /// Print the measured errors of a long run (they go into the report of the test run).
 fn report(bk: &str, d: &Data, out: &Results, r: &Results) {
     let rels: Vec<String> = out
@@ -1203,6 +1293,10 @@ fn report(bk: &str, d: &Data, out: &Results, r: &Results) {
     eprintln!("{bk} {}: rel {}", name(d), rels.join(", "));
 }
 
+/// T = 4096 with no decay at all (a = 0) and very slow ones, at high frequencies (not exact
+/// in binary, so `n b` rounds): the error of the powers gamma^n is not damped here, so a phase
+/// error per chunk accumulates over the whole sequence (forming `n b` with a single f32
+/// rounding gave rel 5e-5 on S here).
 fn slow_decay_on(bk: &str) -> T {
     let dev = backend(bk)?;
     let mut d = gen(Ffm::new(2, 4096, 4, 3), true, Starts::None, 950);
@@ -1214,6 +1308,7 @@ fn slow_decay_on(bk: &str) -> T {
     report(bk, &d, &out, &r);
     close_all(
         &format!("{bk} slow decay {}", name(&d)),
+        Some(&d),
         &out,
         &r,
         1e-5,
@@ -1238,7 +1333,14 @@ fn slow_decay_long_on(bk: &str) -> T {
     } else {
         (1e-4, 1e-3)
     };
-    close_all(&format!("{bk} slow decay {}", name(&d)), &out, &r, tf, tg)
+    close_all(
+        &format!("{bk} slow decay {}", name(&d)),
+        Some(&d),
+        &out,
+        &r,
+        tf,
+        tg,
+    )
 }
 fn wgpu_slow_decay_long() -> T {
     slow_decay_long_on("wgpu")
@@ -1506,7 +1608,7 @@ fn cuda_every_block_width() -> T {
             let what = format!("cuda cols={cols} {lay:?} {}", name(&d));
             let out = run_cuda_cols(&be, &d, Some(cols))?;
             let r = run(None, &d)?;
-            close_all(&what, &out, &r, 1e-5, 1e-4)?;
+            close_all(&what, Some(&d), &out, &r, 1e-5, 1e-4)?;
             let again = run_cuda_cols(&be, &d, Some(cols))?;
             for ((n, a), (_, b)) in out.fields().into_iter().zip(again.fields()) {
                 let f = |v: &Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
@@ -1723,5 +1825,6 @@ fn main() {
         cuda_flag_extremes,
         cuda_wide_context,
         cuda_zero_copy_offsets,
+        ill_conditioned_da,
     ]);
 }
