@@ -72,7 +72,11 @@ fn round(v: Vec<f64>, dtype: DType) -> Vec<f64> {
 }
 
 fn gen(p: SelectiveScan, o: Opts, seed: u64) -> Data {
-    let mut r = Rng::new(seed);
+    gen_from(p, o, Rng::new(seed))
+}
+
+/// `gen` from a given generator.
+fn gen_from(p: SelectiveScan, o: Opts, mut r: Rng) -> Data {
     let (bn, tn, dn, ns) = (p.batch, p.len, p.dim, p.state);
     let sq = |v: Vec<f64>| round(v, p.dtype);
     let pf = |v: Vec<f64>| round(v, DType::F32);
@@ -1080,8 +1084,20 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     )?;
     let gr = selective::backward(dev, &d.p, &ts.backward_inputs())?;
     let rr = bwd_ref(d);
-    for ((n, x), (_, y)) in grads_named(&gr).into_iter().zip(grads_named(&rr)) {
-        close(&format!("{what} {n}"), &x.to_f64_vec(), y, tb)?;
+    for (k, ((n, x), (_, y))) in grads_named(&gr)
+        .into_iter()
+        .zip(grads_named(&rr))
+        .enumerate()
+    {
+        let what = format!("{what} {n}");
+        // gradients of parameters shared by every row and step: sums that can cancel
+        let shared = matches!(n, "da" | "ddskip" | "ddelta_bias")
+            || (!d.p.input_dependent() && matches!(n, "dbm" | "dcm"));
+        if shared {
+            close_or_within_spread(&what, &x.to_f64_vec(), y, tb, || spread(d, &rr, k))?;
+        } else {
+            close(&what, &x.to_f64_vec(), y, tb)?;
+        }
     }
     let again = selective::forward(dev, &d.p, &ts.inputs())?;
     bitwise(
@@ -1094,6 +1110,41 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
         bitwise(&format!("{what} {n}"), &x.to_f32_vec(), &y.to_f32_vec())?;
     }
     Ok(())
+}
+
+/// The largest relative change of the reference's gradient `k` (`grads_named` order) when
+/// every real input of `d` changes by up to `JITTER` (four random changes).
+fn spread(d: &Data, reference: &SelectiveGrads<Vec<f64>>, k: usize) -> f64 {
+    let mut worst = 0.0f64;
+    for draw in 0..4 {
+        let mut q = d.clone();
+        let mut rng = Rng::fixed(0x5eed_0000 + draw);
+        for v in [
+            &mut q.u,
+            &mut q.delta,
+            &mut q.a,
+            &mut q.bm,
+            &mut q.cm,
+            &mut q.g,
+        ] {
+            jitter(&mut rng, v);
+        }
+        for v in [
+            q.dskip.as_mut(),
+            q.z.as_mut(),
+            q.bias.as_mut(),
+            q.h0.as_mut(),
+            q.gf.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            jitter(&mut rng, v);
+        }
+        let rq = bwd_ref(&q);
+        worst = worst.max(rel(grads_named(&rq)[k].1, grads_named(reference)[k].1));
+    }
+    worst
 }
 
 /// Every option set and B/C mode on a shape whose T is not a multiple of any chunk and whose
@@ -1270,6 +1321,34 @@ fn random_shapes_all_backends() -> T {
                 &format!("{bk} {} {opts:?}", name(&p)),
             )
         })
+    })
+}
+
+/// Inputs where the shared gradients' sums cancel, found in a sweep of 6000 random D = 1
+/// problems: `ddelta_bias` = sum over rows and steps of `ddelta`, about 1/1700 (seed 1730) and
+/// 1/1000 (seed 3722) of the sum of its terms' sizes there, came out at 3.6e-4 (wgpu) and
+/// 1.5e-3 (wgpu) / 3.4e-4 (CUDA) although `ddelta` itself was within 5e-7; `da` with N = 1
+/// (seed 4320) at 4.0e-4 on CUDA. Checked: that cancellation, and every backend within the
+/// SPEC bounds except, for the shared gradients, the spread `check_backend` allows.
+fn ill_conditioned_shared_grads() -> T {
+    let hard = [
+        (1730, SelectiveScan::new(3, 37, 1, 19).fixed_bc().softplus()),
+        (3722, SelectiveScan::new(1, 93, 1, 3).fixed_bc().softplus()),
+        (4320, SelectiveScan::new(2, 112, 1, 1).fixed_bc().softplus()),
+    ]
+    .map(|(seed, p)| gen_from(p, ALL, Rng::fixed(seed)));
+    for d in &hard[..2] {
+        let dd = bwd_ref(d).ddelta;
+        let cancel = dd.iter().map(|v| v.abs()).sum::<f64>() / dd.iter().sum::<f64>().abs();
+        if cancel.is_nan() || cancel < 500.0 {
+            fail!("{}: ddelta_bias cancels only 1:{cancel:.0}", name(&d.p));
+        }
+    }
+    on_gpus(|dev, bk| {
+        for d in &hard {
+            check_backend(dev, d, &format!("{bk} {}", name(&d.p)))?;
+        }
+        Ok(())
     })
 }
 
@@ -1611,6 +1690,7 @@ fn wgpu_subgroup_paths_agree() -> T {
 
 fn main() {
     common::main(trials![
+        ill_conditioned_shared_grads,
         reference_matches_spec_transcription,
         reference_gradients_match_finite_differences,
         softplus_threshold,
