@@ -134,7 +134,9 @@ fn close_all(
         if n.starts_with('s') {
             close(&what, o, r, tf)?;
         } else if let (Some(d), "da" | "db") = (d, n) {
-            close_or_within_spread(&what, o, r, tg, || spread(d, reference, k))?;
+            close_or_within_spread(&what, o, r, tg, |rng| {
+                jittered(d, rng, JITTER).fields()[k].1.clone()
+            })?;
         } else {
             close(&what, o, r, tg)?;
         }
@@ -142,23 +144,16 @@ fn close_all(
     Ok(())
 }
 
-/// The largest relative change of the reference's field `k` (`Results::fields` order) when
-/// every input of `d` changes by up to `JITTER` (four random changes).
-fn spread(d: &Data, reference: &Results, k: usize) -> f64 {
-    let mut worst = 0.0f64;
-    for draw in 0..4 {
-        let mut q = d.clone();
-        let mut rng = Rng::fixed(0x5eed_0000 + draw);
-        for v in [&mut q.x, &mut q.a, &mut q.b, &mut q.g] {
-            jitter(&mut rng, v);
-        }
-        for v in [q.s0.as_mut(), q.gf.as_mut()].into_iter().flatten() {
-            jitter(&mut rng, v);
-        }
-        let Ok(rq) = run(None, &q) else { return 0.0 };
-        worst = worst.max(rel(rq.fields()[k].1, reference.fields()[k].1));
+/// The f64 reference at every input of `d` changed by `jitter(rng, _, scale)`.
+fn jittered(d: &Data, rng: &mut Rng, scale: f64) -> Results {
+    let mut q = d.clone();
+    for v in [&mut q.x, &mut q.a, &mut q.b, &mut q.g] {
+        jitter(rng, v, scale);
     }
-    worst
+    for v in [q.s0.as_mut(), q.gf.as_mut()].into_iter().flatten() {
+        jitter(rng, v, scale);
+    }
+    run(None, &q).expect("the reference runs")
 }
 
 fn fwd_ref(d: &Data) -> ffm::FfmOutputs<Vec<f64>> {
@@ -1215,14 +1210,7 @@ fn ill_conditioned_da() -> T {
         .map(|d| run(None, d))
         .collect::<Result<Vec<_>, _>>()?;
     for (d, r) in hard.iter().zip(&refs) {
-        let mut rng = Rng::fixed(1);
-        let mut q = d.clone();
-        for v in [&mut q.x, &mut q.a, &mut q.b, &mut q.g] {
-            for x in v.iter_mut() {
-                *x *= 1.0 + rng.uniform(-1.0, 1.0) * 2f64.powi(-24);
-            }
-        }
-        let s = rel(&run(None, &q)?.da, &r.da);
+        let s = spread(&r.da, |rng| jittered(d, rng, 2f64.powi(-24)).da);
         if s.is_nan() || s <= 1e-4 {
             fail!(
                 "{}: half-ulp spread of da {s:.2e}, no longer ill-conditioned",

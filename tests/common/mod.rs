@@ -7,6 +7,7 @@ use linrec::{Device, Tensor};
 use std::sync::OnceLock;
 
 /// Why a test stopped early: a skip (no device) or a failure.
+#[derive(Debug)]
 pub enum Stop {
     Skip(String),
     Fail(String),
@@ -323,33 +324,48 @@ pub fn close(what: &str, out: &[f64], reference: &[f64], tol: f64) -> T {
 /// up to 23 times larger (15 times where above 1e-4); 2^-19 is 32 times as large.
 pub const JITTER: f64 = 1.0 / (1u64 << 19) as f64;
 
-/// Multiply every value by `1 + u JITTER`, `u` uniform in [-1, 1).
-pub fn jitter(rng: &mut Rng, v: &mut [f64]) {
+/// Multiply every value by `1 + u scale`, `u` uniform in [-1, 1) (`JITTER`, or 2^-24 for
+/// changes within half an f32 ulp).
+pub fn jitter(rng: &mut Rng, v: &mut [f64], scale: f64) {
     for x in v {
-        *x *= 1.0 + rng.uniform(-1.0, 1.0) * JITTER;
+        *x *= 1.0 + rng.uniform(-1.0, 1.0) * scale;
     }
+}
+
+/// How far an exact result moves when its inputs move: the largest relative change from
+/// `reference` of `exact_jittered(rng)` (the f64 reference at jittered inputs) over four fixed
+/// draws of `rng` (not varied with `LINREC_SEED`: a measurement, not test data).
+pub fn spread(reference: &[f64], exact_jittered: impl Fn(&mut Rng) -> Vec<f64>) -> f64 {
+    (0..4)
+        .map(|draw| {
+            rel(
+                &exact_jittered(&mut Rng::fixed(0x5eed_0000 + draw)),
+                reference,
+            )
+        })
+        .fold(0.0, f64::max)
 }
 
 /// `close`, for a result that f32 inputs may not determine to `tol`. The gradient of a
 /// parameter shared by every row and step is a sum over all of them; where that sum cancels to
 /// far below the size of its terms, the exact result moves by more than `tol` when the inputs
 /// change by a few ulps, and an f32 computation, whose intermediate values carry that much
-/// rounding, cannot be held to `tol` there. `spread()` measures that movement (the largest
-/// relative change of the f64 reference under a few random `jitter`s of every input); it is
-/// computed only when the SPEC bound fails, the result then passes only within it, and such a
-/// pass is printed, so it shows in the test output.
+/// rounding, cannot be held to `tol` there. `exact_jittered(rng)` is the f64 reference at
+/// every input changed by `jitter(rng, _, JITTER)`; their [`spread`] is computed only when the
+/// SPEC bound fails, the result then passes only within it, and such a pass is printed, so it
+/// shows in the test output.
 pub fn close_or_within_spread(
     what: &str,
     out: &[f64],
     reference: &[f64],
     tol: f64,
-    spread: impl FnOnce() -> f64,
+    exact_jittered: impl Fn(&mut Rng) -> Vec<f64>,
 ) -> T {
     let Err(e) = close(what, out, reference, tol) else {
         return Ok(());
     };
     let r = rel(out, reference);
-    let s = spread();
+    let s = spread(reference, exact_jittered);
     if r <= s {
         eprintln!(
             "{what}: rel error {r:.3e} > {tol:.1e}, within the spread of the exact result \
