@@ -1,4 +1,4 @@
-// Shared pieces of the chunked EFLA kernels (SPEC §2, chunked WY algorithm; the math is that of
+// Shared pieces of the chunked EFLA kernels (docs/efla.md, chunked WY algorithm; the math is that of
 // src/ops/efla/reference.rs `chunked_*`, rewritten with T = X diag(alpha) so that W = T K and
 // U = T V never go through memory):
 //

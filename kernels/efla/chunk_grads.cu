@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, backward: the input gradients of one chunk, given what the state
+// docs/efla.md, chunked algorithm, backward: the input gradients of one chunk, given what the state
 // passes left (efla/chunk.cuh has the forward; efla_ck_state and efla_ck_dstate wrote S_in,
 // dS_end of every chunk and delta, R, d(delta), dR of every step, here read as IT):
 //   dT  = d(delta) R^T,   dPm = scale mask(dO delta^T)                    (sums over V)

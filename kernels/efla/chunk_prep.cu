@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, step 1 (forward and backward): everything of a chunk that does
+// docs/efla.md, chunked algorithm, step 1 (forward and backward): everything of a chunk that does
 // not depend on the state (see efla/chunk.cuh for the algorithm):
 //   G = K K^T and P = Q K^T on the tensor cores (exact-input planes, f32 accumulation),
 //   the step coefficients (alpha, dk factor, dbeta factor) from beta and lambda_i = G_ii,

@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm: the sequential inter-chunk state passes (efla/chunk.cuh has the
+// docs/efla.md, chunked algorithm: the sequential inter-chunk state passes (efla/chunk.cuh has the
 // algorithm and the precision rules).
 //
 // efla_ck_state (forward; with WRITE_OUT the outputs, otherwise the backward's checkpoints), per

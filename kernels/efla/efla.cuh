@@ -1,4 +1,4 @@
-// Shared pieces of the EFLA / delta-rule kernels (SPEC §2): the parameter block, flags, layouts
+// Shared pieces of the EFLA / delta-rule kernels (docs/efla.md): the parameter block, flags, layouts
 // and the per-step coefficients of the update rule.
 #pragma once
 #include "common.cuh"

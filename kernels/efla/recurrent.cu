@@ -1,4 +1,4 @@
-// SPEC §2, EFLA / delta rule, recurrent algorithm: token by token (the decode path, T = 1 on a
+// docs/efla.md, EFLA / delta rule, recurrent algorithm: token by token (the decode path, T = 1 on a
 // carried state, is one launch of efla_rec_fwd).
 //
 //   P = start_t ? 0 : S;  u = v_t - P^T k_t;  S = P + alpha_t k_t u^T;  o_t = scale S^T q_t

@@ -1,5 +1,5 @@
 // Warp-level tensor-core matrix products on bf16 "planes" in shared memory, for the EFLA chunk
-// kernels (SPEC §2, chunked algorithm).
+// kernels (docs/efla.md, chunked algorithm).
 //
 // Precision by splitting: an f32 value x is held as P bf16 planes, x ~ h0 + h1 + h2 with
 // h0 = bf16(x), h1 = bf16(x - h0), h2 = bf16(x - h0 - h1) (1 plane: 8 significant bits, 2: ~16,

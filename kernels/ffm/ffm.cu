@@ -1,4 +1,4 @@
-// SPEC §1, FFM aggregation: S_t = (start_t ? 0 : gamma S_{t-1}) + x_t with gamma[m][c] =
+// docs/ffm.md, FFM aggregation: S_t = (start_t ? 0 : gamma S_{t-1}) + x_t with gamma[m][c] =
 // exp(a[m] + i b[c]), S: [B, T, M, C] complex written once; and its backward (reverse scan
 // H_t = G_t + (start_{t+1} ? 0 : conj(gamma) H_{t+1}), dx, ds0, and per-row partials of
 // dlog = conj(gamma) sum conj(S_{t-1}) H_t, reduced in a fixed order: no float atomics).

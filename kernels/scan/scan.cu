@@ -1,4 +1,4 @@
-// SPEC §3a, diagonal linear scan: forward h_t = (reset ? 0 : a_t h_prev) + x_t and its
+// docs/scan.md, diagonal linear scan: forward h_t = (reset ? 0 : a_t h_prev) + x_t and its
 // backward (the adjoint scan H_t = G_t + (reset ? 0 : conj(a_next) H_next), dx, da, dh0).
 //
 // Thread layout (the same as shaders/scan/chunk.wgsl): one block of 256 threads per

@@ -1,4 +1,4 @@
-// SPEC §3b, selective scan (Mamba S6):
+// docs/selective.md, selective scan (Mamba S6):
 //   dt_t   = softplus ? softplus(delta_t + bias) : delta_t + bias
 //   h_t[n] = (start_t ? 0 : exp(dt_t A[d][n]) h_{t-1}[n]) + dt_t Bm_t[n] u_t,    h_{-1} = h0
 //   out_t  = (sum_n Cm_t[n] h_t[n] + Dskip[d] u_t) * (z ? silu(z_t) : 1)

@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, backward step 3: the C x C gradients of each chunk,
+// docs/efla.md, chunked algorithm, backward step 3: the C x C gradients of each chunk,
 //   dPm = scale mask(dO delta^T)          (mask: j <= i in the same segment)
 //   dT  = d(delta) V^T + dW K^T           (T = X diag(alpha), the UT transform)
 // and the first part of dalpha, dalpha_j = sum_i X[i][j] dT[i][j]. To scratch.

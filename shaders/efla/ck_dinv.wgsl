@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, backward step 4: through the triangular inverse. With
+// docs/efla.md, chunked algorithm, backward step 4: through the triangular inverse. With
 // dX = dT diag(alpha) and X = A^{-1}, A = I + diag(alpha) Gm:
 //   N  = dX X^T,   dA = -X^T N,   dL = dA on the masked strictly-lower entries (else 0)
 //   dalpha_i += sum_j dL[i][j] Gm[i][j]       (dGm = diag(alpha) dL is applied by ck_dout)

@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, backward step 5: the gradients of each chunk's inputs,
+// docs/efla.md, chunked algorithm, backward step 5: the gradients of each chunk's inputs,
 //   dQ = dQa + dPm K
 //   dK = dKa + dPm^T Q + diag(alpha) X^T dW + (dGm + dGm^T) K + dkf * dalpha * K,
 //        dGm = diag(alpha) dL

@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, backward step 2: the products with the chunk states, per chunk
+// docs/efla.md, chunked algorithm, backward step 2: the products with the chunk states, per chunk
 // (C x K, summed over V):
 //   dQa = scale diag(c) dO S_in^T,   dW = -diag(c) d(delta) S_in^T,   dKa = diag(e) delta dS_end^T
 // (S_in from the forward state slots, dS_end from the reverse pass's). To scratch.

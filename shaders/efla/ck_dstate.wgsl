@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, backward step 1: the reverse state pass, chunk after chunk from
+// docs/efla.md, chunked algorithm, backward step 1: the reverse state pass, chunk after chunk from
 // the last, starting from dS = grad_final:
 //   d(delta) = scale Pm^T dO + diag(e) K dS_end                  (to scratch)
 //   dS_in    = c_last dS_end + scale Q^T diag(c) dO - W^T diag(c) d(delta)

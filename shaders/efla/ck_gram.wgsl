@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, step 1 (forward and backward): per chunk the masked Gram
+// docs/efla.md, chunked algorithm, step 1 (forward and backward): per chunk the masked Gram
 // matrices and the per-step coefficients.
 //   Gm[i][j] = k_i . k_j  for j < i in the same segment, else 0
 //   Pm[i][j] = q_i . k_j  for j <= i in the same segment, else 0

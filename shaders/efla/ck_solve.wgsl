@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, step 2: the UT transform's triangular inverse per chunk,
+// docs/efla.md, chunked algorithm, step 2: the UT transform's triangular inverse per chunk,
 //   X = (I + diag(alpha) Gm)^{-1}   (unit lower triangular)
 // by forward substitution, one column per thread: X[k][k] = 1 and, for i > k,
 //   X[i][k] = -alpha_i sum_{k <= j < i} Gm[i][j] X[j][k]

@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, step 4: the inter-chunk state pass, chunk after chunk:
+// docs/efla.md, chunked algorithm, step 4: the inter-chunk state pass, chunk after chunk:
 //   delta = U - diag(c) W S_in                       (overwrites U in scratch)
 //   O     = scale (diag(c) Q S_in + Pm delta)        (WRITE_OUT only)
 //   S_out = c_last S_in + K^T diag(e) delta

@@ -1,4 +1,4 @@
-// SPEC §2, chunked algorithm, step 3: the WY vectors of each chunk,
+// docs/efla.md, chunked algorithm, step 3: the WY vectors of each chunk,
 //   W = X diag(alpha) K,   U = X diag(alpha) V      (C x K and C x V, to scratch)
 // Threads: one workgroup per (batch row, head, chunk, 64-column tile), tiles 0 .. ceil(K/64)
 // of W then the tiles of U (efla/mm.wgsl).

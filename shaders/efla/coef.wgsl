@@ -1,5 +1,5 @@
 //! include-only
-// Per-step coefficients of the update rule (SPEC §2) in f32: (alpha, dk factor, dbeta factor)
+// Per-step coefficients of the update rule (docs/efla.md) in f32: (alpha, dk factor, dbeta factor)
 // with alpha = beta g(beta lambda) for EFLA, beta for the delta rule, and in the backward
 // dbeta = dalpha * z and dk += k * dalpha * y. WGSL has no expm1, so g and g' use their Taylor
 // series for |x| < 1 (truncation below 2e-10) and the closed forms above, where they lose

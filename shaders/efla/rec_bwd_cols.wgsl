@@ -1,4 +1,4 @@
-// SPEC §2, recurrent algorithm, backward pass 2 of 3: the reverse recurrence of dS, column by
+// docs/efla.md, recurrent algorithm, backward pass 2 of 3: the reverse recurrence of dS, column by
 // column (columns of dS are independent given the per-step coefficients):
 //   dS += scale q_t do_t^T;  w_t = dS^T k_t;  dS = start_t ? 0 : dS - alpha_t k_t w_t^T
 // ending in ds0. Writes w_t (a V-vector per step) to scratch for pass 3 (rec_bwd_rows).

@@ -1,4 +1,4 @@
-// SPEC §2, recurrent algorithm, backward pass 3 of 3. Given u_t (pass 1) and w_t = dS_t^T k_t
+// docs/efla.md, recurrent algorithm, backward pass 3 of 3. Given u_t (pass 1) and w_t = dS_t^T k_t
 // (pass 2), both recurrences are independent row by row:
 //   forward:  P = start_t ? 0 : S;  S = P + alpha k u^T;  dq_t = scale S do_t;  dk_t = -alpha P w_t
 //   reverse:  dS += scale q do^T;   dk_t += alpha dS u_t + dkf * dalpha k_t,  dalpha = u_t . w_t

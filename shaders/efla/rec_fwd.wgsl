@@ -1,4 +1,4 @@
-// SPEC §2, recurrent algorithm, forward (also the decode path and the first pass of the
+// docs/efla.md, recurrent algorithm, forward (also the decode path and the first pass of the
 // recurrent backward). Token by token:
 //   P = start_t ? 0 : S;  u = v_t - P^T k_t;  S = P + alpha_t k_t u^T;  o_t = scale S^T q_t
 // with o_t = scale (P^T q_t + alpha_t (q_t . k_t) u) so one reduction per step serves all.

@@ -1,5 +1,5 @@
 //! include-only
-// The reset structure of a chunk (SPEC §2, resets inside chunks): seg[i] is the last step
+// The reset structure of a chunk (docs/efla.md, resets inside chunks): seg[i] is the last step
 // j <= i of the chunk with start set (-1: none, the carried state reaches step i). Steps
 // j <= i are in the same segment iff seg[i] <= j; c_i = [seg[i] < 0] (the carried state is in
 // play); e_i = [seg[i] == seg[len-1]] (step i is in the chunk's last segment). Needs `P` and

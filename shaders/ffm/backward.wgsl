@@ -1,4 +1,4 @@
-// SPEC §1, FFM aggregation, backward: per chunk, from the last to the first, recompute the
+// docs/ffm.md, FFM aggregation, backward: per chunk, from the last to the first, recompute the
 // states S_{t-1} from the chunk's checkpoint (written by forward.wgsl with CKPT) and x, run
 // the reverse scan H_t = G_t + (start_{t+1} ? 0 : conj(gamma) H_{t+1}) carrying H between
 // chunks, and form

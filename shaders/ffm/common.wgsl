@@ -1,5 +1,5 @@
 //! include-only
-// Shared pieces of the FFM kernels (SPEC §1): complex helpers, closed-form powers of gamma,
+// Shared pieces of the FFM kernels (docs/ffm.md): complex helpers, closed-form powers of gamma,
 // the channel layout of a workgroup, and the lane scan of a chunk.
 //
 // Threads: WG = 256 per workgroup, one workgroup per (batch row, block of channels). Thread

@@ -1,4 +1,4 @@
-// SPEC §1, FFM aggregation, forward: S_t = (start_t ? 0 : gamma S_{t-1}) + x_t, gamma =
+// docs/ffm.md, FFM aggregation, forward: S_t = (start_t ? 0 : gamma S_{t-1}) + x_t, gamma =
 // exp(a[m] + i b[c]), for every (b, m, c), with S written once as [B, T, M, C] complex.
 // With CKPT it is the first pass of the backward instead: it writes only the state entering
 // each chunk, [B, K, M, C] complex (K = ceil(T / L)), from which the backward recomputes S.

@@ -1,4 +1,4 @@
-// SPEC §1, FFM aggregation, backward, last step: da[m] = sum_c Re(dlog[m][c]) and
+// docs/ffm.md, FFM aggregation, backward, last step: da[m] = sum_c Re(dlog[m][c]) and
 // db[c] = sum_m Im(dlog[m][c]) from dlog [M, C] complex (already summed over rows), one thread
 // per output, each sum in a fixed order.
 struct Params {

@@ -1,4 +1,4 @@
-// SPEC §3a, diagonal linear scan, backward: the adjoint scan
+// docs/scan.md, diagonal linear scan, backward: the adjoint scan
 // H_t = G_t + (reset ? 0 : conj(a_next) H_next), run opposite to the forward's order, then
 // dx_t = H_t, da_t = (reset_t ? 0 : conj(h_prev) H_t), dh0 = conj(a_first) H_first.
 // Thread layout: see scan/chunk.wgsl; one workgroup per (batch row, block of CB channels).

@@ -1,4 +1,4 @@
-// SPEC §3a, diagonal linear scan, forward: h_t = (reset ? 0 : a_t h_prev) + x_t, in scan
+// docs/scan.md, diagonal linear scan, forward: h_t = (reset ? 0 : a_t h_prev) + x_t, in scan
 // order (t ascending, or descending when reversed). Thread layout: see scan/chunk.wgsl; one
 // workgroup per (batch row, block of CB channels).
 //! variant:

@@ -1,4 +1,4 @@
-// SPEC §3b, selective scan backward. With a_t = start_t ? 0 : exp(dt_t A[d][n]) and the
+// docs/selective.md, selective scan backward. With a_t = start_t ? 0 : exp(dt_t A[d][n]) and the
 // adjoint H_t[n] = dy_t Cm_t[n] + a_{t+1} H_{t+1}[n] (H after T-1: grad_final):
 //   dy = z ? dout silu(z) : dout,  dz = dout y silu'(z)
 //   du_t = dt_t sum_n Bm_t H_t + Dskip dy_t

@@ -1,5 +1,5 @@
 //! include-only
-// Shared by selective/forward.wgsl and selective/backward.wgsl (SPEC §3b): the input bindings
+// Shared by selective/forward.wgsl and selective/backward.wgsl (docs/selective.md): the input bindings
 // 1..10 and their readers, softplus, and the per-chunk staging of dt and u.
 //
 // Storage: with F16, sequence tensors are array<f16> (`enable f16;` in the including file);

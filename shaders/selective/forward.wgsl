@@ -1,4 +1,4 @@
-// SPEC §3b, selective scan forward:
+// docs/selective.md, selective scan forward:
 //   h_t[n] = (start_t ? 0 : exp(dt_t A[d][n]) h_{t-1}[n]) + dt_t Bm_t[n] u_t
 //   out_t  = (sum_n Cm_t[n] h_t[n] + Dskip[d] u_t) * (z ? silu(z_t) : 1)
 // Thread layout: see selective/common.wgsl (one workgroup per (batch row, block of CB

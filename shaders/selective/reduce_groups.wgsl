@@ -1,4 +1,4 @@
-// SPEC §3b, selective scan backward: input-dependent dBm / dCm of groups wider than one
+// docs/selective.md, selective scan backward: input-dependent dBm / dCm of groups wider than one
 // channel block. selective/backward.wgsl left one partial sum per (row, step, block, state)
 // for each; this adds the bpg blocks of each group in ascending order (deterministic) and
 // writes the storage type. One thread per (row, step, group, state) element of dBm / dCm.

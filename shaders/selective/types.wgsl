@@ -1,5 +1,5 @@
 //! include-only
-// Types shared by every selective-scan kernel (SPEC §3b): the storage type of sequence
+// Types shared by every selective-scan kernel (docs/selective.md): the storage type of sequence
 // tensors (f32; f16 with F16; two bf16 per u32 with BF16), the parameter block (one layout
 // for every kernel, `Params` in src/ops/selective/wgpu.rs), flag bits and bf16 conversions.
 
