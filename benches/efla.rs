@@ -16,7 +16,7 @@ use linrec::{DType, Device, Problem, Tensor};
 use std::time::Duration;
 
 /// Deterministic, non-zero data; keys of norm ~0.5, beta in (0.1, 0.9), a state for decode.
-fn data(p: &Efla, name: &str) -> Tensor {
+fn data(p: &Efla, name: efla::Arg) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
     let kscale = 0.5 / (p.key_dim as f64).sqrt();
@@ -24,9 +24,9 @@ fn data(p: &Efla, name: &str) -> Tensor {
         .map(|i| {
             let s = ((i as f64) * 0.618).sin();
             match name {
-                "k" => kscale * s * 1.4,
-                "beta" => 0.5 + 0.4 * s,
-                "s0" => 0.1 * s,
+                efla::Arg::K => kscale * s * 1.4,
+                efla::Arg::Beta => 0.5 + 0.4 * s,
+                efla::Arg::S0 => 0.1 * s,
                 _ => s,
             }
         })
@@ -110,10 +110,17 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10);
         for case in cases(common::is_slow(&dev)) {
             let p = &case.p;
-            let ts: Vec<Tensor> = ["q", "k", "v", "beta", "s0", "grad_o"]
-                .iter()
-                .map(|n| data(p, n))
-                .collect();
+            let ts: Vec<Tensor> = [
+                efla::Arg::Q,
+                efla::Arg::K,
+                efla::Arg::V,
+                efla::Arg::Beta,
+                efla::Arg::S0,
+                efla::Arg::GradO,
+            ]
+            .iter()
+            .map(|&n| data(p, n))
+            .collect();
             let s0 = (p.len == 1).then_some(4);
             let fl = flops(&case);
             match &dev {
@@ -183,9 +190,9 @@ fn bench(c: &mut Criterion) {
     }
     // the f64 reference, for scale
     let p = Efla::new(1, 256, 2, 32, 32);
-    let ts: Vec<Tensor> = ["q", "k", "v", "beta"]
+    let ts: Vec<Tensor> = [efla::Arg::Q, efla::Arg::K, efla::Arg::V, efla::Arg::Beta]
         .iter()
-        .map(|n| data(&p, n))
+        .map(|&n| data(&p, n))
         .collect();
     let mut g = c.benchmark_group("efla/cpu-reference");
     g.sample_size(10);

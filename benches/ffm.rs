@@ -14,12 +14,12 @@ use linrec::ffm::{self, Ffm, FfmBackwardInputs, FfmInputs};
 use linrec::scan::{self, LinearScan, ScanInputs};
 use linrec::{DType, Device, Problem, Tensor};
 
-fn data(p: &Ffm, name: &str) -> Tensor {
+fn data(p: &Ffm, name: ffm::Arg) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
     // deterministic and non-zero; a in [-0.5, -0.01] (decays), b in [-1, 1]
     let v: Vec<f64> = match name {
-        "a" => (0..n)
+        ffm::Arg::A => (0..n)
             .map(|i| -0.01 - 0.49 * (i as f64 / n as f64))
             .collect(),
         _ => (0..n).map(|i| ((i as f64) * 0.618).sin()).collect(),
@@ -27,7 +27,7 @@ fn data(p: &Ffm, name: &str) -> Tensor {
     Tensor::from_f64(spec.shape, &v, DType::F32).unwrap()
 }
 
-fn data_scan(p: &LinearScan, name: &str) -> Tensor {
+fn data_scan(p: &LinearScan, name: scan::Arg) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
     let v: Vec<f64> = (0..n).map(|i| 0.9 * ((i as f64) * 0.618).sin()).collect();
@@ -48,10 +48,10 @@ fn bench(c: &mut Criterion) {
             let p = Ffm::new(b, t, m, cc);
             let id = format!("{b}x{t}x{m}x{cc}");
             let (x, a, bf, gs) = (
-                data(&p, "x"),
-                data(&p, "a"),
-                data(&p, "b"),
-                data(&p, "grad_s"),
+                data(&p, ffm::Arg::X),
+                data(&p, ffm::Arg::A),
+                data(&p, ffm::Arg::B),
+                data(&p, ffm::Arg::GradS),
             );
             let xb = (b * t * m * 4) as u64;
             let sb = (b * t * m * cc * 8) as u64;
@@ -85,7 +85,10 @@ fn bench(c: &mut Criterion) {
                     // scan over D = M * C channels (x expanded to complex [B, T, D]); same
                     // bytes counted as for FFM, so the GB/s compare directly
                     let q = LinearScan::new(b, t, m * cc).complex().time_invariant();
-                    let (xs, as_) = (up(&data_scan(&q, "x")), up(&data_scan(&q, "a")));
+                    let (xs, as_) = (
+                        up(&data_scan(&q, scan::Arg::X)),
+                        up(&data_scan(&q, scan::Arg::A)),
+                    );
                     let sin = ScanInputs {
                         x: xs.as_ref(),
                         a: as_.as_ref(),
@@ -145,7 +148,10 @@ fn bench(c: &mut Criterion) {
                     // peer: the generic complex time-invariant linear scan over D = M * C
                     // channels, same bytes counted (see the wgpu arm)
                     let q = LinearScan::new(b, t, m * cc).complex().time_invariant();
-                    let (xs, as_) = (up(&data_scan(&q, "x")), up(&data_scan(&q, "a")));
+                    let (xs, as_) = (
+                        up(&data_scan(&q, scan::Arg::X)),
+                        up(&data_scan(&q, scan::Arg::A)),
+                    );
                     let sin = ScanInputs {
                         x: xs.as_ref(),
                         a: as_.as_ref(),
@@ -177,7 +183,11 @@ fn bench(c: &mut Criterion) {
     }
     // the f64 reference, for scale
     let p = Ffm::new(1, 1024, 32, 4);
-    let (x, a, bf) = (data(&p, "x"), data(&p, "a"), data(&p, "b"));
+    let (x, a, bf) = (
+        data(&p, ffm::Arg::X),
+        data(&p, ffm::Arg::A),
+        data(&p, ffm::Arg::B),
+    );
     let mut g = c.benchmark_group("ffm/cpu-reference");
     g.sample_size(10);
     g.throughput(criterion::Throughput::Bytes(

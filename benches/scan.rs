@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use linrec::scan::{self, LinearScan, ScanBackwardInputs, ScanInputs};
 use linrec::{DType, Device, Problem, Tensor};
 
-fn data(p: &LinearScan, name: &str) -> Tensor {
+fn data(p: &LinearScan, name: scan::Arg) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
     // deterministic, non-zero, |a| < 1
@@ -29,7 +29,11 @@ fn bench(c: &mut Criterion) {
         for &(b, t, d) in shapes {
             for p in [LinearScan::new(b, t, d), LinearScan::new(b, t, d).complex()] {
                 let kind = if p.complex { "complex" } else { "real" };
-                let (x, a, gh) = (data(&p, "x"), data(&p, "a"), data(&p, "grad_h"));
+                let (x, a, gh) = (
+                    data(&p, scan::Arg::X),
+                    data(&p, scan::Arg::A),
+                    data(&p, scan::Arg::GradH),
+                );
                 let elems = (b * t * d * p.width()) as u64;
                 match &dev {
                     Device::Wgpu(ctx) => {
@@ -115,7 +119,7 @@ fn bench(c: &mut Criterion) {
     }
     // the f64 reference, for scale
     let p = LinearScan::new(2, 1024, 64);
-    let (x, a) = (data(&p, "x"), data(&p, "a"));
+    let (x, a) = (data(&p, scan::Arg::X), data(&p, scan::Arg::A));
     let mut g = c.benchmark_group("linear_scan/cpu-reference");
     g.sample_size(10);
     g.throughput(criterion::Throughput::Bytes((2 * 1024 * 64 * 12) as u64));

@@ -19,13 +19,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use linrec::selective::{self, SelectiveBackwardInputs, SelectiveInputs, SelectiveScan};
 use linrec::{DType, Device, Problem, Tensor};
 
-fn data(p: &SelectiveScan, name: &str) -> Tensor {
+fn data(p: &SelectiveScan, name: selective::Arg) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
     // deterministic, non-zero; A negative, delta around softplus^-1 of 0.05
     let v: Vec<f64> = match name {
-        "a" => (0..n).map(|i| -(1.0 + (i % p.state) as f64)).collect(),
-        "delta" => (0..n)
+        selective::Arg::A => (0..n).map(|i| -(1.0 + (i % p.state) as f64)).collect(),
+        selective::Arg::Delta => (0..n)
             .map(|i| -3.0 + 0.5 * ((i as f64) * 0.618).sin())
             .collect(),
         _ => (0..n).map(|i| 0.5 * ((i as f64) * 0.618).sin()).collect(),
@@ -37,7 +37,8 @@ fn data(p: &SelectiveScan, name: &str) -> Tensor {
 fn bytes(p: &SelectiveScan) -> (u64, u64) {
     let es = p.dtype.size() as u64;
     let seq = (p.batch * p.len * p.dim) as u64 * es;
-    let bc = p.spec("bm").numel() as u64 * p.dtype_of(p.spec("bm").role).size() as u64;
+    let bc = p.spec(selective::Arg::Bm).numel() as u64
+        * p.dtype_of(p.spec(selective::Arg::Bm).role).size() as u64;
     let state = (p.batch * p.dim * p.state * 4) as u64;
     (4 * seq + 2 * bc + state, 7 * seq + 4 * bc + state)
 }
@@ -56,15 +57,15 @@ struct Inputs {
 
 fn inputs(p: &SelectiveScan) -> Inputs {
     Inputs {
-        u: data(p, "u"),
-        delta: data(p, "delta"),
-        a: data(p, "a"),
-        bm: data(p, "bm"),
-        cm: data(p, "cm"),
-        dskip: data(p, "dskip"),
-        z: data(p, "z"),
-        bias: data(p, "delta_bias"),
-        g: data(p, "grad_out"),
+        u: data(p, selective::Arg::U),
+        delta: data(p, selective::Arg::Delta),
+        a: data(p, selective::Arg::A),
+        bm: data(p, selective::Arg::Bm),
+        cm: data(p, selective::Arg::Cm),
+        dskip: data(p, selective::Arg::Dskip),
+        z: data(p, selective::Arg::Z),
+        bias: data(p, selective::Arg::DeltaBias),
+        g: data(p, selective::Arg::GradOut),
     }
 }
 

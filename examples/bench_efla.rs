@@ -20,7 +20,7 @@ use linrec::{CuTensor, CudaBackend, DType, Problem, Result, Tensor};
 use std::time::Duration;
 
 /// Deterministic inputs: unit-norm keys (as delta-rule models use), beta in (0, 1).
-fn data(p: &Efla, name: &str) -> Result<Tensor> {
+fn data(p: &Efla, name: efla::Arg) -> Result<Tensor> {
     let spec = p.spec(name);
     let n = spec.numel();
     let kd = p.key_dim;
@@ -28,9 +28,9 @@ fn data(p: &Efla, name: &str) -> Result<Tensor> {
         .map(|i| {
             let s = ((i as f64) * 0.618_034).sin();
             match name {
-                "k" => s * (3.0 / kd as f64).sqrt() * 0.8,
-                "beta" => 0.5 + 0.4 * s,
-                "s0" => 0.1 * s,
+                efla::Arg::K => s * (3.0 / kd as f64).sqrt() * 0.8,
+                efla::Arg::Beta => 0.5 + 0.4 * s,
+                efla::Arg::S0 => 0.1 * s,
                 _ => s,
             }
         })
@@ -80,7 +80,14 @@ struct Up {
 
 fn upload(be: &CudaBackend, p: &Efla) -> Result<Up> {
     let mut t = Vec::new();
-    for n in ["q", "k", "v", "beta", "s0", "grad_o"] {
+    for n in [
+        efla::Arg::Q,
+        efla::Arg::K,
+        efla::Arg::V,
+        efla::Arg::Beta,
+        efla::Arg::S0,
+        efla::Arg::GradO,
+    ] {
         t.push(be.upload(&data(p, n)?)?);
     }
     Ok(Up { t })

@@ -53,10 +53,10 @@ fn opts() -> Opts {
 }
 
 /// Deterministic non-zero data for argument `name` of `p`, in `dtype` for sequence arguments.
-fn data<P: Problem>(p: &P, name: &str, lo: f64, hi: f64) -> Tensor {
+fn data<P: Problem>(p: &P, name: P::Arg, lo: f64, hi: f64) -> Tensor {
     let spec = p.spec(name);
     let n = spec.numel();
-    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (name.len() as u64) << 7;
+    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (linrec::ops::ArgName::name(name).len() as u64) << 7;
     let v: Vec<f64> = (0..n)
         .map(|_| {
             s ^= s << 13;
@@ -116,9 +116,9 @@ fn run_scan(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
     for &t in ts {
         let p = LinearScan::new(b, t, d);
         let (x, a, g) = (
-            data(&p, "x", -1.0, 1.0),
-            data(&p, "a", 0.5, 0.999),
-            data(&p, "grad_h", -1.0, 1.0),
+            data(&p, scan::Arg::X, -1.0, 1.0),
+            data(&p, scan::Arg::A, 0.5, 0.999),
+            data(&p, scan::Arg::GradH, -1.0, 1.0),
         );
         let inp = ScanInputs {
             x: &x,
@@ -168,10 +168,10 @@ fn run_ffm(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
     for &(b, t, m, c) in shapes {
         let p = Ffm::new(b, t, m, c);
         let (x, a, bb, g) = (
-            data(&p, "x", -1.0, 1.0),
-            data(&p, "a", -0.1, -0.001),
-            data(&p, "b", -1.0, 1.0),
-            data(&p, "grad_s", -1.0, 1.0),
+            data(&p, ffm::Arg::X, -1.0, 1.0),
+            data(&p, ffm::Arg::A, -0.1, -0.001),
+            data(&p, ffm::Arg::B, -1.0, 1.0),
+            data(&p, ffm::Arg::GradS, -1.0, 1.0),
         );
         let inp = FfmInputs {
             x: &x,
@@ -223,16 +223,16 @@ fn run_selective(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
         let p = SelectiveScan::new(b, t, d, n).softplus().with_dtype(dt);
         let a = |nm, lo, hi| data(&p, nm, lo, hi);
         let (u, delta, aa, bm, cm, dsk, z, db) = (
-            a("u", -1.0, 1.0),
-            a("delta", -3.0, 0.0),
-            a("a", -2.0, -0.1),
-            a("bm", -1.0, 1.0),
-            a("cm", -1.0, 1.0),
-            a("dskip", -1.0, 1.0),
-            a("z", -1.0, 1.0),
-            a("delta_bias", -1.0, 0.0),
+            a(selective::Arg::U, -1.0, 1.0),
+            a(selective::Arg::Delta, -3.0, 0.0),
+            a(selective::Arg::A, -2.0, -0.1),
+            a(selective::Arg::Bm, -1.0, 1.0),
+            a(selective::Arg::Cm, -1.0, 1.0),
+            a(selective::Arg::Dskip, -1.0, 1.0),
+            a(selective::Arg::Z, -1.0, 1.0),
+            a(selective::Arg::DeltaBias, -1.0, 0.0),
         );
-        let g = a("grad_out", -1.0, 1.0);
+        let g = a(selective::Arg::GradOut, -1.0, 1.0);
         let inp = SelectiveInputs {
             u: &u,
             delta: &delta,
@@ -293,11 +293,11 @@ fn run_efla(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
                 .with_rule(rule)
                 .with_dtype(DType::BF16);
             let (q, kk, vv, beta, g) = (
-                data(&p, "q", -1.0, 1.0),
-                data(&p, "k", -0.1, 0.1),
-                data(&p, "v", -1.0, 1.0),
-                data(&p, "beta", 0.0, 1.0),
-                data(&p, "grad_o", -1.0, 1.0),
+                data(&p, efla::Arg::Q, -1.0, 1.0),
+                data(&p, efla::Arg::K, -0.1, 0.1),
+                data(&p, efla::Arg::V, -1.0, 1.0),
+                data(&p, efla::Arg::Beta, 0.0, 1.0),
+                data(&p, efla::Arg::GradO, -1.0, 1.0),
             );
             let inp = EflaInputs {
                 q: &q,
@@ -351,11 +351,11 @@ fn run_efla(dev: &Device, bk: &str, o: &Opts) -> Result<()> {
         .recurrent()
         .with_dtype(DType::BF16);
     let (q, kk, vv, beta, s0) = (
-        data(&p, "q", -1.0, 1.0),
-        data(&p, "k", -0.1, 0.1),
-        data(&p, "v", -1.0, 1.0),
-        data(&p, "beta", 0.0, 1.0),
-        data(&p, "s0", -1.0, 1.0),
+        data(&p, efla::Arg::Q, -1.0, 1.0),
+        data(&p, efla::Arg::K, -0.1, 0.1),
+        data(&p, efla::Arg::V, -1.0, 1.0),
+        data(&p, efla::Arg::Beta, 0.0, 1.0),
+        data(&p, efla::Arg::S0, -1.0, 1.0),
     );
     let inp = EflaInputs {
         q: &q,

@@ -34,7 +34,7 @@ impl Rng {
     }
 }
 
-/// SPEC's error metric.
+/// The error metric of docs/conventions.md.
 fn rel(out: &Tensor, reference: &[f64]) -> f64 {
     let o = out.to_f64_vec();
     let num: f64 = o
@@ -71,15 +71,20 @@ fn timed<R>(dev: &Device, mut f: impl FnMut() -> Result<R>) -> Result<(R, Durati
 fn scan_stop(dev: &Device, rng: &mut Rng, complex: bool) -> Result<Report> {
     let mut p = LinearScan::new(8, 2048, 256);
     p.complex = complex;
-    let n = |name: &str| p.spec(name).numel();
-    let t = |name: &str, v: &[f64]| Tensor::from_f64(p.spec(name).shape, v, DType::F32);
-    let x = rng.vec(n("x"), -1.0, 1.0);
-    let a = rng.vec(n("a"), -0.99, 0.99);
-    let h0 = rng.vec(n("h0"), -1.0, 1.0);
-    let start = rng.flags(n("start"), 0.01);
-    let g = rng.vec(n("x"), -1.0, 1.0);
-    let (xt, at, h0t, gt) = (t("x", &x)?, t("a", &a)?, t("h0", &h0)?, t("grad_h", &g)?);
-    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let n = |name| p.spec(name).numel();
+    let t = |name, v: &[f64]| Tensor::from_f64(p.spec(name).shape, v, DType::F32);
+    let x = rng.vec(n(scan::Arg::X), -1.0, 1.0);
+    let a = rng.vec(n(scan::Arg::A), -0.99, 0.99);
+    let h0 = rng.vec(n(scan::Arg::H0), -1.0, 1.0);
+    let start = rng.flags(n(scan::Arg::Start), 0.01);
+    let g = rng.vec(n(scan::Arg::X), -1.0, 1.0);
+    let (xt, at, h0t, gt) = (
+        t(scan::Arg::X, &x)?,
+        t(scan::Arg::A, &a)?,
+        t(scan::Arg::H0, &h0)?,
+        t(scan::Arg::GradH, &g)?,
+    );
+    let st = Tensor::new(p.spec(scan::Arg::Start).shape, start.clone())?;
     let inp = ScanInputs {
         x: &xt,
         a: &at,
@@ -112,7 +117,7 @@ fn scan_stop(dev: &Device, rng: &mut Rng, complex: bool) -> Result<Report> {
         grad_final: None,
     };
     let rg = scan::reference::backward(&p, &rb)?;
-    let elems = n("x") as u64;
+    let elems = n(scan::Arg::X) as u64;
     Ok(Report {
         fwd_err: rel(&out.h, &r.h).max(rel(&out.h_final, &r.h_final)),
         bwd_err: rel(&gr.dx, &rg.dx)
@@ -131,9 +136,9 @@ fn worst(pairs: &[(&Tensor, &[f64])]) -> f64 {
 }
 
 /// Host tensors of a problem's arguments in its storage types.
-fn tensors<P: Problem>(p: &P, vals: &[(&str, &Vec<f64>)]) -> Result<Vec<Tensor>> {
+fn tensors<P: Problem>(p: &P, vals: &[(P::Arg, &Vec<f64>)]) -> Result<Vec<Tensor>> {
     vals.iter()
-        .map(|(n, v)| {
+        .map(|&(n, v)| {
             let s = p.spec(n);
             Tensor::from_f64(s.shape, v, p.dtype_of(s.role))
         })
@@ -142,18 +147,24 @@ fn tensors<P: Problem>(p: &P, vals: &[(&str, &Vec<f64>)]) -> Result<Vec<Tensor>>
 
 fn ffm_stop(dev: &Device, rng: &mut Rng) -> Result<Report> {
     let p = Ffm::new(8, 1024, 32, 4);
-    let n = |name: &str| p.spec(name).numel();
-    let x = rng.vec(n("x"), -1.0, 1.0);
-    let a = rng.vec(n("a"), -0.5, -0.001);
-    let b = rng.vec(n("b"), -1.0, 1.0);
-    let s0 = rng.vec(n("s0"), -1.0, 1.0);
-    let g = rng.vec(n("s"), -1.0, 1.0);
-    let start = rng.flags(n("start"), 0.01);
+    let n = |name| p.spec(name).numel();
+    let x = rng.vec(n(ffm::Arg::X), -1.0, 1.0);
+    let a = rng.vec(n(ffm::Arg::A), -0.5, -0.001);
+    let b = rng.vec(n(ffm::Arg::B), -1.0, 1.0);
+    let s0 = rng.vec(n(ffm::Arg::S0), -1.0, 1.0);
+    let g = rng.vec(n(ffm::Arg::S), -1.0, 1.0);
+    let start = rng.flags(n(ffm::Arg::Start), 0.01);
     let t = tensors(
         &p,
-        &[("x", &x), ("a", &a), ("b", &b), ("s0", &s0), ("grad_s", &g)],
+        &[
+            (ffm::Arg::X, &x),
+            (ffm::Arg::A, &a),
+            (ffm::Arg::B, &b),
+            (ffm::Arg::S0, &s0),
+            (ffm::Arg::GradS, &g),
+        ],
     )?;
-    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let st = Tensor::new(p.spec(ffm::Arg::Start).shape, start.clone())?;
     let inp = FfmInputs {
         x: &t[0],
         a: &t[1],
@@ -190,7 +201,7 @@ fn ffm_stop(dev: &Device, rng: &mut Rng) -> Result<Report> {
         grad_final: None,
     };
     let rg = ffm::reference::backward(&p, &rb)?;
-    let (sx, ss) = (n("x") as u64 * 4, n("s") as u64 * 4);
+    let (sx, ss) = (n(ffm::Arg::X) as u64 * 4, n(ffm::Arg::S) as u64 * 4);
     Ok(Report {
         fwd_err: worst(&[(&out.s, &r.s), (&out.s_final, &r.s_final)]),
         bwd_err: worst(&[
@@ -215,26 +226,26 @@ fn efla_stop(
     let p = Efla::new(2, 512, 4, 64, 64)
         .with_rule(rule)
         .with_algorithm(alg);
-    let n = |name: &str| p.spec(name).numel();
-    let q = rng.vec(n("q"), -1.0, 1.0);
-    let k = rng.vec(n("k"), -0.3, 0.3);
-    let v = rng.vec(n("v"), -1.0, 1.0);
-    let beta = rng.vec(n("beta"), 0.0, 1.0);
-    let s0 = rng.vec(n("s0"), -1.0, 1.0);
-    let g = rng.vec(n("o"), -1.0, 1.0);
-    let start = rng.flags(n("start"), 0.01);
+    let n = |name| p.spec(name).numel();
+    let q = rng.vec(n(efla::Arg::Q), -1.0, 1.0);
+    let k = rng.vec(n(efla::Arg::K), -0.3, 0.3);
+    let v = rng.vec(n(efla::Arg::V), -1.0, 1.0);
+    let beta = rng.vec(n(efla::Arg::Beta), 0.0, 1.0);
+    let s0 = rng.vec(n(efla::Arg::S0), -1.0, 1.0);
+    let g = rng.vec(n(efla::Arg::O), -1.0, 1.0);
+    let start = rng.flags(n(efla::Arg::Start), 0.01);
     let t = tensors(
         &p,
         &[
-            ("q", &q),
-            ("k", &k),
-            ("v", &v),
-            ("beta", &beta),
-            ("s0", &s0),
-            ("grad_o", &g),
+            (efla::Arg::Q, &q),
+            (efla::Arg::K, &k),
+            (efla::Arg::V, &v),
+            (efla::Arg::Beta, &beta),
+            (efla::Arg::S0, &s0),
+            (efla::Arg::GradO, &g),
         ],
     )?;
-    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let st = Tensor::new(p.spec(efla::Arg::Start).shape, start.clone())?;
     let inp = EflaInputs {
         q: &t[0],
         k: &t[1],
@@ -276,7 +287,12 @@ fn efla_stop(
     };
     let rg = efla::reference::backward(&p, &rb)?;
     // bytes an ideal kernel moves: q, k, v, o (and beta) once; the state stays on chip
-    let io = (n("q") + n("k") + n("v") + n("o") + n("beta")) as u64 * 4;
+    let io = (n(efla::Arg::Q)
+        + n(efla::Arg::K)
+        + n(efla::Arg::V)
+        + n(efla::Arg::O)
+        + n(efla::Arg::Beta)) as u64
+        * 4;
     Ok(Report {
         fwd_err: worst(&[(&out.o, &r.o), (&out.s_final, &r.s_final)]),
         bwd_err: worst(&[
@@ -295,31 +311,32 @@ fn efla_stop(
 
 fn selective_stop(dev: &Device, rng: &mut Rng) -> Result<Report> {
     let p = SelectiveScan::new(4, 512, 128, 16).softplus();
-    let n = |name: &str| p.spec(name).numel();
+    let n = |name| p.spec(name).numel();
+    use selective::Arg;
     let names = [
-        "u",
-        "delta",
-        "a",
-        "bm",
-        "cm",
-        "dskip",
-        "z",
-        "delta_bias",
-        "h0",
-        "grad_out",
+        Arg::U,
+        Arg::Delta,
+        Arg::A,
+        Arg::Bm,
+        Arg::Cm,
+        Arg::Dskip,
+        Arg::Z,
+        Arg::DeltaBias,
+        Arg::H0,
+        Arg::GradOut,
     ];
     let vals: Vec<Vec<f64>> = names
         .iter()
-        .map(|nm| match *nm {
-            "a" => rng.vec(n(nm), -2.0, -0.1),
-            "delta" => rng.vec(n(nm), -3.0, 0.0),
+        .map(|&nm| match nm {
+            Arg::A => rng.vec(n(nm), -2.0, -0.1),
+            Arg::Delta => rng.vec(n(nm), -3.0, 0.0),
             _ => rng.vec(n(nm), -1.0, 1.0),
         })
         .collect();
-    let start = rng.flags(n("start"), 0.01);
-    let pairs: Vec<(&str, &Vec<f64>)> = names.iter().copied().zip(vals.iter()).collect();
+    let start = rng.flags(n(Arg::Start), 0.01);
+    let pairs: Vec<(Arg, &Vec<f64>)> = names.iter().copied().zip(vals.iter()).collect();
     let t = tensors(&p, &pairs)?;
-    let st = Tensor::new(p.spec("start").shape, start.clone())?;
+    let st = Tensor::new(p.spec(selective::Arg::Start).shape, start.clone())?;
     let inp = SelectiveInputs {
         u: &t[0],
         delta: &t[1],
@@ -350,8 +367,8 @@ fn selective_stop(dev: &Device, rng: &mut Rng) -> Result<Report> {
     };
     let r = selective::reference::forward(&p, &rin)?;
     let rg = selective::reference::backward(&p, &rin.clone().with_grads(v(9), None))?;
-    let seq = n("u") as u64 * 4;
-    let bc = (n("bm") + n("cm")) as u64 * 4;
+    let seq = n(selective::Arg::U) as u64 * 4;
+    let bc = (n(selective::Arg::Bm) + n(selective::Arg::Cm)) as u64 * 4;
     Ok(Report {
         fwd_err: worst(&[(&out.out, &r.out), (&out.h_final, &r.h_final)]),
         bwd_err: worst(&[
@@ -481,7 +498,7 @@ fn main() {
     }
     println!();
     println!(
-        "largest relative error: {worst:.2e} (SPEC: forward <= 1e-5, gradients <= 1e-4 in f32)"
+        "largest relative error: {worst:.2e} (bounds in docs/conventions.md: forward <= 1e-5, gradients <= 1e-4 in f32)"
     );
     if worst.is_nan() || worst > 1e-4 {
         std::process::exit(1);

@@ -11,7 +11,8 @@
 //!
 //! Every operation runs on the f64 CPU reference, on WGSL kernels through `wgpu` (any
 //! Vulkan / Metal / DX12 GPU, or lavapipe on the CPU) and, with feature `cuda`, on CUDA
-//! kernels. The contract they all implement is SPEC.md; the reference is the oracle.
+//! kernels. The contract they all implement is written down in the repository's `docs/`
+//! (`docs/conventions.md` and one page per operation); the reference is the oracle.
 //!
 //! ## Two API levels
 //!

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device as CDevice, Tensor, Var};
 use common::*;
 use linrec::ops::Problem;
-use linrec::{ffm, scan, Device};
+use linrec::{efla, ffm, scan, selective, Device};
 
 fn var(dev: &CDevice, shape: &[usize], v: &[f64]) -> Var {
     let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
@@ -45,7 +45,13 @@ fn probe_loss(
     (term(out, g)? + term(fin, gf)?).map_err(ce)
 }
 /// The gradient candle computed for `v` against the reference's `want`.
-fn grad_close(tag: &str, grads: &GradStore, name: &str, v: &Var, want: &[f64]) -> T {
+fn grad_close(
+    tag: &str,
+    grads: &GradStore,
+    name: impl std::fmt::Display,
+    v: &Var,
+    want: &[f64],
+) -> T {
     let got = grads
         .get(v.as_tensor())
         .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
@@ -68,22 +74,22 @@ fn scan_on(dev: &CDevice, what: &str) -> T {
         p.complex = complex;
         p.time_varying = tv;
         p.reverse = rev;
-        let n = |s: &str| p.spec(s).numel();
-        let sh = |s: &str| p.spec(s).shape;
-        let x = f32_exact(&rng.vec(n("x"), -1.0, 1.0));
-        let a = f32_exact(&rng.vec(n("a"), -0.9, 0.9));
-        let h0 = f32_exact(&rng.vec(n("h0"), -1.0, 1.0));
-        let g = f32_exact(&rng.vec(n("h"), -1.0, 1.0));
-        let gf = f32_exact(&rng.vec(n("h_final"), -1.0, 1.0));
-        let st = starts.then(|| rng.flags(n("start"), 0.1));
+        let n = |s| p.spec(s).numel();
+        let sh = |s| p.spec(s).shape;
+        let x = f32_exact(&rng.vec(n(scan::Arg::X), -1.0, 1.0));
+        let a = f32_exact(&rng.vec(n(scan::Arg::A), -0.9, 0.9));
+        let h0 = f32_exact(&rng.vec(n(scan::Arg::H0), -1.0, 1.0));
+        let g = f32_exact(&rng.vec(n(scan::Arg::H), -1.0, 1.0));
+        let gf = f32_exact(&rng.vec(n(scan::Arg::HFinal), -1.0, 1.0));
+        let st = starts.then(|| rng.flags(n(scan::Arg::Start), 0.1));
         let (xv, av, h0v) = (
-            var(dev, &sh("x"), &x),
-            var(dev, &sh("a"), &a),
-            var(dev, &sh("h0"), &h0),
+            var(dev, &sh(scan::Arg::X), &x),
+            var(dev, &sh(scan::Arg::A), &a),
+            var(dev, &sh(scan::Arg::H0), &h0),
         );
         let stt = st
             .as_ref()
-            .map(|s| Tensor::from_vec(s.clone(), sh("start"), dev).unwrap());
+            .map(|s| Tensor::from_vec(s.clone(), sh(scan::Arg::Start), dev).unwrap());
         let (h, hf) =
             linrec::candle::linear_scan(&p, &xv, &av, Some(&h0v), stt.as_ref()).map_err(ce)?;
         let loss = probe_loss(dev, &h, &g, &hf, &gf)?;
@@ -112,9 +118,9 @@ fn scan_on(dev: &CDevice, what: &str) -> T {
         close(&format!("{tag} h"), &host(&h), &r.h, 1e-5)?;
         close(&format!("{tag} h_final"), &host(&hf), &r.h_final, 1e-5)?;
         for (name, v, want) in [
-            ("dx", &xv, &rg.dx),
-            ("da", &av, &rg.da),
-            ("dh0", &h0v, &rg.dh0),
+            (scan::Arg::Dx, &xv, &rg.dx),
+            (scan::Arg::Da, &av, &rg.da),
+            (scan::Arg::Dh0, &h0v, &rg.dh0),
         ] {
             grad_close(&tag, &grads, name, v, want)?;
         }
@@ -127,24 +133,24 @@ fn ffm_on(dev: &CDevice, what: &str) -> T {
     let mut rng = Rng::new(12);
     for (k, starts) in [false, true].into_iter().enumerate() {
         let p = ffm::Ffm::new(2, 29, 3, 5);
-        let n = |s: &str| p.spec(s).numel();
-        let sh = |s: &str| p.spec(s).shape;
-        let x = f32_exact(&rng.vec(n("x"), -1.0, 1.0));
-        let a = f32_exact(&rng.vec(n("a"), -0.5, -0.01));
-        let b = f32_exact(&rng.vec(n("b"), -1.0, 1.0));
-        let s0 = f32_exact(&rng.vec(n("s0"), -1.0, 1.0));
-        let g = f32_exact(&rng.vec(n("s"), -1.0, 1.0));
-        let gf = f32_exact(&rng.vec(n("s_final"), -1.0, 1.0));
-        let st = starts.then(|| rng.flags(n("start"), 0.1));
+        let n = |s| p.spec(s).numel();
+        let sh = |s| p.spec(s).shape;
+        let x = f32_exact(&rng.vec(n(ffm::Arg::X), -1.0, 1.0));
+        let a = f32_exact(&rng.vec(n(ffm::Arg::A), -0.5, -0.01));
+        let b = f32_exact(&rng.vec(n(ffm::Arg::B), -1.0, 1.0));
+        let s0 = f32_exact(&rng.vec(n(ffm::Arg::S0), -1.0, 1.0));
+        let g = f32_exact(&rng.vec(n(ffm::Arg::S), -1.0, 1.0));
+        let gf = f32_exact(&rng.vec(n(ffm::Arg::SFinal), -1.0, 1.0));
+        let st = starts.then(|| rng.flags(n(ffm::Arg::Start), 0.1));
         let (xv, av, bv, s0v) = (
-            var(dev, &sh("x"), &x),
-            var(dev, &sh("a"), &a),
-            var(dev, &sh("b"), &b),
-            var(dev, &sh("s0"), &s0),
+            var(dev, &sh(ffm::Arg::X), &x),
+            var(dev, &sh(ffm::Arg::A), &a),
+            var(dev, &sh(ffm::Arg::B), &b),
+            var(dev, &sh(ffm::Arg::S0), &s0),
         );
         let stt = st
             .as_ref()
-            .map(|s| Tensor::from_vec(s.clone(), sh("start"), dev).unwrap());
+            .map(|s| Tensor::from_vec(s.clone(), sh(ffm::Arg::Start), dev).unwrap());
         let (s, sf) =
             linrec::candle::ffm(&p, &xv, &av, &bv, Some(&s0v), stt.as_ref()).map_err(ce)?;
         let loss = probe_loss(dev, &s, &g, &sf, &gf)?;
@@ -174,10 +180,10 @@ fn ffm_on(dev: &CDevice, what: &str) -> T {
         let tag = format!("{what} ffm case {k}");
         close(&format!("{tag} s"), &host(&s), &r.s, 1e-5)?;
         for (name, v, want) in [
-            ("dx", &xv, &rg.dx),
-            ("da", &av, &rg.da),
-            ("db", &bv, &rg.db),
-            ("ds0", &s0v, &rg.ds0),
+            (ffm::Arg::Dx, &xv, &rg.dx),
+            (ffm::Arg::Da, &av, &rg.da),
+            (ffm::Arg::Db, &bv, &rg.db),
+            (ffm::Arg::Ds0, &s0v, &rg.ds0),
         ] {
             grad_close(&tag, &grads, name, v, want)?;
         }
@@ -194,25 +200,25 @@ fn efla_on(dev: &CDevice, what: &str) -> T {
         if delta {
             p = p.delta();
         }
-        let n = |s: &str| p.spec(s).numel();
-        let sh = |s: &str| p.spec(s).shape;
-        let q = f32_exact(&rng.vec(n("q"), -1.0, 1.0));
-        let kk = f32_exact(&rng.vec(n("k"), -0.5, 0.5));
-        let v = f32_exact(&rng.vec(n("v"), -1.0, 1.0));
-        let beta = f32_exact(&rng.vec(n("beta"), 0.1, 0.9));
-        let s0 = f32_exact(&rng.vec(n("s0"), -1.0, 1.0));
-        let g = f32_exact(&rng.vec(n("o"), -1.0, 1.0));
-        let gf = f32_exact(&rng.vec(n("s_final"), -1.0, 1.0));
-        let st = rng.flags(n("start"), 0.1);
+        let n = |s| p.spec(s).numel();
+        let sh = |s| p.spec(s).shape;
+        let q = f32_exact(&rng.vec(n(efla::Arg::Q), -1.0, 1.0));
+        let kk = f32_exact(&rng.vec(n(efla::Arg::K), -0.5, 0.5));
+        let v = f32_exact(&rng.vec(n(efla::Arg::V), -1.0, 1.0));
+        let beta = f32_exact(&rng.vec(n(efla::Arg::Beta), 0.1, 0.9));
+        let s0 = f32_exact(&rng.vec(n(efla::Arg::S0), -1.0, 1.0));
+        let g = f32_exact(&rng.vec(n(efla::Arg::O), -1.0, 1.0));
+        let gf = f32_exact(&rng.vec(n(efla::Arg::SFinal), -1.0, 1.0));
+        let st = rng.flags(n(efla::Arg::Start), 0.1);
         let vars = [
-            ("q", &q),
-            ("k", &kk),
-            ("v", &v),
-            ("beta", &beta),
-            ("s0", &s0),
+            (efla::Arg::Q, &q),
+            (efla::Arg::K, &kk),
+            (efla::Arg::V, &v),
+            (efla::Arg::Beta, &beta),
+            (efla::Arg::S0, &s0),
         ]
         .map(|(nm, x)| var(dev, &sh(nm), x));
-        let stt = Tensor::from_vec(st.clone(), sh("start"), dev).unwrap();
+        let stt = Tensor::from_vec(st.clone(), sh(efla::Arg::Start), dev).unwrap();
         let (o, sf) = linrec::candle::efla(
             &p,
             &vars[0],
@@ -250,11 +256,11 @@ fn efla_on(dev: &CDevice, what: &str) -> T {
         let tag = format!("{what} efla case {k}");
         close(&format!("{tag} o"), &host(&o), &r.o, 1e-5)?;
         for (name, v, want) in [
-            ("dq", &vars[0], &rg.dq),
-            ("dk", &vars[1], &rg.dk),
-            ("dv", &vars[2], &rg.dv),
-            ("dbeta", &vars[3], &rg.dbeta),
-            ("ds0", &vars[4], &rg.ds0),
+            (efla::Arg::Dq, &vars[0], &rg.dq),
+            (efla::Arg::Dk, &vars[1], &rg.dk),
+            (efla::Arg::Dv, &vars[2], &rg.dv),
+            (efla::Arg::Dbeta, &vars[3], &rg.dbeta),
+            (efla::Arg::Ds0, &vars[4], &rg.ds0),
         ] {
             grad_close(&tag, &grads, name, v, want)?;
         }
@@ -270,36 +276,37 @@ fn selective_on(dev: &CDevice, what: &str) -> T {
     for (k, (fixed, with_z)) in [(false, true), (true, false)].into_iter().enumerate() {
         let mut p = SelectiveScan::new(2, 19, 4, 3).softplus();
         p = if fixed { p.fixed_bc() } else { p.groups(2) };
-        let n = |s: &str| p.spec(s).numel();
-        let sh = |s: &str| p.spec(s).shape;
+        let n = |s| p.spec(s).numel();
+        let sh = |s| p.spec(s).shape;
+        use selective::Arg;
         let names = [
-            "u",
-            "delta",
-            "a",
-            "bm",
-            "cm",
-            "dskip",
-            "z",
-            "delta_bias",
-            "h0",
+            Arg::U,
+            Arg::Delta,
+            Arg::A,
+            Arg::Bm,
+            Arg::Cm,
+            Arg::Dskip,
+            Arg::Z,
+            Arg::DeltaBias,
+            Arg::H0,
         ];
         let vals: Vec<Vec<f64>> = names
             .iter()
-            .map(|nm| match *nm {
-                "a" => f32_exact(&rng.vec(n(nm), -1.0, -0.1)),
-                "delta" => f32_exact(&rng.vec(n(nm), -1.0, 0.5)),
+            .map(|&nm| match nm {
+                Arg::A => f32_exact(&rng.vec(n(nm), -1.0, -0.1)),
+                Arg::Delta => f32_exact(&rng.vec(n(nm), -1.0, 0.5)),
                 _ => f32_exact(&rng.vec(n(nm), -1.0, 1.0)),
             })
             .collect();
-        let g = f32_exact(&rng.vec(n("out"), -1.0, 1.0));
-        let gf = f32_exact(&rng.vec(n("h_final"), -1.0, 1.0));
-        let st = rng.flags(n("start"), 0.1);
+        let g = f32_exact(&rng.vec(n(selective::Arg::Out), -1.0, 1.0));
+        let gf = f32_exact(&rng.vec(n(selective::Arg::HFinal), -1.0, 1.0));
+        let st = rng.flags(n(selective::Arg::Start), 0.1);
         let vars: Vec<Var> = names
             .iter()
             .zip(&vals)
-            .map(|(nm, v)| var(dev, &sh(nm), v))
+            .map(|(&nm, v)| var(dev, &sh(nm), v))
             .collect();
-        let stt = Tensor::from_vec(st.clone(), sh("start"), dev).unwrap();
+        let stt = Tensor::from_vec(st.clone(), sh(selective::Arg::Start), dev).unwrap();
         let args = SelectiveInputs {
             u: vars[0].as_tensor(),
             delta: vars[1].as_tensor(),
@@ -346,7 +353,7 @@ fn selective_on(dev: &CDevice, what: &str) -> T {
             &rg.dh0,
         ];
         for (i, nm) in names.iter().enumerate() {
-            if *nm == "z" && !with_z {
+            if *nm == Arg::Z && !with_z {
                 ensure!(
                     grads.get(vars[i].as_tensor()).is_none(),
                     "{tag}: an absent z got a gradient"

@@ -1,4 +1,4 @@
-//! EFLA / delta rule (SPEC §2): the reference pinned against an independent transcription of
+//! EFLA / delta rule (docs/efla.md): the reference pinned against an independent transcription of
 //! the equations and finite differences; the chunked WY algorithm against the recurrent one
 //! (chunk sizes, ragged ends, resets inside chunks and on their edges); identities (EFLA with
 //! unit keys is a reparametrized delta rule, packing, chaining, decode); extreme inputs; errors;
@@ -120,7 +120,7 @@ fn with(d: &Data, p: Efla) -> Data {
     Data { p, ..d.clone() }
 }
 
-/// SPEC §2 transcribed directly (token by token, physical indices), as an independent oracle.
+/// docs/efla.md transcribed directly (token by token, physical indices), as an independent oracle.
 fn naive(d: &Data) -> (Vec<f64>, Vec<f64>) {
     let p = &d.p;
     let (bn, tn, hn, kn, vn) = (p.batch, p.len, p.heads, p.key_dim, p.value_dim);
@@ -971,22 +971,22 @@ struct HostArgs {
 
 fn host_args(d: &Data) -> HostArgs {
     let p = &d.p;
-    let t = |n: &str, v: &[f64]| {
+    let t = |n, v: &[f64]| {
         let spec = p.spec(n);
         tensor(&spec.shape, v, p.dtype_of(spec.role))
     };
     HostArgs {
-        q: t("q", &d.q),
-        k: t("k", &d.k),
-        v: t("v", &d.v),
-        beta: t("beta", &d.beta),
-        s0: d.s0.as_ref().map(|v| t("s0", v)),
+        q: t(efla::Arg::Q, &d.q),
+        k: t(efla::Arg::K, &d.k),
+        v: t(efla::Arg::V, &d.v),
+        beta: t(efla::Arg::Beta, &d.beta),
+        s0: d.s0.as_ref().map(|v| t(efla::Arg::S0, v)),
         start: d
             .start
             .as_ref()
-            .map(|s| Tensor::new(p.spec("start").shape, s.clone()).unwrap()),
-        go: t("grad_o", &d.go),
-        gf: d.gf.as_ref().map(|v| t("grad_final", v)),
+            .map(|s| Tensor::new(p.spec(efla::Arg::Start).shape, s.clone()).unwrap()),
+        go: t(efla::Arg::GradO, &d.go),
+        gf: d.gf.as_ref().map(|v| t(efla::Arg::GradFinal, v)),
     }
 }
 
@@ -1200,7 +1200,7 @@ fn wgpu_without_subgroups() -> T {
     Ok(())
 }
 
-/// T = 4096 (SPEC's longest required length) on both algorithms; prints the errors measured.
+/// T = 4096 (the longest the f32 bounds cover) on both algorithms; prints the errors measured.
 fn long_sequences_on(bk: &str) -> T {
     let dev = backend(bk)?;
     for (i, p) in variants(1, 4096, 2, 32, 32, &[64]).into_iter().enumerate() {
@@ -1271,7 +1271,11 @@ fn decode_chain_on(bk: &str) -> T {
     for p0 in variants(3, 12, 2, 8, 5, &[64]) {
         let d = gen(p0, true, Starts::Edges, 3300);
         let whole = fwd_ref(&d);
-        let mut s = tensor(&p0.spec("s0").shape, d.s0.as_ref().unwrap(), DType::F32);
+        let mut s = tensor(
+            &p0.spec(efla::Arg::S0).shape,
+            d.s0.as_ref().unwrap(),
+            DType::F32,
+        );
         let mut outs = vec![Vec::new(); 3];
         for t in 0..12 {
             let sd = sub(&d, t, 1, None);

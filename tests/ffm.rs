@@ -1,4 +1,4 @@
-//! FFM aggregation (SPEC §1): the reference pinned against an independent closed-form
+//! FFM aggregation (docs/ffm.md): the reference pinned against an independent closed-form
 //! transcription of the equations, finite differences and the complex linear scan it is a
 //! special case of; packing and chaining identities; errors; and every backend against the
 //! reference (randomized shapes, resets at chunk edges, initial states, every gradient,
@@ -200,13 +200,17 @@ fn run(dev: Option<&Device>, d: &Data) -> Result<Results, Stop> {
         });
     };
     let p = &d.p;
-    let t = |n: &str, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
-    let (x, a, b) = (t("x", &d.x), t("a", &d.a), t("b", &d.b));
-    let s0 = d.s0.as_ref().map(|v| t("s0", v));
+    let t = |n, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
+    let (x, a, b) = (
+        t(ffm::Arg::X, &d.x),
+        t(ffm::Arg::A, &d.a),
+        t(ffm::Arg::B, &d.b),
+    );
+    let s0 = d.s0.as_ref().map(|v| t(ffm::Arg::S0, v));
     let st = d
         .start
         .as_ref()
-        .map(|s| Tensor::new(p.spec("start").shape, s.clone()).unwrap());
+        .map(|s| Tensor::new(p.spec(ffm::Arg::Start).shape, s.clone()).unwrap());
     let inp = FfmInputs {
         x: &x,
         a: &a,
@@ -215,7 +219,10 @@ fn run(dev: Option<&Device>, d: &Data) -> Result<Results, Stop> {
         start: st.as_ref(),
     };
     let out = ffm::forward(dev, p, &inp)?;
-    let (g, gf) = (t("grad_s", &d.g), d.gf.as_ref().map(|v| t("grad_final", v)));
+    let (g, gf) = (
+        t(ffm::Arg::GradS, &d.g),
+        d.gf.as_ref().map(|v| t(ffm::Arg::GradFinal, v)),
+    );
     let bin = FfmBackwardInputs {
         x: &x,
         a: &a,
@@ -260,7 +267,7 @@ fn ld(v: &[f64], i: usize) -> Cx {
 
 // ------------------------------------------------------------------ reference semantics
 
-/// SPEC §1 in closed form (the FFM paper's way, in f64, O(T^2)): with `r` the last episode
+/// docs/ffm.md in closed form (the FFM paper's way, in f64, O(T^2)): with `r` the last episode
 /// start at or before `t`,
 /// `S_t = sum_{k=r}^{t} gamma^{t-k} x_k` (+ `gamma^{t+1} s0` when there is none), and the
 /// gradients as sums of the derivatives of those closed forms:
@@ -464,13 +471,13 @@ fn as_scan(dev: Option<&Device>, d: &Data) -> Result<Results, Stop> {
             (o.h, o.h_final, g.dx, g.da, g.dh0)
         }
         Some(dev) => {
-            let t = |n: &str, v: &[f64]| tensor(&q.spec(n).shape, v, DType::F32);
-            let (x, a) = (t("x", &xs), t("a", &ga));
-            let h0 = d.s0.as_ref().map(|v| t("h0", v));
+            let t = |n, v: &[f64]| tensor(&q.spec(n).shape, v, DType::F32);
+            let (x, a) = (t(scan::Arg::X, &xs), t(scan::Arg::A, &ga));
+            let h0 = d.s0.as_ref().map(|v| t(scan::Arg::H0, v));
             let st = d
                 .start
                 .as_ref()
-                .map(|s| Tensor::new(q.spec("start").shape, s.clone()).unwrap());
+                .map(|s| Tensor::new(q.spec(scan::Arg::Start).shape, s.clone()).unwrap());
             let o = scan::forward(
                 dev,
                 &q,
@@ -481,7 +488,10 @@ fn as_scan(dev: Option<&Device>, d: &Data) -> Result<Results, Stop> {
                     start: st.as_ref(),
                 },
             )?;
-            let (g, gf) = (t("grad_h", &d.g), d.gf.as_ref().map(|v| t("grad_final", v)));
+            let (g, gf) = (
+                t(scan::Arg::GradH, &d.g),
+                d.gf.as_ref().map(|v| t(scan::Arg::GradFinal, v)),
+            );
             let gr = scan::backward(
                 dev,
                 &q,
@@ -1122,14 +1132,14 @@ fn wide_context_on(bk: &str) -> T {
     let dev = backend(bk)?;
     let d = gen(Ffm::new(2, 37, 3, 300), true, Starts::Edges, 750);
     let p = &d.p;
-    let t = |n: &str, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
+    let t = |n, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
     let (x, a, b, s0) = (
-        t("x", &d.x),
-        t("a", &d.a),
-        t("b", &d.b),
-        t("s0", d.s0.as_ref().unwrap()),
+        t(ffm::Arg::X, &d.x),
+        t(ffm::Arg::A, &d.a),
+        t(ffm::Arg::B, &d.b),
+        t(ffm::Arg::S0, d.s0.as_ref().unwrap()),
     );
-    let st = Tensor::new(p.spec("start").shape, d.start.clone().unwrap()).unwrap();
+    let st = Tensor::new(p.spec(ffm::Arg::Start).shape, d.start.clone().unwrap()).unwrap();
     let inp = FfmInputs {
         x: &x,
         a: &a,
@@ -1146,7 +1156,7 @@ fn wide_context_on(bk: &str) -> T {
         &r.s_final,
         1e-5,
     )?;
-    let g = t("grad_s", &d.g);
+    let g = t(ffm::Arg::GradS, &d.g);
     let bin = FfmBackwardInputs {
         x: &x,
         a: &a,
@@ -1192,15 +1202,15 @@ fn random_shapes_all_backends() -> T {
     })
 }
 
-/// Inputs where f32 cannot give `da` to the SPEC's 1e-4: found by the property test (seed
+/// Inputs where f32 cannot give `da` to the bound's 1e-4: found by the property test (seed
 /// 2691: wgpu 2.4e-4; seed 396: CUDA 3.9e-4; about 6 in 5000 draws of this shape exceed 1e-4 on
 /// one backend). `da` sums conj(gamma S_{t-1}) H_t over every row, step and context channel;
 /// here those terms (~1e3 when summed with their signs at random) cancel to |da| ~ 1, and the
 /// exact `da` itself moves by 1e-3 (seed 396) and 2e-2 (seed 2691) when the inputs change by
-/// half an f32 ulp. Checked: that half-ulp spread exceeds the SPEC bound (so these inputs stay
+/// half an f32 ulp. Checked: that half-ulp spread exceeds the 1e-4 bound (so these inputs stay
 /// a test of the ill-conditioned case), each backend's `da` lies within the spread
-/// `close_all` allows, every other result meets the SPEC bounds, and on an ordinary draw of
-/// the same shape every backend meets the SPEC bound itself.
+/// `close_all` allows, every other result meets the f32 bounds, and on an ordinary draw of
+/// the same shape every backend meets the 1e-4 bound itself.
 fn ill_conditioned_da() -> T {
     let p = Ffm::new(3, 266, 2, 6);
     let hard = [396, 2691].map(|seed| gen_from(p, false, Starts::Edges, Rng::fixed(seed)));
@@ -1262,7 +1272,7 @@ fn gpu_identities() -> T {
     })
 }
 
-/// T = 4096 (the longest SPEC's targets cover) and T = 65536, B = 2, FFM-like parameters.
+/// T = 4096 (the longest the f32 bounds cover) and T = 65536, B = 2, FFM-like parameters.
 fn long_sequences_on(bk: &str) -> T {
     let dev = backend(bk)?;
     for (i, &(b, t, m, c)) in [(2, 4096, 8, 4), (1, 65536, 2, 2)].iter().enumerate() {
@@ -1314,7 +1324,7 @@ fn slow_decay_on(bk: &str) -> T {
         1e-4,
     )
 }
-/// T = 65536 (sixteen times the SPEC's longest target) with the same slow and absent decays:
+/// T = 65536 (sixteen times the f32 bounds' longest) with the same slow and absent decays:
 /// the errors are reported and bounded. CUDA applies the carried state once per chunk (one
 /// closed-form power of the whole chunk) and meets the T <= 4096 targets here (rel ~2e-6);
 /// the WGSL kernels pass it through one power per group of lanes, whose roundings drift the
@@ -1530,16 +1540,23 @@ fn cuda_be() -> Result<std::sync::Arc<linrec::CudaBackend>, Stop> {
 fn run_cuda_cols(be: &linrec::CudaBackend, d: &Data, cols: Option<usize>) -> Result<Results, Stop> {
     use linrec::CuRef;
     let p = &d.p;
-    let up = |n: &str, v: &[f64]| be.upload(&tensor(&p.spec(n).shape, v, DType::F32));
-    let (x, a, b) = (up("x", &d.x)?, up("a", &d.a)?, up("b", &d.b)?);
-    let s0 = d.s0.as_ref().map(|v| up("s0", v)).transpose()?;
+    let up = |n, v: &[f64]| be.upload(&tensor(&p.spec(n).shape, v, DType::F32));
+    let (x, a, b) = (
+        up(ffm::Arg::X, &d.x)?,
+        up(ffm::Arg::A, &d.a)?,
+        up(ffm::Arg::B, &d.b)?,
+    );
+    let s0 = d.s0.as_ref().map(|v| up(ffm::Arg::S0, v)).transpose()?;
     let st = d
         .start
         .as_ref()
-        .map(|s| be.upload(&Tensor::new(p.spec("start").shape, s.clone()).unwrap()))
+        .map(|s| be.upload(&Tensor::new(p.spec(ffm::Arg::Start).shape, s.clone()).unwrap()))
         .transpose()?;
-    let g = up("grad_s", &d.g)?;
-    let gf = d.gf.as_ref().map(|v| up("grad_final", v)).transpose()?;
+    let g = up(ffm::Arg::GradS, &d.g)?;
+    let gf =
+        d.gf.as_ref()
+            .map(|v| up(ffm::Arg::GradFinal, v))
+            .transpose()?;
     fn r(t: &Option<linrec::CuTensor>) -> Option<linrec::CuRef<'_>> {
         t.as_ref().map(|t| t.as_ref())
     }

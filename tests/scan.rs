@@ -1,4 +1,4 @@
-//! Linear scan (SPEC §3a): the reference pinned against an independent transcription of the
+//! Linear scan (docs/scan.md): the reference pinned against an independent transcription of the
 //! equations, finite differences, packing and chaining identities, and every backend against
 //! the reference (randomized shapes, resets, initial states, reverse, complex, determinism).
 
@@ -31,7 +31,7 @@ fn gen(p: LinearScan, h0: bool, starts: Starts, seed: u64) -> Data {
     let w = p.width();
     let n = p.batch * p.len * p.dim * w;
     let x = f32_exact(&r.vec(n, -1.0, 1.0));
-    let na = p.spec("a").numel() / w;
+    let na = p.spec(scan::Arg::A).numel() / w;
     let mut a = Vec::new();
     for _ in 0..na {
         if p.complex {
@@ -98,7 +98,7 @@ fn bwd_ref(d: &Data, h: &[f64]) -> scan::ScanGrads<Vec<f64>> {
     .expect("valid problem")
 }
 
-/// SPEC §3a transcribed directly, in physical time, as an independent oracle.
+/// docs/scan.md transcribed directly, in physical time, as an independent oracle.
 fn naive(d: &Data) -> (Vec<f64>, Vec<f64>) {
     let p = &d.p;
     let (bn, tn, dn, w) = (p.batch, p.len, p.dim, p.width());
@@ -545,19 +545,19 @@ fn rounded(mut d: Data) -> Data {
 /// bitwise reproducibility.
 fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
     let p = &d.p;
-    let sh = |n: &str| p.spec(n).shape;
-    let t = |n: &str, v: &[f64]| tensor(&sh(n), v, p.dtype_of(p.spec(n).role));
+    let sh = |n| p.spec(n).shape;
+    let t = |n, v: &[f64]| tensor(&sh(n), v, p.dtype_of(p.spec(n).role));
     let (tf, tb) = if p.dtype == DType::F32 {
         (1e-5, 1e-4)
     } else {
         (1e-2, 1e-2)
     };
-    let (x, a) = (t("x", &d.x), t("a", &d.a));
-    let h0 = d.h0.as_ref().map(|v| t("h0", v));
+    let (x, a) = (t(scan::Arg::X, &d.x), t(scan::Arg::A, &d.a));
+    let h0 = d.h0.as_ref().map(|v| t(scan::Arg::H0, v));
     let st = d
         .start
         .as_ref()
-        .map(|s| Tensor::new(sh("start"), s.clone()).unwrap());
+        .map(|s| Tensor::new(sh(scan::Arg::Start), s.clone()).unwrap());
     let inp = ScanInputs {
         x: &x,
         a: &a,
@@ -574,7 +574,10 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
         tf,
     )?;
     // backward from the backend's own h (as a framework would), vs the reference from its own
-    let (g, gf) = (t("grad_h", &d.g), d.gf.as_ref().map(|v| t("grad_final", v)));
+    let (g, gf) = (
+        t(scan::Arg::GradH, &d.g),
+        d.gf.as_ref().map(|v| t(scan::Arg::GradFinal, v)),
+    );
     let bin = ScanBackwardInputs {
         a: &a,
         h: &out.h,
@@ -743,8 +746,12 @@ fn wgpu_long_sequence() -> T {
             s[123_457] = 1;
             s
         });
-        let t = |n: &str, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
-        let (x, a, h0) = (t("x", &d.x), t("a", &d.a), t("h0", d.h0.as_ref().unwrap()));
+        let t = |n, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
+        let (x, a, h0) = (
+            t(scan::Arg::X, &d.x),
+            t(scan::Arg::A, &d.a),
+            t(scan::Arg::H0, d.h0.as_ref().unwrap()),
+        );
         let st = Tensor::new([1, p.len], d.start.clone().unwrap()).unwrap();
         let out = scan::forward(
             &dev,

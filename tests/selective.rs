@@ -1,8 +1,8 @@
-//! Selective scan (SPEC §3b): the reference pinned against an independent transcription of the
-//! equations, finite differences of every gradient, the N = 1 identity with the linear scan,
-//! packing, chaining and absent-input identities, errors, and every backend against the
-//! reference (options x shapes, storage dtypes, subgroup and workgroup-memory paths, small
-//! device limits, zero-copy offsets, determinism).
+//! Selective scan (docs/selective.md): the reference pinned against an independent
+//! transcription of the equations, finite differences of every gradient, the N = 1 identity
+//! with the linear scan, packing, chaining and absent-input identities, errors, and every
+//! backend against the reference (options x shapes, storage dtypes, subgroup and
+//! workgroup-memory paths, small device limits, zero-copy offsets, determinism).
 
 mod common;
 use common::*;
@@ -85,7 +85,7 @@ fn gen_from(p: SelectiveScan, o: Opts, mut r: Rng) -> Data {
     } else {
         DType::F32
     };
-    let nbc = p.spec("bm").numel();
+    let nbc = p.spec(selective::Arg::Bm).numel();
     let u = sq(r.vec(bn * tn * dn, -1.0, 1.0));
     // dt = softplus(delta + bias) in about [0.02, 1], or delta + bias in [0.01, 0.6]
     let delta = if p.softplus {
@@ -170,7 +170,7 @@ fn loss(d: &Data) -> f64 {
     dot(&d.g, &o.out) + d.gf.as_ref().map_or(0.0, |gf| dot(gf, &o.h_final))
 }
 
-/// SPEC §3b transcribed directly, in a different order from the reference: all dt first,
+/// docs/selective.md transcribed directly, in a different order from the reference: all dt first,
 /// then each (b, d, n) recurrence on its own, then the sums over n, the skip and the gate.
 fn naive(d: &Data) -> (Vec<f64>, Vec<f64>) {
     let p = &d.p;
@@ -1022,26 +1022,26 @@ struct Tensors {
 
 fn tensors(d: &Data) -> Tensors {
     let p = &d.p;
-    let t = |n: &str, v: &[f64]| {
+    let t = |n, v: &[f64]| {
         let s = p.spec(n);
         tensor(&s.shape, v, p.dtype_of(s.role))
     };
     Tensors {
-        u: t("u", &d.u),
-        delta: t("delta", &d.delta),
-        a: t("a", &d.a),
-        bm: t("bm", &d.bm),
-        cm: t("cm", &d.cm),
-        dskip: d.dskip.as_ref().map(|v| t("dskip", v)),
-        z: d.z.as_ref().map(|v| t("z", v)),
-        bias: d.bias.as_ref().map(|v| t("delta_bias", v)),
-        h0: d.h0.as_ref().map(|v| t("h0", v)),
+        u: t(selective::Arg::U, &d.u),
+        delta: t(selective::Arg::Delta, &d.delta),
+        a: t(selective::Arg::A, &d.a),
+        bm: t(selective::Arg::Bm, &d.bm),
+        cm: t(selective::Arg::Cm, &d.cm),
+        dskip: d.dskip.as_ref().map(|v| t(selective::Arg::Dskip, v)),
+        z: d.z.as_ref().map(|v| t(selective::Arg::Z, v)),
+        bias: d.bias.as_ref().map(|v| t(selective::Arg::DeltaBias, v)),
+        h0: d.h0.as_ref().map(|v| t(selective::Arg::H0, v)),
         start: d
             .start
             .as_ref()
-            .map(|s| Tensor::new(p.spec("start").shape, s.clone()).unwrap()),
-        g: t("grad_out", &d.g),
-        gf: d.gf.as_ref().map(|v| t("grad_final", v)),
+            .map(|s| Tensor::new(p.spec(selective::Arg::Start).shape, s.clone()).unwrap()),
+        g: t(selective::Arg::GradOut, &d.g),
+        gf: d.gf.as_ref().map(|v| t(selective::Arg::GradFinal, v)),
     }
 }
 
@@ -1324,7 +1324,8 @@ fn random_shapes_all_backends() -> T {
 /// 1/1000 (seed 3722) of the sum of its terms' sizes there, came out at 3.6e-4 (wgpu) and
 /// 1.5e-3 (wgpu) / 3.4e-4 (CUDA) although `ddelta` itself was within 5e-7; `da` with N = 1
 /// (seed 4320) at 4.0e-4 on CUDA. Checked: that cancellation, and every backend within the
-/// SPEC bounds except, for the shared gradients, the spread `check_backend` allows.
+/// bounds of docs/conventions.md except, for the shared gradients, the spread `check_backend`
+/// allows.
 fn ill_conditioned_shared_grads() -> T {
     let hard = [
         (1730, SelectiveScan::new(3, 37, 1, 19).fixed_bc().softplus()),
@@ -1347,7 +1348,8 @@ fn ill_conditioned_shared_grads() -> T {
     })
 }
 
-/// T = 4096 (SPEC's longest) with resets: f32 accuracy holds over 64 checkpoint intervals.
+/// T = 4096 (the longest the f32 bounds cover) with resets: f32 accuracy holds over 64
+/// checkpoint intervals.
 /// And T = 65536 in one row: the per-step work is written out step by step, so lavapipe's
 /// cap of 65535 loop iterations per loop nest (which cut such rows short when every step was
 /// a loop iteration) is far away.
@@ -1366,8 +1368,8 @@ fn wgpu_long_sequence() -> T {
     Ok(())
 }
 
-/// T = 4096 (SPEC's longest) with resets on CUDA: 16 chunks carried through the forward, the
-/// checkpoints and the backward.
+/// T = 4096 (the longest the f32 bounds cover) with resets on CUDA: 16 chunks carried through
+/// the forward, the checkpoints and the backward.
 fn cuda_long_sequence() -> T {
     let dev = cuda_dev()?;
     for p in [

@@ -7,6 +7,7 @@ use crate::ops::Problem;
 use crate::scan::{LinearScan, ScanBackwardInputs, ScanInputs};
 use crate::selective::{SelectiveBackwardInputs, SelectiveInputs, SelectiveScan};
 use crate::DType;
+use crate::{efla, ffm, scan, selective};
 use candle_core::{Result, Tensor};
 
 /// f32 parts widened for the f64 reference.
@@ -79,7 +80,7 @@ fn f32_only<P: Problem>(p: &P) -> Result<()> {
     Ok(())
 }
 
-fn zeros_or<P: Problem>(p: &P, name: &str, t: Option<&Tensor>, like: &Tensor) -> Result<Tensor> {
+fn zeros_or<P: Problem>(p: &P, name: P::Arg, t: Option<&Tensor>, like: &Tensor) -> Result<Tensor> {
     match t {
         Some(t) => Ok(t.clone()),
         None => Tensor::zeros(p.spec(name).shape, candle_core::DType::F32, like.device()),
@@ -99,10 +100,14 @@ impl Parts for ScanParts {
         "linrec-linear-scan"
     }
     fn in_lens(&self) -> Vec<usize> {
-        ["x", "a", "h0"].map(|n| self.p.spec(n).numel()).to_vec()
+        [scan::Arg::X, scan::Arg::A, scan::Arg::H0]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
     }
     fn out_lens(&self) -> Vec<usize> {
-        ["h", "h_final"].map(|n| self.p.spec(n).numel()).to_vec()
+        [scan::Arg::H, scan::Arg::HFinal]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
         let w = wide(ins);
@@ -175,7 +180,7 @@ impl Parts for ScanParts {
     }
 }
 
-/// The diagonal linear scan (SPEC §3a) on candle tensors, differentiable in `x`, `a` and
+/// The diagonal linear scan (docs/scan.md) on candle tensors, differentiable in `x`, `a` and
 /// `h0`: returns `(h, h_final)`. Shapes as in [`crate::scan`] (complex data has a trailing
 /// axis of 2); `start` is `[B, T]` (u8, u32 or f32, nonzero = new episode).
 pub fn linear_scan(
@@ -188,13 +193,16 @@ pub fn linear_scan(
     p.validate().map_err(cerr)?;
     ScanInputs { x, a, h0, start }.check(p).map_err(cerr)?;
     f32_only(p)?;
-    let h0 = zeros_or(p, "h0", h0, x)?;
+    let h0 = zeros_or(p, scan::Arg::H0, h0, x)?;
     let parts = ScanParts {
         p: *p,
         start: prepare_flags(start)?,
     };
     let out = apply(parts, &pack(&[x, a, &h0])?)?;
-    let v = unpack(&out, &[p.spec("h").shape, p.spec("h_final").shape])?;
+    let v = unpack(
+        &out,
+        &[p.spec(scan::Arg::H).shape, p.spec(scan::Arg::HFinal).shape],
+    )?;
     Ok((v[0].clone(), v[1].clone()))
 }
 
@@ -211,12 +219,14 @@ impl Parts for FfmParts {
         "linrec-ffm"
     }
     fn in_lens(&self) -> Vec<usize> {
-        ["x", "a", "b", "s0"]
+        [ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0]
             .map(|n| self.p.spec(n).numel())
             .to_vec()
     }
     fn out_lens(&self) -> Vec<usize> {
-        ["s", "s_final"].map(|n| self.p.spec(n).numel()).to_vec()
+        [ffm::Arg::S, ffm::Arg::SFinal]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
         let w = wide(ins);
@@ -298,7 +308,7 @@ impl Parts for FfmParts {
     }
 }
 
-/// FFM aggregation (SPEC §1) on candle tensors, differentiable in `x`, `a`, `b` and `s0`:
+/// FFM aggregation (docs/ffm.md) on candle tensors, differentiable in `x`, `a`, `b` and `s0`:
 /// returns `(s, s_final)` with `s: [B, T, M, C, 2]` and `s_final: [B, M, C, 2]`.
 pub fn ffm(
     p: &Ffm,
@@ -311,13 +321,16 @@ pub fn ffm(
     p.validate().map_err(cerr)?;
     FfmInputs { x, a, b, s0, start }.check(p).map_err(cerr)?;
     f32_only(p)?;
-    let s0 = zeros_or(p, "s0", s0, x)?;
+    let s0 = zeros_or(p, ffm::Arg::S0, s0, x)?;
     let parts = FfmParts {
         p: *p,
         start: prepare_flags(start)?,
     };
     let out = apply(parts, &pack(&[x, a, b, &s0])?)?;
-    let v = unpack(&out, &[p.spec("s").shape, p.spec("s_final").shape])?;
+    let v = unpack(
+        &out,
+        &[p.spec(ffm::Arg::S).shape, p.spec(ffm::Arg::SFinal).shape],
+    )?;
     Ok((v[0].clone(), v[1].clone()))
 }
 
@@ -334,12 +347,20 @@ impl Parts for EflaParts {
         "linrec-efla"
     }
     fn in_lens(&self) -> Vec<usize> {
-        ["q", "k", "v", "beta", "s0"]
-            .map(|n| self.p.spec(n).numel())
-            .to_vec()
+        [
+            efla::Arg::Q,
+            efla::Arg::K,
+            efla::Arg::V,
+            efla::Arg::Beta,
+            efla::Arg::S0,
+        ]
+        .map(|n| self.p.spec(n).numel())
+        .to_vec()
     }
     fn out_lens(&self) -> Vec<usize> {
-        ["o", "s_final"].map(|n| self.p.spec(n).numel()).to_vec()
+        [efla::Arg::O, efla::Arg::SFinal]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
         let w = wide(ins);
@@ -426,7 +447,7 @@ impl Parts for EflaParts {
     }
 }
 
-/// Error-free linear attention / the delta rule (SPEC §2) on candle tensors, differentiable in
+/// Error-free linear attention / the delta rule (docs/efla.md) on candle tensors, differentiable in
 /// `q`, `k`, `v`, `beta` and `s0`: returns `(o, s_final)` with `o: [B, T, H, V]` and
 /// `s_final: [B, H, K, V]`. The problem's rule and algorithm select the computation.
 pub fn efla(
@@ -450,13 +471,16 @@ pub fn efla(
     .check(p)
     .map_err(cerr)?;
     f32_only(p)?;
-    let s0 = zeros_or(p, "s0", s0, q)?;
+    let s0 = zeros_or(p, efla::Arg::S0, s0, q)?;
     let parts = EflaParts {
         p: *p,
         start: prepare_flags(start)?,
     };
     let out = apply(parts, &pack(&[q, k, v, beta, &s0])?)?;
-    let r = unpack(&out, &[p.spec("o").shape, p.spec("s_final").shape])?;
+    let r = unpack(
+        &out,
+        &[p.spec(efla::Arg::O).shape, p.spec(efla::Arg::SFinal).shape],
+    )?;
     Ok((r[0].clone(), r[1].clone()))
 }
 
@@ -472,10 +496,20 @@ struct SelectiveParts {
 impl SelectiveParts {
     /// Differentiable inputs in packing order (`z` only when present: an absent `z` is not
     /// the same as zeros).
-    fn names(&self) -> Vec<&'static str> {
-        let mut n = vec!["u", "delta", "a", "bm", "cm", "dskip", "delta_bias", "h0"];
+    fn names(&self) -> Vec<selective::Arg> {
+        use selective::Arg;
+        let mut n = vec![
+            Arg::U,
+            Arg::Delta,
+            Arg::A,
+            Arg::Bm,
+            Arg::Cm,
+            Arg::Dskip,
+            Arg::DeltaBias,
+            Arg::H0,
+        ];
         if self.has_z {
-            n.push("z");
+            n.push(Arg::Z);
         }
         n
     }
@@ -488,11 +522,13 @@ impl Parts for SelectiveParts {
     fn in_lens(&self) -> Vec<usize> {
         self.names()
             .iter()
-            .map(|n| self.p.spec(n).numel())
+            .map(|&n| self.p.spec(n).numel())
             .collect()
     }
     fn out_lens(&self) -> Vec<usize> {
-        ["out", "h_final"].map(|n| self.p.spec(n).numel()).to_vec()
+        [selective::Arg::Out, selective::Arg::HFinal]
+            .map(|n| self.p.spec(n).numel())
+            .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
         let w = wide(ins);
@@ -618,7 +654,7 @@ impl Parts for SelectiveParts {
 /// Inputs of [`selective_scan`]: the [`crate::selective`] arguments as candle tensors.
 pub type SelectiveTensors<'a> = SelectiveInputs<&'a Tensor>;
 
-/// Mamba's selective scan (SPEC §3b) on candle tensors, differentiable in every input (`u`,
+/// Mamba's selective scan (docs/selective.md) on candle tensors, differentiable in every input (`u`,
 /// `delta`, `a`, `bm`, `cm`, `dskip`, `z`, `delta_bias`, `h0`): returns `(out, h_final)`.
 /// Absent `dskip`, `delta_bias` and `h0` are zeros; an absent `z` means no gate.
 pub fn selective_scan(p: &SelectiveScan, args: &SelectiveTensors<'_>) -> Result<(Tensor, Tensor)> {
@@ -626,9 +662,9 @@ pub fn selective_scan(p: &SelectiveScan, args: &SelectiveTensors<'_>) -> Result<
     args.check(p).map_err(cerr)?;
     f32_only(p)?;
     let like = args.u;
-    let dskip = zeros_or(p, "dskip", args.dskip, like)?;
-    let delta_bias = zeros_or(p, "delta_bias", args.delta_bias, like)?;
-    let h0 = zeros_or(p, "h0", args.h0, like)?;
+    let dskip = zeros_or(p, selective::Arg::Dskip, args.dskip, like)?;
+    let delta_bias = zeros_or(p, selective::Arg::DeltaBias, args.delta_bias, like)?;
+    let h0 = zeros_or(p, selective::Arg::H0, args.h0, like)?;
     let mut ins = vec![
         args.u,
         args.delta,
@@ -648,6 +684,12 @@ pub fn selective_scan(p: &SelectiveScan, args: &SelectiveTensors<'_>) -> Result<
         start: prepare_flags(args.start)?,
     };
     let out = apply(parts, &pack(&ins)?)?;
-    let r = unpack(&out, &[p.spec("out").shape, p.spec("h_final").shape])?;
+    let r = unpack(
+        &out,
+        &[
+            p.spec(selective::Arg::Out).shape,
+            p.spec(selective::Arg::HFinal).shape,
+        ],
+    )?;
     Ok((r[0].clone(), r[1].clone()))
 }

@@ -3,7 +3,8 @@
 //!
 //! Every operation has the same shape:
 //! - a *problem* struct (sizes and options) implementing [`Problem`], whose
-//!   [`spec`](Problem::spec) gives the shape and role of every named argument and result;
+//!   [`spec`](Problem::spec) gives the shape and role of every argument and result, named by
+//!   the op's own `Arg` enum (so an unknown argument does not compile);
 //! - argument structs generic over the buffer type (`&Tensor` at the convenient level,
 //!   [`GpuRef`](crate::GpuRef) / `CuRef` at the zero-copy level, `&[f64]` for the reference);
 //! - `forward` / `backward` on a [`Device`](crate::Device) (host tensors in, host tensors out),
@@ -66,14 +67,59 @@ impl ArgSpec {
     }
 }
 
+/// The typed name of one argument or result of an operation: each op module has an `Arg`
+/// enum implementing this (for example [`ffm::Arg`](crate::ffm::Arg)).
+pub trait ArgName: Copy + std::fmt::Debug + PartialEq + 'static {
+    /// The name used in the op's argument structs and in error messages (`"s_final"`, ...).
+    fn name(self) -> &'static str;
+}
+
+/// Declares an op's `Arg` enum: one variant per argument or result, each with its name.
+macro_rules! arg_names {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $var:ident = $s:literal ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $var, )*
+        }
+
+        impl $name {
+            /// Every argument and result, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$var),*];
+        }
+
+        impl $crate::ops::ArgName for $name {
+            fn name(self) -> &'static str {
+                match self {
+                    $( $name::$var => $s, )*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($crate::ops::ArgName::name(*self))
+            }
+        }
+    };
+}
+pub(crate) use arg_names;
+
 /// A problem description: sizes and options of one call of an operation.
 pub trait Problem {
     /// The operation's name (`"linear_scan"`, ...), for messages and benchmark ids.
     const NAME: &'static str;
+    /// The op's argument names.
+    type Arg: ArgName;
     /// Check sizes and options (non-empty dimensions, limits).
     fn validate(&self) -> Result<()>;
-    /// Shape and role of the argument or result called `arg`.
-    fn spec(&self, arg: &str) -> ArgSpec;
+    /// Shape and role of the argument or result `arg`.
+    fn spec(&self, arg: Self::Arg) -> ArgSpec;
     /// Storage dtype of [`Role::Seq`] arguments.
     fn dtype(&self) -> DType {
         DType::F32
@@ -132,8 +178,9 @@ impl<T> ArgBuf for &[T] {
 }
 
 /// Check one argument against its spec.
-pub fn check_arg<A: ArgBuf, P: Problem>(p: &P, arg: &'static str, a: &A) -> Result<()> {
+pub fn check_arg<A: ArgBuf, P: Problem>(p: &P, arg: P::Arg, a: &A) -> Result<()> {
     let spec = p.spec(arg);
+    let arg = arg.name();
     if let Some(found) = a.dtype() {
         let ok = match spec.role {
             Role::Flags => A::FLAG_DTYPES.contains(&found),
@@ -214,8 +261,8 @@ macro_rules! arg_struct {
     };
     (
         $(#[$meta:meta])*
-        pub struct $name:ident<F, S> {
-            $( $(#[$fmeta:meta])* $kind:ident $field:ident : $t:ident ),* $(,)?
+        pub struct $name:ident<F, S> for $P:ident {
+            $( $(#[$fmeta:meta])* $kind:ident $field:ident : $t:ident => $var:ident ),* $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -238,49 +285,50 @@ macro_rules! arg_struct {
         }
 
         impl<F, S> $name<F, S> {
-            /// The field names, in declaration order.
-            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+            /// The fields' argument names, in declaration order.
+            pub const ARGS: &'static [<$P as $crate::ops::Problem>::Arg] =
+                &[$(<$P as $crate::ops::Problem>::Arg::$var),*];
 
             /// Convert every buffer: `f` gets float buffers, `g` flag buffers, each with its
-            /// field name.
+            /// argument name.
             pub fn map<'a, G, T>(
                 &'a self,
-                mut f: impl FnMut(&'static str, &'a F) -> G,
-                mut g: impl FnMut(&'static str, &'a S) -> T,
+                mut f: impl FnMut(<$P as $crate::ops::Problem>::Arg, &'a F) -> G,
+                mut g: impl FnMut(<$P as $crate::ops::Problem>::Arg, &'a S) -> T,
             ) -> $name<G, T> {
                 let _ = (&mut f, &mut g);
                 $name {
-                    $( $field: $crate::ops::arg_struct!(@map $kind $t f g stringify!($field), &self.$field), )*
+                    $( $field: $crate::ops::arg_struct!(@map $kind $t f g <$P as $crate::ops::Problem>::Arg::$var, &self.$field), )*
                 }
             }
 
             /// [`map`](Self::map) with fallible conversions; stops at the first error.
             pub fn try_map<'a, G, T>(
                 &'a self,
-                mut f: impl FnMut(&'static str, &'a F) -> $crate::Result<G>,
-                mut g: impl FnMut(&'static str, &'a S) -> $crate::Result<T>,
+                mut f: impl FnMut(<$P as $crate::ops::Problem>::Arg, &'a F) -> $crate::Result<G>,
+                mut g: impl FnMut(<$P as $crate::ops::Problem>::Arg, &'a S) -> $crate::Result<T>,
             ) -> $crate::Result<$name<G, T>> {
                 let _ = (&mut f, &mut g);
                 Ok($name {
-                    $( $field: $crate::ops::arg_struct!(@trymap $kind $t f g stringify!($field), &self.$field), )*
+                    $( $field: $crate::ops::arg_struct!(@trymap $kind $t f g <$P as $crate::ops::Problem>::Arg::$var, &self.$field), )*
                 })
             }
 
             /// Validate every present buffer against `p`'s argument specs.
-            pub fn check<P: $crate::ops::Problem>(&self, p: &P) -> $crate::Result<()>
+            pub fn check(&self, p: &$P) -> $crate::Result<()>
             where
                 F: $crate::ops::ArgBuf,
                 S: $crate::ops::ArgBuf,
             {
-                $( $crate::ops::arg_struct!(@check $kind p, stringify!($field), &self.$field); )*
+                $( $crate::ops::arg_struct!(@check $kind p, <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
                 Ok(())
             }
         }
     };
     (
         $(#[$meta:meta])*
-        pub struct $name:ident<F> {
-            $( $(#[$fmeta:meta])* $kind:ident $field:ident ),* $(,)?
+        pub struct $name:ident<F> for $P:ident {
+            $( $(#[$fmeta:meta])* $kind:ident $field:ident => $var:ident ),* $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -303,32 +351,33 @@ macro_rules! arg_struct {
         }
 
         impl<F> $name<F> {
-            /// The field names, in declaration order.
-            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+            /// The fields' argument names, in declaration order.
+            pub const ARGS: &'static [<$P as $crate::ops::Problem>::Arg] =
+                &[$(<$P as $crate::ops::Problem>::Arg::$var),*];
 
-            /// Convert every buffer, given its field name.
-            pub fn map<'a, G>(&'a self, mut f: impl FnMut(&'static str, &'a F) -> G) -> $name<G> {
+            /// Convert every buffer, given its argument name.
+            pub fn map<'a, G>(&'a self, mut f: impl FnMut(<$P as $crate::ops::Problem>::Arg, &'a F) -> G) -> $name<G> {
                 $name {
-                    $( $field: $crate::ops::arg_struct!(@map $kind F f f stringify!($field), &self.$field), )*
+                    $( $field: $crate::ops::arg_struct!(@map $kind F f f <$P as $crate::ops::Problem>::Arg::$var, &self.$field), )*
                 }
             }
 
             /// [`map`](Self::map) with a fallible conversion; stops at the first error.
             pub fn try_map<'a, G>(
                 &'a self,
-                mut f: impl FnMut(&'static str, &'a F) -> $crate::Result<G>,
+                mut f: impl FnMut(<$P as $crate::ops::Problem>::Arg, &'a F) -> $crate::Result<G>,
             ) -> $crate::Result<$name<G>> {
                 Ok($name {
-                    $( $field: $crate::ops::arg_struct!(@trymap $kind F f f stringify!($field), &self.$field), )*
+                    $( $field: $crate::ops::arg_struct!(@trymap $kind F f f <$P as $crate::ops::Problem>::Arg::$var, &self.$field), )*
                 })
             }
 
             /// Validate every present buffer against `p`'s argument specs.
-            pub fn check<P: $crate::ops::Problem>(&self, p: &P) -> $crate::Result<()>
+            pub fn check(&self, p: &$P) -> $crate::Result<()>
             where
                 F: $crate::ops::ArgBuf,
             {
-                $( $crate::ops::arg_struct!(@check $kind p, stringify!($field), &self.$field); )*
+                $( $crate::ops::arg_struct!(@check $kind p, <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
                 Ok(())
             }
         }
@@ -359,8 +408,8 @@ macro_rules! host_entry {
                     let owned = args.map(|_, t| t.to_f64_vec(), |_, t| t.to_flags());
                     let refs = owned.map(|_, v| v.as_slice(), |_, s| s.as_slice());
                     let out = reference::$fname(p, &refs)?;
-                    out.try_map(|name, v| {
-                        let spec = p.spec(name);
+                    out.try_map(|arg, v| {
+                        let spec = p.spec(arg);
                         $crate::Tensor::from_f64(spec.shape, v, p.dtype_of(spec.role))
                     })
                 }

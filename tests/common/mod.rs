@@ -1,5 +1,6 @@
-//! Shared test plumbing: a seeded RNG, the SPEC error metric, finite differences, backend
-//! discovery that reports skips (as `ignored, <reason>` in the test output), and the harness.
+//! Shared test plumbing: a seeded RNG, the error metric of docs/conventions.md, finite
+//! differences, backend discovery that reports skips (as `ignored, <reason>` in the test
+//! output), and the harness.
 #![allow(dead_code)]
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -273,8 +274,8 @@ pub fn tensor(shape: &[usize], v: &[f64], dtype: linrec::DType) -> Tensor {
 
 // ------------------------------------------------------------------ metrics
 
-/// SPEC's metric: ||out - ref||_2 / ||ref||_2 (NaN anywhere gives NaN). An all-zero reference
-/// falls back to the absolute norm.
+/// The metric of docs/conventions.md: ||out - ref||_2 / ||ref||_2 (NaN anywhere gives NaN).
+/// An all-zero reference falls back to the absolute norm.
 pub fn rel(out: &[f64], reference: &[f64]) -> f64 {
     assert_eq!(out.len(), reference.len(), "length mismatch");
     let mut num = 0.0;
@@ -352,8 +353,8 @@ pub fn spread(reference: &[f64], exact_jittered: impl Fn(&mut Rng) -> Vec<f64>) 
 /// change by a few ulps, and an f32 computation, whose intermediate values carry that much
 /// rounding, cannot be held to `tol` there. `exact_jittered(rng)` is the f64 reference at
 /// every input changed by `jitter(rng, _, JITTER)`; their [`spread`] is computed only when the
-/// SPEC bound fails, the result then passes only within it, and such a pass is printed, so it
-/// shows in the test output.
+/// bound of docs/conventions.md fails, the result then passes only within it, and such a
+/// pass is printed, so it shows in the test output.
 pub fn close_or_within_spread(
     what: &str,
     out: &[f64],
@@ -382,7 +383,8 @@ pub fn close_or_within_spread(
 }
 
 /// Central finite differences of `f` at `theta` on up to `max` coordinates (spread evenly),
-/// compared with `analytic` (the gradient claimed by a backward pass) in the SPEC metric.
+/// compared with `analytic` (the gradient claimed by a backward pass) in the metric of
+/// docs/conventions.md.
 pub fn fd_check(
     what: &str,
     theta: &[f64],

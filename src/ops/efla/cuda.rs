@@ -13,7 +13,7 @@
 //! arithmetic is f32 (the recurrent kernels) or f32-accumulated tensor-core products of split
 //! bf16 operands (the chunked ones, `kernels/efla/tc.cuh`).
 
-use super::{Algorithm, Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs, Rule};
+use super::{Algorithm, Arg, Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs, Rule};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
 use crate::runtime::cuda::{int, push_opt, CuRef, CuTensor, CudaBackend, NULL};
@@ -159,8 +159,8 @@ fn rec_forward(
     );
     let smem = rec_smem(p);
     let f = be.function_smem(REC, &name, smem)?;
-    let mut o = be.zeros(&p.spec("o").shape, p.dtype)?;
-    let mut sf = be.zeros(&p.spec("s_final").shape, DType::F32)?;
+    let mut o = be.zeros(&p.spec(Arg::O).shape, p.dtype)?;
+    let mut sf = be.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
     let blocks = (p.batch * p.heads * p.value_dim.div_ceil(32)) as u64;
     let cfg = be.grid(blocks, REC_THREADS, smem as u32)?;
     let mut b = be.stream.launch_builder(&f);
@@ -195,11 +195,11 @@ fn rec_backward(
     let mut w = be.zeros(&[bh * tn * vd], DType::F32)?;
     let mut coef = be.zeros(&[bh * tn * 4], DType::F32)?;
     let mut dka = be.zeros(&[bh * tn * kd], DType::F32)?;
-    let mut dq = be.zeros(&p.spec("dq").shape, p.dtype)?;
-    let mut dk = be.zeros(&p.spec("dk").shape, p.dtype)?;
-    let mut dv = be.zeros(&p.spec("dv").shape, p.dtype)?;
-    let mut dbeta = be.zeros(&p.spec("dbeta").shape, p.dtype)?;
-    let mut ds0 = be.zeros(&p.spec("ds0").shape, DType::F32)?;
+    let mut dq = be.zeros(&p.spec(Arg::Dq).shape, p.dtype)?;
+    let mut dk = be.zeros(&p.spec(Arg::Dk).shape, p.dtype)?;
+    let mut dv = be.zeros(&p.spec(Arg::Dv).shape, p.dtype)?;
+    let mut dbeta = be.zeros(&p.spec(Arg::Dbeta).shape, p.dtype)?;
+    let mut ds0 = be.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let smem = rec_smem(p);
     let rk = lanes_variant(kd);
     let col_blocks = (bh * vd.div_ceil(32)) as u64;
@@ -552,8 +552,8 @@ mod chunked {
         let d = Dims::new(p, chunk, flags | WRITE_OUT)?;
         let qkb = [&inp.q, &inp.k, &inp.beta];
         let pr = prep(be, p, qkb, inp.start.as_ref(), &d, false)?;
-        let mut o = be.zeros(&p.spec("o").shape, p.dtype)?;
-        let mut sf = be.zeros(&p.spec("s_final").shape, DType::F32)?;
+        let mut o = be.zeros(&p.spec(Arg::O).shape, p.dtype)?;
+        let mut sf = be.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
         let km = km(p.key_dim);
         let smem = state_smem(p.dtype, km);
         let name = format!("efla_ck_state_{}_k{km}", suffix(p.dtype)?);
@@ -604,11 +604,11 @@ mod chunked {
         let mut ck_r = be.zeros(&[bh * tn * vd], it)?;
         let mut ck_dd = be.zeros(&[bh * tn * vd], it)?;
         let mut ck_dr = be.zeros(&[bh * tn * vd], it)?;
-        let mut dq = be.zeros(&p.spec("dq").shape, p.dtype)?;
-        let mut dk = be.zeros(&p.spec("dk").shape, p.dtype)?;
-        let mut dv = be.zeros(&p.spec("dv").shape, p.dtype)?;
-        let mut dbeta = be.zeros(&p.spec("dbeta").shape, p.dtype)?;
-        let mut ds0 = be.zeros(&p.spec("ds0").shape, DType::F32)?;
+        let mut dq = be.zeros(&p.spec(Arg::Dq).shape, p.dtype)?;
+        let mut dk = be.zeros(&p.spec(Arg::Dk).shape, p.dtype)?;
+        let mut dv = be.zeros(&p.spec(Arg::Dv).shape, p.dtype)?;
+        let mut dbeta = be.zeros(&p.spec(Arg::Dbeta).shape, p.dtype)?;
+        let mut ds0 = be.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
         let (coef, x, pm) = (pr.coef.as_ref(), pr.x.as_ref(), pr.pm.as_ref());
         let gm = pr.gm.as_ref().expect("prep kept Gm").as_ref();
         // forward state pass: checkpoints

@@ -1,4 +1,4 @@
-//! Error-free linear attention and the delta rule (SPEC §2).
+//! Error-free linear attention and the delta rule (contract: `docs/efla.md`).
 //!
 //! ```text
 //! lambda_t = ||k_t||^2
@@ -39,7 +39,7 @@ pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-use super::{arg_struct, check_max, check_nonzero, host_entry, ArgSpec, Problem};
+use super::{arg_names, arg_struct, check_max, check_nonzero, host_entry, ArgSpec, Problem};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -165,7 +165,44 @@ impl Efla {
     }
 }
 
+arg_names! {
+    /// The arguments and results of [`Efla`], for [`Problem::spec`].
+    pub enum Arg {
+        /// `q`: [`EflaInputs::q`].
+        Q = "q",
+        /// `k`: [`EflaInputs::k`].
+        K = "k",
+        /// `v`: [`EflaInputs::v`].
+        V = "v",
+        /// `beta`: [`EflaInputs::beta`].
+        Beta = "beta",
+        /// `s0`: [`EflaInputs::s0`].
+        S0 = "s0",
+        /// `start`: [`EflaInputs::start`].
+        Start = "start",
+        /// `o`: [`EflaOutputs::o`].
+        O = "o",
+        /// `s_final`: [`EflaOutputs::s_final`].
+        SFinal = "s_final",
+        /// `grad_o`: [`EflaBackwardInputs::grad_o`].
+        GradO = "grad_o",
+        /// `grad_final`: [`EflaBackwardInputs::grad_final`].
+        GradFinal = "grad_final",
+        /// `dq`: [`EflaGrads::dq`].
+        Dq = "dq",
+        /// `dk`: [`EflaGrads::dk`].
+        Dk = "dk",
+        /// `dv`: [`EflaGrads::dv`].
+        Dv = "dv",
+        /// `dbeta`: [`EflaGrads::dbeta`].
+        Dbeta = "dbeta",
+        /// `ds0`: [`EflaGrads::ds0`].
+        Ds0 = "ds0",
+    }
+}
+
 impl Problem for Efla {
+    type Arg = Arg;
     const NAME: &'static str = "efla";
 
     fn validate(&self) -> Result<()> {
@@ -191,7 +228,7 @@ impl Problem for Efla {
         Ok(())
     }
 
-    fn spec(&self, arg: &str) -> ArgSpec {
+    fn spec(&self, arg: Arg) -> ArgSpec {
         let (b, t, h, k, v) = (
             self.batch,
             self.len,
@@ -200,12 +237,11 @@ impl Problem for Efla {
             self.value_dim,
         );
         match arg {
-            "q" | "k" | "dq" | "dk" => ArgSpec::seq([b, t, h, k]),
-            "v" | "o" | "grad_o" | "dv" => ArgSpec::seq([b, t, h, v]),
-            "beta" | "dbeta" => ArgSpec::seq([b, t, h]),
-            "s0" | "s_final" | "grad_final" | "ds0" => ArgSpec::f32([b, h, k, v]),
-            "start" => ArgSpec::flags([b, t]),
-            _ => unreachable!("efla has no argument `{arg}`"),
+            Arg::Q | Arg::K | Arg::Dq | Arg::Dk => ArgSpec::seq([b, t, h, k]),
+            Arg::V | Arg::O | Arg::GradO | Arg::Dv => ArgSpec::seq([b, t, h, v]),
+            Arg::Beta | Arg::Dbeta => ArgSpec::seq([b, t, h]),
+            Arg::S0 | Arg::SFinal | Arg::GradFinal | Arg::Ds0 => ArgSpec::f32([b, h, k, v]),
+            Arg::Start => ArgSpec::flags([b, t]),
         }
     }
 
@@ -216,67 +252,67 @@ impl Problem for Efla {
 
 arg_struct! {
     /// Inputs of [`forward`].
-    pub struct EflaInputs<F, S> {
+    pub struct EflaInputs<F, S> for Efla {
         /// Queries `[B, T, H, K]`.
-        req q: F,
+        req q: F => Q,
         /// Keys `[B, T, H, K]` (not normalized by the op).
-        req k: F,
+        req k: F => K,
         /// Values `[B, T, H, V]`.
-        req v: F,
+        req v: F => V,
         /// Step sizes `[B, T, H]` (`>= 0`).
-        req beta: F,
+        req beta: F => Beta,
         /// Initial state `[B, H, K, V]` f32 (zeros when absent).
-        opt s0: F,
+        opt s0: F => S0,
         /// Episode starts `[B, T]`.
-        opt start: S,
+        opt start: S => Start,
     }
 }
 
 arg_struct! {
     /// Results of [`forward`].
-    pub struct EflaOutputs<F> {
+    pub struct EflaOutputs<F> for Efla {
         /// Outputs `[B, T, H, V]`.
-        req o,
+        req o => O,
         /// The state after step `T-1`, `[B, H, K, V]` f32.
-        req s_final,
+        req s_final => SFinal,
     }
 }
 
 arg_struct! {
     /// Inputs of [`backward`]: the forward's inputs and the gradients of its outputs.
-    pub struct EflaBackwardInputs<F, S> {
+    pub struct EflaBackwardInputs<F, S> for Efla {
         /// The forward's queries.
-        req q: F,
+        req q: F => Q,
         /// The forward's keys.
-        req k: F,
+        req k: F => K,
         /// The forward's values.
-        req v: F,
+        req v: F => V,
         /// The forward's step sizes.
-        req beta: F,
+        req beta: F => Beta,
         /// The forward's initial state.
-        opt s0: F,
+        opt s0: F => S0,
         /// The forward's episode starts.
-        opt start: S,
+        opt start: S => Start,
         /// Gradient of the loss with respect to `o`.
-        req grad_o: F,
+        req grad_o: F => GradO,
         /// Gradient with respect to the final state (zero when absent).
-        opt grad_final: F,
+        opt grad_final: F => GradFinal,
     }
 }
 
 arg_struct! {
     /// Results of [`backward`].
-    pub struct EflaGrads<F> {
+    pub struct EflaGrads<F> for Efla {
         /// Gradient with respect to `q`, `[B, T, H, K]`.
-        req dq,
+        req dq => Dq,
         /// Gradient with respect to `k`, `[B, T, H, K]`.
-        req dk,
+        req dk => Dk,
         /// Gradient with respect to `v`, `[B, T, H, V]`.
-        req dv,
+        req dv => Dv,
         /// Gradient with respect to `beta`, `[B, T, H]`.
-        req dbeta,
+        req dbeta => Dbeta,
         /// Gradient with respect to `s0`, `[B, H, K, V]` f32.
-        req ds0,
+        req ds0 => Ds0,
     }
 }
 

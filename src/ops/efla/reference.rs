@@ -1,4 +1,4 @@
-//! f64 CPU reference of EFLA / the delta rule: the recurrent algorithm (token by token, SPEC §2
+//! f64 CPU reference of EFLA / the delta rule: the recurrent algorithm (token by token, docs/efla.md
 //! as written) and the chunked WY algorithm the GPU kernels port, both forward and backward.
 //! [`forward`] and [`backward`] dispatch on the problem's [`Algorithm`].
 //!
@@ -10,7 +10,7 @@
 // Index loops read like the equations they transcribe.
 #![allow(clippy::needless_range_loop)]
 
-use super::{Algorithm, Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs, Rule};
+use super::{Algorithm, Arg, Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs, Rule};
 use crate::error::Result;
 use crate::ops::Problem;
 
@@ -154,8 +154,8 @@ pub fn forward(p: &Efla, inp: &EflaInputs<&[f64], &[u8]>) -> Result<EflaOutputs<
     p.validate()?;
     inp.check(p)?;
     let lay = Lay::new(p);
-    let mut o = vec![0.0; p.spec("o").numel()];
-    let mut sf = vec![0.0; p.spec("s_final").numel()];
+    let mut o = vec![0.0; p.spec(Arg::O).numel()];
+    let mut sf = vec![0.0; p.spec(Arg::SFinal).numel()];
     for b in 0..p.batch {
         for h in 0..p.heads {
             let hd = gather_head(lay, b, h, inp.q, inp.k, inp.v, inp.beta, inp.s0, inp.start);
@@ -179,11 +179,11 @@ pub fn backward(p: &Efla, inp: &EflaBackwardInputs<&[f64], &[u8]>) -> Result<Efl
     inp.check(p)?;
     let lay = Lay::new(p);
     let mut g = EflaGrads {
-        dq: vec![0.0; p.spec("dq").numel()],
-        dk: vec![0.0; p.spec("dk").numel()],
-        dv: vec![0.0; p.spec("dv").numel()],
-        dbeta: vec![0.0; p.spec("dbeta").numel()],
-        ds0: vec![0.0; p.spec("ds0").numel()],
+        dq: vec![0.0; p.spec(Arg::Dq).numel()],
+        dk: vec![0.0; p.spec(Arg::Dk).numel()],
+        dv: vec![0.0; p.spec(Arg::Dv).numel()],
+        dbeta: vec![0.0; p.spec(Arg::Dbeta).numel()],
+        ds0: vec![0.0; p.spec(Arg::Ds0).numel()],
     };
     for b in 0..p.batch {
         for h in 0..p.heads {

@@ -22,7 +22,7 @@
 //! every binding fits `max_storage_buffer_binding_size`; what cannot be split is a
 //! [`Error::Limit`].
 
-use super::{Algorithm, Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs, Rule};
+use super::{Algorithm, Arg, Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs, Rule};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
 use crate::runtime::wgpu::{check_u32, GpuRef, GpuTensor, Launch, WgpuContext};
@@ -381,11 +381,11 @@ struct Results {
 }
 
 impl Results {
-    fn new(ctx: &WgpuContext, p: &Efla, names: &[&str]) -> Result<Self> {
+    fn new(ctx: &WgpuContext, p: &Efla, names: &[Arg]) -> Result<Self> {
         let mut outs = Vec::new();
         let mut temps = Vec::new();
         for n in names {
-            let shape = p.spec(n).shape;
+            let shape = p.spec(*n).shape;
             outs.push(ctx.zeros(&shape, p.dtype)?);
             temps.push(if p.dtype == DType::F32 {
                 None
@@ -534,8 +534,8 @@ pub fn forward(
     p.validate()?;
     inp.check(p)?;
     let pl = Plan::new(ctx, p, false, inp.start.is_some())?;
-    let res = Results::new(ctx, p, &["o"])?;
-    let sf = ctx.zeros(&p.spec("s_final").shape, DType::F32)?;
+    let res = Results::new(ctx, p, &[Arg::O])?;
+    let sf = ctx.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
     let scratch = ctx.zeros(&[pl.scratch.max(1)], DType::F32)?;
     let rows = Rows::new(p);
     let mut launch = ctx.launch("efla forward");
@@ -659,8 +659,8 @@ pub fn backward(
     p.validate()?;
     inp.check(p)?;
     let pl = Plan::new(ctx, p, true, inp.start.is_some())?;
-    let res = Results::new(ctx, p, &["dq", "dk", "dv", "dbeta"])?;
-    let ds0 = ctx.zeros(&p.spec("ds0").shape, DType::F32)?;
+    let res = Results::new(ctx, p, &[Arg::Dq, Arg::Dk, Arg::Dv, Arg::Dbeta])?;
+    let ds0 = ctx.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let scratch = ctx.zeros(&[pl.scratch.max(1)], DType::F32)?;
     let st = ctx.zeros(&[(pl.nbh * pl.slots).max(1)], DType::F32)?;
     let dst = ctx.zeros(&[(pl.nbh * pl.slots).max(1)], DType::F32)?;

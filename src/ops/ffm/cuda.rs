@@ -7,7 +7,7 @@
 //! blocks, `reduce_rows_f32` (rows' `dlog` summed in order) and `ffm_params` (`da`, `db`).
 //! Every sum has a fixed order: results are bitwise reproducible.
 
-use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
+use super::{Arg, Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
 use crate::runtime::cuda::{int, push_opt, CuRef, CuTensor, CudaBackend};
@@ -181,8 +181,8 @@ pub fn forward_with(
     let lay = layout(p, cols)?;
     let a = args(p, &lay)?;
     let f = be.function(MODULE, &format!("ffm_fwd_v{}", lay.v))?;
-    let mut s = be.zeros(&p.spec("s").shape, DType::F32)?;
-    let mut sf = be.zeros(&p.spec("s_final").shape, DType::F32)?;
+    let mut s = be.zeros(&p.spec(Arg::S).shape, DType::F32)?;
+    let mut sf = be.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
     let mut fl = 0;
     if inp.s0.is_some() {
         fl |= HAS_S0;
@@ -232,10 +232,10 @@ pub fn backward_with(
     let lay = layout(p, cols)?;
     let a = args(p, &lay)?;
     let mc2 = p.channels() * 2;
-    let mut dx = be.zeros(&p.spec("dx").shape, DType::F32)?;
-    let mut da = be.zeros(&p.spec("da").shape, DType::F32)?;
-    let mut db = be.zeros(&p.spec("db").shape, DType::F32)?;
-    let mut ds0 = be.zeros(&p.spec("ds0").shape, DType::F32)?;
+    let mut dx = be.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
+    let mut da = be.zeros(&p.spec(Arg::Da).shape, DType::F32)?;
+    let mut db = be.zeros(&p.spec(Arg::Db).shape, DType::F32)?;
+    let mut ds0 = be.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let mut ck = be.zeros(&[p.batch, lay.k, mc2], DType::F32)?;
     let mut part = be.zeros(&[p.batch, mc2], DType::F32)?;
     let mut dlog = be.zeros(&[mc2], DType::F32)?;

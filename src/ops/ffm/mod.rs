@@ -1,5 +1,5 @@
-//! FFM aggregation (SPEC §1): the complex, decaying, oscillating memory of Fast and Forgetful
-//! Memory (Morad et al., NeurIPS 2023).
+//! FFM aggregation (contract: `docs/ffm.md`): the complex, decaying, oscillating memory of
+//! Fast and Forgetful Memory (Morad et al., NeurIPS 2023).
 //!
 //! ```text
 //! gamma[m][c] = exp(a[m] + i b[c])
@@ -54,7 +54,7 @@ pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-use super::{arg_struct, check_nonzero, host_entry, ArgSpec, Problem};
+use super::{arg_names, arg_struct, check_nonzero, host_entry, ArgSpec, Problem};
 use crate::error::Result;
 
 /// Sizes of one FFM aggregation.
@@ -88,7 +88,40 @@ impl Ffm {
     }
 }
 
+arg_names! {
+    /// The arguments and results of [`Ffm`], for [`Problem::spec`].
+    pub enum Arg {
+        /// `x`: [`FfmInputs::x`].
+        X = "x",
+        /// `a`: [`FfmInputs::a`].
+        A = "a",
+        /// `b`: [`FfmInputs::b`].
+        B = "b",
+        /// `s0`: [`FfmInputs::s0`].
+        S0 = "s0",
+        /// `start`: [`FfmInputs::start`].
+        Start = "start",
+        /// `s`: [`FfmOutputs::s`].
+        S = "s",
+        /// `s_final`: [`FfmOutputs::s_final`].
+        SFinal = "s_final",
+        /// `grad_s`: [`FfmBackwardInputs::grad_s`].
+        GradS = "grad_s",
+        /// `grad_final`: [`FfmBackwardInputs::grad_final`].
+        GradFinal = "grad_final",
+        /// `dx`: [`FfmGrads::dx`].
+        Dx = "dx",
+        /// `da`: [`FfmGrads::da`].
+        Da = "da",
+        /// `db`: [`FfmGrads::db`].
+        Db = "db",
+        /// `ds0`: [`FfmGrads::ds0`].
+        Ds0 = "ds0",
+    }
+}
+
 impl Problem for Ffm {
+    type Arg = Arg;
     const NAME: &'static str = "ffm";
 
     fn validate(&self) -> Result<()> {
@@ -99,78 +132,77 @@ impl Problem for Ffm {
         Ok(())
     }
 
-    fn spec(&self, arg: &str) -> ArgSpec {
+    fn spec(&self, arg: Arg) -> ArgSpec {
         let (b, t, m, c) = (self.batch, self.len, self.memory, self.context);
         match arg {
-            "x" | "dx" => ArgSpec::seq([b, t, m]),
-            "a" | "da" => ArgSpec::f32([m]),
-            "b" | "db" => ArgSpec::f32([c]),
-            "s0" | "s_final" | "grad_final" | "ds0" => ArgSpec::f32([b, m, c, 2]),
-            "s" | "grad_s" => ArgSpec::seq([b, t, m, c, 2]),
-            "start" => ArgSpec::flags([b, t]),
-            _ => unreachable!("ffm has no argument `{arg}`"),
+            Arg::X | Arg::Dx => ArgSpec::seq([b, t, m]),
+            Arg::A | Arg::Da => ArgSpec::f32([m]),
+            Arg::B | Arg::Db => ArgSpec::f32([c]),
+            Arg::S0 | Arg::SFinal | Arg::GradFinal | Arg::Ds0 => ArgSpec::f32([b, m, c, 2]),
+            Arg::S | Arg::GradS => ArgSpec::seq([b, t, m, c, 2]),
+            Arg::Start => ArgSpec::flags([b, t]),
         }
     }
 }
 
 arg_struct! {
     /// Inputs of [`forward`].
-    pub struct FfmInputs<F, S> {
+    pub struct FfmInputs<F, S> for Ffm {
         /// Inputs `[B, T, M]`, broadcast over the context axis.
-        req x: F,
+        req x: F => X,
         /// Log-magnitude of the decay `[M]` (expected `<= 0`).
-        req a: F,
+        req a: F => A,
         /// Angular frequency `[C]`.
-        req b: F,
+        req b: F => B,
         /// Initial state `[B, M, C, 2]` (zeros when absent).
-        opt s0: F,
+        opt s0: F => S0,
         /// Episode starts `[B, T]` (nonzero: step `t` drops the carried state).
-        opt start: S,
+        opt start: S => Start,
     }
 }
 
 arg_struct! {
     /// Results of [`forward`].
-    pub struct FfmOutputs<F> {
+    pub struct FfmOutputs<F> for Ffm {
         /// Every state `[B, T, M, C, 2]`.
-        req s,
+        req s => S,
         /// The state after step `T-1`, `[B, M, C, 2]`.
-        req s_final,
+        req s_final => SFinal,
     }
 }
 
 arg_struct! {
     /// Inputs of [`backward`]: the forward's inputs (the states are recomputed from `x`, which
     /// moves `2C` times fewer bytes than reading `S`) and the gradients of its outputs.
-    pub struct FfmBackwardInputs<F, S> {
+    pub struct FfmBackwardInputs<F, S> for Ffm {
         /// The forward's `x`.
-        req x: F,
+        req x: F => X,
         /// The forward's `a`.
-        req a: F,
+        req a: F => A,
         /// The forward's `b`.
-        req b: F,
+        req b: F => B,
         /// The forward's initial state.
-        opt s0: F,
+        opt s0: F => S0,
         /// The forward's episode starts.
-        opt start: S,
+        opt start: S => Start,
         /// Gradient of the loss with respect to `S`, `[B, T, M, C, 2]`.
-        req grad_s: F,
+        req grad_s: F => GradS,
         /// Gradient with respect to the final state, `[B, M, C, 2]`.
-        opt grad_final: F,
+        opt grad_final: F => GradFinal,
     }
 }
 
 arg_struct! {
     /// Results of [`backward`].
-    pub struct FfmGrads<F> {
+    pub struct FfmGrads<F> for Ffm {
         /// Gradient with respect to `x`, `[B, T, M]`.
-        req dx,
+        req dx => Dx,
         /// Gradient with respect to `a`, `[M]`.
-        req da,
+        req da => Da,
         /// Gradient with respect to `b`, `[C]`.
-        req db,
+        req db => Db,
         /// Gradient with respect to `s0`, `[B, M, C, 2]`.
-        req ds0,
+        req ds0 => Ds0,
     }
 }
 

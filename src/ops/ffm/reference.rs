@@ -1,4 +1,4 @@
-//! f64 CPU reference of the FFM aggregation: SPEC §1 step by step, one `(b, m, c)` sequence
+//! f64 CPU reference of the FFM aggregation: docs/ffm.md step by step, one `(b, m, c)` sequence
 //! at a time.
 
 use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
@@ -82,7 +82,7 @@ pub fn forward(p: &Ffm, inp: &FfmInputs<&[f64], &[u8]>) -> Result<FfmOutputs<Vec
     Ok(FfmOutputs { s, s_final: sf })
 }
 
-/// Backward pass in f64 (SPEC §1): recomputes `S`, runs the reverse scan for `H`, and forms
+/// Backward pass in f64 (docs/ffm.md): recomputes `S`, runs the reverse scan for `H`, and forms
 /// `dx`, `ds0`, `dgamma`, `dlog = conj(gamma) dgamma`, `da`, `db`. Time-outer loops, as the
 /// forward; `dgamma` accumulates over `b` ascending, then `t` descending.
 pub fn backward(p: &Ffm, inp: &FfmBackwardInputs<&[f64], &[u8]>) -> Result<FfmGrads<Vec<f64>>> {

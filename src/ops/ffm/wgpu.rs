@@ -6,7 +6,7 @@
 //! then `common/reduce_rows.wgsl` sums the rows' `dlog` and `ffm/params.wgsl` splits it into
 //! `da` and `db`. All in one compute pass.
 
-use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
+use super::{Arg, Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
 use crate::runtime::wgpu::{check_u32, GpuRef, GpuTensor, WgpuContext};
@@ -203,8 +203,8 @@ pub fn forward(
     let lay = layout(p, false)?;
     let r = rows(p, &lay)?;
     let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags]))?;
-    let s = ctx.zeros(&p.spec("s").shape, DType::F32)?;
-    let sf = ctx.zeros(&p.spec("s_final").shape, DType::F32)?;
+    let s = ctx.zeros(&p.spec(Arg::S).shape, DType::F32)?;
+    let sf = ctx.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
     let pipe = ctx.pipeline("ffm/forward.wgsl", "main", &[], &[("W", lay.w as f64)])?;
     let (sr, sfr) = (s.as_ref(), sf.as_ref());
     let mut launch = ctx.launch("ffm forward");
@@ -273,10 +273,10 @@ pub fn backward(
     }
     let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, r.ck]))?;
     let mc2 = r.state;
-    let dx = ctx.zeros(&p.spec("dx").shape, DType::F32)?;
-    let da = ctx.zeros(&p.spec("da").shape, DType::F32)?;
-    let db = ctx.zeros(&p.spec("db").shape, DType::F32)?;
-    let ds0 = ctx.zeros(&p.spec("ds0").shape, DType::F32)?;
+    let dx = ctx.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
+    let da = ctx.zeros(&p.spec(Arg::Da).shape, DType::F32)?;
+    let db = ctx.zeros(&p.spec(Arg::Db).shape, DType::F32)?;
+    let ds0 = ctx.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let ck = ctx.zeros(&[p.batch, r.ck], DType::F32)?;
     let part = ctx.zeros(&[p.batch, mc2], DType::F32)?;
     // rows' dlog summed per row group (when there are several), then over the groups

@@ -1,6 +1,6 @@
 //! Launch code for the CUDA linear scan (`kernels/scan/scan.cu`).
 
-use super::{LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
+use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::Result;
 use crate::ops::Problem;
 use crate::runtime::cuda::{int, push_opt, CuRef, CuTensor, CudaBackend, NULL};
@@ -64,8 +64,8 @@ pub fn forward(
     inp.check(p)?;
     let pl = plan(p)?;
     let f = be.function(MODULE, &format!("scan_fwd_{}", pl.suffix))?;
-    let mut h = be.zeros(&p.spec("h").shape, p.dtype)?;
-    let mut hf = be.zeros(&p.spec("h_final").shape, DType::F32)?;
+    let mut h = be.zeros(&p.spec(Arg::H).shape, p.dtype)?;
+    let mut hf = be.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
     let fl = flags(p, inp.h0.is_some(), inp.start.is_some());
     let cfg = be.grid(pl.blocks, 256, 0)?;
     let mut b = be.stream.launch_builder(&f);
@@ -101,10 +101,10 @@ pub fn backward(
     inp.check(p)?;
     let pl = plan(p)?;
     let f = be.function(MODULE, &format!("scan_bwd_{}", pl.suffix))?;
-    let mut dx = be.zeros(&p.spec("dx").shape, p.dtype)?;
-    let spec = p.spec("da");
+    let mut dx = be.zeros(&p.spec(Arg::Dx).shape, p.dtype)?;
+    let spec = p.spec(Arg::Da);
     let mut da = be.zeros(&spec.shape, p.dtype_of(spec.role))?;
-    let mut dh0 = be.zeros(&p.spec("dh0").shape, DType::F32)?;
+    let mut dh0 = be.zeros(&p.spec(Arg::Dh0).shape, DType::F32)?;
     let w = p.width();
     let mut part = if p.time_varying {
         None

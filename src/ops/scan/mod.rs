@@ -1,5 +1,5 @@
-//! Diagonal linear scan (SPEC §3a): the first-order recurrence behind S5, LRU and
-//! bidirectional SSM layers.
+//! Diagonal linear scan (contract: `docs/scan.md`): the first-order recurrence behind S5,
+//! LRU and bidirectional SSM layers.
 //!
 //! ```text
 //! h_t = (start_t ? 0 : a_t * h_{t-1}) + x_t,      h_{-1} = h0         (forward)
@@ -21,7 +21,7 @@ pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-use super::{arg_struct, check_nonzero, host_entry, ArgSpec, Problem};
+use super::{arg_names, arg_struct, check_nonzero, host_entry, ArgSpec, Problem};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -94,7 +94,36 @@ impl LinearScan {
     }
 }
 
+arg_names! {
+    /// The arguments and results of [`LinearScan`], for [`Problem::spec`].
+    pub enum Arg {
+        /// `x`: [`ScanInputs::x`].
+        X = "x",
+        /// `a`: [`ScanInputs::a`].
+        A = "a",
+        /// `h0`: [`ScanInputs::h0`].
+        H0 = "h0",
+        /// `start`: [`ScanInputs::start`].
+        Start = "start",
+        /// `h`: [`ScanOutputs::h`].
+        H = "h",
+        /// `h_final`: [`ScanOutputs::h_final`].
+        HFinal = "h_final",
+        /// `grad_h`: [`ScanBackwardInputs::grad_h`].
+        GradH = "grad_h",
+        /// `grad_final`: [`ScanBackwardInputs::grad_final`].
+        GradFinal = "grad_final",
+        /// `dx`: [`ScanGrads::dx`].
+        Dx = "dx",
+        /// `da`: [`ScanGrads::da`].
+        Da = "da",
+        /// `dh0`: [`ScanGrads::dh0`].
+        Dh0 = "dh0",
+    }
+}
+
 impl Problem for LinearScan {
+    type Arg = Arg;
     const NAME: &'static str = "linear_scan";
 
     fn validate(&self) -> Result<()> {
@@ -107,15 +136,14 @@ impl Problem for LinearScan {
         Ok(())
     }
 
-    fn spec(&self, arg: &str) -> ArgSpec {
+    fn spec(&self, arg: Arg) -> ArgSpec {
         let (b, t, d) = (self.batch, self.len, self.dim);
         match arg {
-            "x" | "h" | "grad_h" | "dx" => ArgSpec::seq(self.shape(&[b, t, d])),
-            "a" | "da" if self.time_varying => ArgSpec::seq(self.shape(&[b, t, d])),
-            "a" | "da" => ArgSpec::f32(self.shape(&[d])),
-            "h0" | "h_final" | "grad_final" | "dh0" => ArgSpec::f32(self.shape(&[b, d])),
-            "start" => ArgSpec::flags([b, t]),
-            _ => unreachable!("linear_scan has no argument `{arg}`"),
+            Arg::X | Arg::H | Arg::GradH | Arg::Dx => ArgSpec::seq(self.shape(&[b, t, d])),
+            Arg::A | Arg::Da if self.time_varying => ArgSpec::seq(self.shape(&[b, t, d])),
+            Arg::A | Arg::Da => ArgSpec::f32(self.shape(&[d])),
+            Arg::H0 | Arg::HFinal | Arg::GradFinal | Arg::Dh0 => ArgSpec::f32(self.shape(&[b, d])),
+            Arg::Start => ArgSpec::flags([b, t]),
         }
     }
 
@@ -126,55 +154,55 @@ impl Problem for LinearScan {
 
 arg_struct! {
     /// Inputs of [`forward`].
-    pub struct ScanInputs<F, S> {
+    pub struct ScanInputs<F, S> for LinearScan {
         /// `[B, T, D]` inputs.
-        req x: F,
+        req x: F => X,
         /// Transition: `[B, T, D]` or `[D]`.
-        req a: F,
+        req a: F => A,
         /// Initial state `[B, D]` (zeros when absent).
-        opt h0: F,
+        opt h0: F => H0,
         /// Episode starts `[B, T]`.
-        opt start: S,
+        opt start: S => Start,
     }
 }
 
 arg_struct! {
     /// Results of [`forward`].
-    pub struct ScanOutputs<F> {
+    pub struct ScanOutputs<F> for LinearScan {
         /// Every state `[B, T, D]`.
-        req h,
+        req h => H,
         /// The final state `[B, D]` (`h_{T-1}`, or `h_0` when reversed).
-        req h_final,
+        req h_final => HFinal,
     }
 }
 
 arg_struct! {
     /// Inputs of [`backward`].
-    pub struct ScanBackwardInputs<F, S> {
+    pub struct ScanBackwardInputs<F, S> for LinearScan {
         /// The forward's transition.
-        req a: F,
+        req a: F => A,
         /// The forward's output `h`.
-        req h: F,
+        req h: F => H,
         /// The forward's initial state.
-        opt h0: F,
+        opt h0: F => H0,
         /// The forward's episode starts.
-        opt start: S,
+        opt start: S => Start,
         /// Gradient of the loss with respect to `h`.
-        req grad_h: F,
+        req grad_h: F => GradH,
         /// Gradient with respect to the final state.
-        opt grad_final: F,
+        opt grad_final: F => GradFinal,
     }
 }
 
 arg_struct! {
     /// Results of [`backward`].
-    pub struct ScanGrads<F> {
+    pub struct ScanGrads<F> for LinearScan {
         /// Gradient with respect to `x`.
-        req dx,
+        req dx => Dx,
         /// Gradient with respect to `a` (same shape as `a`).
-        req da,
+        req da => Da,
         /// Gradient with respect to `h0` `[B, D]`.
-        req dh0,
+        req dh0 => Dh0,
     }
 }
 

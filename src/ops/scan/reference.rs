@@ -1,7 +1,7 @@
 //! f64 CPU reference of the linear scan, written in *logical* time: step `s` of the recurrence
 //! is physical time `t = s` (forward) or `t = T-1-s` (reverse), so one loop serves both.
 
-use super::{LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
+use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::Result;
 use crate::ops::cplx::C64;
 use crate::ops::Problem;
@@ -78,7 +78,7 @@ pub fn forward(p: &LinearScan, inp: &ScanInputs<&[f64], &[u8]>) -> Result<ScanOu
     Ok(ScanOutputs { h, h_final: hf })
 }
 
-/// Backward pass in f64 (SPEC §3a, in logical time for the reverse case).
+/// Backward pass in f64 (docs/scan.md, in logical time for the reverse case).
 pub fn backward(
     p: &LinearScan,
     inp: &ScanBackwardInputs<&[f64], &[u8]>,
@@ -93,7 +93,7 @@ pub fn backward(
         start: inp.start,
     };
     let mut dx = vec![0.0; bn * tn * dn * w];
-    let mut da = vec![0.0; p.spec("a").numel()];
+    let mut da = vec![0.0; p.spec(Arg::A).numel()];
     let mut dh0 = vec![0.0; bn * dn * w];
     for b in 0..bn {
         for d in 0..dn {

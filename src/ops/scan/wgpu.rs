@@ -1,6 +1,6 @@
 //! Launch code for the WGSL linear scan (`shaders/scan/`).
 
-use super::{LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
+use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
 use crate::runtime::wgpu::{channel_block, check_u32, GpuRef, GpuTensor, WgpuContext};
@@ -115,8 +115,8 @@ pub fn forward(
     p.validate()?;
     inp.check(p)?;
     let pl = plan(ctx, p)?;
-    let h = ctx.zeros(&p.spec("h").shape, DType::F32)?;
-    let hf = ctx.zeros(&p.spec("h_final").shape, DType::F32)?;
+    let h = ctx.zeros(&p.spec(Arg::H).shape, DType::F32)?;
+    let hf = ctx.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
     let pipe = ctx.pipeline(
         "scan/forward.wgsl",
         "main",
@@ -176,9 +176,9 @@ pub fn backward(
     p.validate()?;
     inp.check(p)?;
     let pl = plan(ctx, p)?;
-    let dx = ctx.zeros(&p.spec("dx").shape, DType::F32)?;
-    let da = ctx.zeros(&p.spec("da").shape, DType::F32)?;
-    let dh0 = ctx.zeros(&p.spec("dh0").shape, DType::F32)?;
+    let dx = ctx.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
+    let da = ctx.zeros(&p.spec(Arg::Da).shape, DType::F32)?;
+    let dh0 = ctx.zeros(&p.spec(Arg::Dh0).shape, DType::F32)?;
     // time-invariant `a`: per-row partial sums, reduced over rows afterwards
     let partial = if p.time_varying {
         None

@@ -19,7 +19,7 @@
 //! [`PARTIAL_BUDGET`] bytes, or one row's chunk when that is larger).
 
 use super::{
-    SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
+    Arg, SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
 };
 use crate::error::{Error, Result};
 use crate::ops::Problem;
@@ -270,8 +270,8 @@ pub fn forward(
     p.validate()?;
     inp.check(p)?;
     let pl = plan(p)?;
-    let mut out = be.zeros(&p.spec("out").shape, p.dtype)?;
-    let mut hf = be.zeros(&p.spec("h_final").shape, DType::F32)?;
+    let mut out = be.zeros(&p.spec(Arg::Out).shape, p.dtype)?;
+    let mut hf = be.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
     launch_forward(be, p, &pl, inp, Some(&mut out), Some(&mut hf), None, None)?;
     Ok(SelectiveOutputs { out, h_final: hf })
 }
@@ -298,8 +298,8 @@ pub fn backward_with_budget(
     inp.check(p)?;
     let pl = plan(p)?;
     let (bn, tn, dn, ns) = (p.batch, p.len, p.dim, p.state);
-    let f32z = |name: &str| be.zeros(&p.spec(name).shape, DType::F32);
-    let seqz = |name: &str| be.zeros(&p.spec(name).shape, p.dtype);
+    let f32z = |name: Arg| be.zeros(&p.spec(name).shape, DType::F32);
+    let seqz = |name: Arg| be.zeros(&p.spec(name).shape, p.dtype);
 
     // pass 1: checkpoints (and the pre-gate output for dz)
     let fwd_inp = SelectiveInputs {
@@ -332,11 +332,11 @@ pub fn backward_with_budget(
 
     // pass 2: the backward proper, over ranges of rows and chunks that keep the partials
     // within the budget
-    let (mut du, mut ddelta, mut dz) = (seqz("du")?, seqz("ddelta")?, seqz("dz")?);
-    let bc_dtype = p.dtype_of(p.spec("dbm").role);
-    let mut dbm = be.zeros(&p.spec("dbm").shape, bc_dtype)?;
-    let mut dcm = be.zeros(&p.spec("dcm").shape, bc_dtype)?;
-    let mut dh0 = f32z("dh0")?;
+    let (mut du, mut ddelta, mut dz) = (seqz(Arg::Du)?, seqz(Arg::Ddelta)?, seqz(Arg::Dz)?);
+    let bc_dtype = p.dtype_of(p.spec(Arg::Dbm).role);
+    let mut dbm = be.zeros(&p.spec(Arg::Dbm).shape, bc_dtype)?;
+    let mut dcm = be.zeros(&p.spec(Arg::Dcm).shape, bc_dtype)?;
+    let mut dh0 = f32z(Arg::Dh0)?;
     let fixed = !p.input_dependent();
     let mut pa = be.zeros(&[bn, dn * ns], DType::F32)?;
     let (mut pbf, mut pcf) = if fixed {
@@ -504,9 +504,9 @@ pub fn backward_with_budget(
         // B * cols floats and `dst` cols (both allocated here); threads past cols return.
         unsafe { be.run(b, cfg) }
     };
-    let mut da = f32z("da")?;
-    let mut ddskip = f32z("ddskip")?;
-    let mut ddelta_bias = f32z("ddelta_bias")?;
+    let mut da = f32z(Arg::Da)?;
+    let mut ddskip = f32z(Arg::Ddskip)?;
+    let mut ddelta_bias = f32z(Arg::DdeltaBias)?;
     sum_rows(&pa, &mut da, dn * ns)?;
     sum_rows(&pds, &mut ddskip, dn)?;
     sum_rows(&pbias, &mut ddelta_bias, dn)?;

@@ -1,5 +1,5 @@
-//! Selective scan (SPEC §3b): the S6 recurrence of Mamba, with episode resets, an initial
-//! state and the final state.
+//! Selective scan (contract: `docs/selective.md`): the S6 recurrence of Mamba, with episode
+//! resets, an initial state and the final state.
 //!
 //! ```text
 //! dt_t   = softplus ? softplus(delta_t + delta_bias) : delta_t + delta_bias
@@ -41,7 +41,7 @@ pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-use super::{arg_struct, check_max, check_nonzero, host_entry, ArgSpec, Problem};
+use super::{arg_names, arg_struct, check_max, check_nonzero, host_entry, ArgSpec, Problem};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -131,7 +131,60 @@ impl SelectiveScan {
     }
 }
 
+arg_names! {
+    /// The arguments and results of [`SelectiveScan`], for [`Problem::spec`].
+    pub enum Arg {
+        /// `u`: [`SelectiveInputs::u`].
+        U = "u",
+        /// `delta`: [`SelectiveInputs::delta`].
+        Delta = "delta",
+        /// `a`: [`SelectiveInputs::a`].
+        A = "a",
+        /// `bm`: [`SelectiveInputs::bm`].
+        Bm = "bm",
+        /// `cm`: [`SelectiveInputs::cm`].
+        Cm = "cm",
+        /// `dskip`: [`SelectiveInputs::dskip`].
+        Dskip = "dskip",
+        /// `z`: [`SelectiveInputs::z`].
+        Z = "z",
+        /// `delta_bias`: [`SelectiveInputs::delta_bias`].
+        DeltaBias = "delta_bias",
+        /// `h0`: [`SelectiveInputs::h0`].
+        H0 = "h0",
+        /// `start`: [`SelectiveInputs::start`].
+        Start = "start",
+        /// `out`: [`SelectiveOutputs::out`].
+        Out = "out",
+        /// `h_final`: [`SelectiveOutputs::h_final`].
+        HFinal = "h_final",
+        /// `grad_out`: [`SelectiveBackwardInputs::grad_out`].
+        GradOut = "grad_out",
+        /// `grad_final`: [`SelectiveBackwardInputs::grad_final`].
+        GradFinal = "grad_final",
+        /// `du`: [`SelectiveGrads::du`].
+        Du = "du",
+        /// `ddelta`: [`SelectiveGrads::ddelta`].
+        Ddelta = "ddelta",
+        /// `da`: [`SelectiveGrads::da`].
+        Da = "da",
+        /// `dbm`: [`SelectiveGrads::dbm`].
+        Dbm = "dbm",
+        /// `dcm`: [`SelectiveGrads::dcm`].
+        Dcm = "dcm",
+        /// `ddskip`: [`SelectiveGrads::ddskip`].
+        Ddskip = "ddskip",
+        /// `dz`: [`SelectiveGrads::dz`].
+        Dz = "dz",
+        /// `ddelta_bias`: [`SelectiveGrads::ddelta_bias`].
+        DdeltaBias = "ddelta_bias",
+        /// `dh0`: [`SelectiveGrads::dh0`].
+        Dh0 = "dh0",
+    }
+}
+
 impl Problem for SelectiveScan {
+    type Arg = Arg;
     const NAME: &'static str = "selective_scan";
 
     fn validate(&self) -> Result<()> {
@@ -156,21 +209,25 @@ impl Problem for SelectiveScan {
         Ok(())
     }
 
-    fn spec(&self, arg: &str) -> ArgSpec {
+    fn spec(&self, arg: Arg) -> ArgSpec {
         let (b, t, d, n) = (self.batch, self.len, self.dim, self.state);
         match arg {
-            "u" | "delta" | "z" | "out" | "grad_out" | "du" | "ddelta" | "dz" => {
-                ArgSpec::seq([b, t, d])
-            }
-            "a" | "da" => ArgSpec::f32([d, n]),
-            "bm" | "cm" | "dbm" | "dcm" => match self.bc {
+            Arg::U
+            | Arg::Delta
+            | Arg::Z
+            | Arg::Out
+            | Arg::GradOut
+            | Arg::Du
+            | Arg::Ddelta
+            | Arg::Dz => ArgSpec::seq([b, t, d]),
+            Arg::A | Arg::Da => ArgSpec::f32([d, n]),
+            Arg::Bm | Arg::Cm | Arg::Dbm | Arg::Dcm => match self.bc {
                 BcMode::InputDependent { groups } => ArgSpec::seq([b, t, groups, n]),
                 BcMode::Fixed => ArgSpec::f32([d, n]),
             },
-            "dskip" | "delta_bias" | "ddskip" | "ddelta_bias" => ArgSpec::f32([d]),
-            "h0" | "h_final" | "grad_final" | "dh0" => ArgSpec::f32([b, d, n]),
-            "start" => ArgSpec::flags([b, t]),
-            _ => unreachable!("selective_scan has no argument `{arg}`"),
+            Arg::Dskip | Arg::DeltaBias | Arg::Ddskip | Arg::DdeltaBias => ArgSpec::f32([d]),
+            Arg::H0 | Arg::HFinal | Arg::GradFinal | Arg::Dh0 => ArgSpec::f32([b, d, n]),
+            Arg::Start => ArgSpec::flags([b, t]),
         }
     }
 
@@ -181,92 +238,92 @@ impl Problem for SelectiveScan {
 
 arg_struct! {
     /// Inputs of [`forward`].
-    pub struct SelectiveInputs<F, S> {
+    pub struct SelectiveInputs<F, S> for SelectiveScan {
         /// Input sequence `[B, T, D]`.
-        req u: F,
+        req u: F => U,
         /// Step sizes before bias and softplus, `[B, T, D]`.
-        req delta: F,
+        req delta: F => Delta,
         /// State matrix `[D, N]` (f32; negative for a decaying state).
-        req a: F,
+        req a: F => A,
         /// Input projection: `[B, T, G, N]` (input-dependent) or `[D, N]` (fixed, f32).
-        req bm: F,
+        req bm: F => Bm,
         /// Output projection: `[B, T, G, N]` (input-dependent) or `[D, N]` (fixed, f32).
-        req cm: F,
+        req cm: F => Cm,
         /// Skip connection `[D]` (f32; zero when absent).
-        opt dskip: F,
+        opt dskip: F => Dskip,
         /// Gate `[B, T, D]`: `out = y * silu(z)` when present.
-        opt z: F,
+        opt z: F => Z,
         /// Bias added to `delta` `[D]` (f32; zero when absent).
-        opt delta_bias: F,
+        opt delta_bias: F => DeltaBias,
         /// Initial state `[B, D, N]` (f32; zeros when absent).
-        opt h0: F,
+        opt h0: F => H0,
         /// Episode starts `[B, T]`.
-        opt start: S,
+        opt start: S => Start,
     }
 }
 
 arg_struct! {
     /// Results of [`forward`].
-    pub struct SelectiveOutputs<F> {
+    pub struct SelectiveOutputs<F> for SelectiveScan {
         /// Output `[B, T, D]`.
-        req out,
+        req out => Out,
         /// The state after step `T-1`, `[B, D, N]` f32.
-        req h_final,
+        req h_final => HFinal,
     }
 }
 
 arg_struct! {
     /// Inputs of [`backward`]: the forward's inputs and the gradients of its outputs.
-    pub struct SelectiveBackwardInputs<F, S> {
+    pub struct SelectiveBackwardInputs<F, S> for SelectiveScan {
         /// The forward's `u`.
-        req u: F,
+        req u: F => U,
         /// The forward's `delta`.
-        req delta: F,
+        req delta: F => Delta,
         /// The forward's `A`.
-        req a: F,
+        req a: F => A,
         /// The forward's `Bm`.
-        req bm: F,
+        req bm: F => Bm,
         /// The forward's `Cm`.
-        req cm: F,
+        req cm: F => Cm,
         /// The forward's `Dskip`.
-        opt dskip: F,
+        opt dskip: F => Dskip,
         /// The forward's `z`.
-        opt z: F,
+        opt z: F => Z,
         /// The forward's `delta_bias`.
-        opt delta_bias: F,
+        opt delta_bias: F => DeltaBias,
         /// The forward's initial state.
-        opt h0: F,
+        opt h0: F => H0,
         /// The forward's episode starts.
-        opt start: S,
+        opt start: S => Start,
         /// Gradient of the loss with respect to `out`, `[B, T, D]`.
-        req grad_out: F,
+        req grad_out: F => GradOut,
         /// Gradient with respect to the final state `[B, D, N]` (zero when absent).
-        opt grad_final: F,
+        opt grad_final: F => GradFinal,
     }
 }
 
 arg_struct! {
     /// Results of [`backward`]: the gradient of every differentiable input, always all
     /// present (see the [module docs](self) for absent optional inputs).
-    pub struct SelectiveGrads<F> {
+    pub struct SelectiveGrads<F> for SelectiveScan {
         /// Gradient with respect to `u`, `[B, T, D]`.
-        req du,
+        req du => Du,
         /// Gradient with respect to `delta` (before bias and softplus), `[B, T, D]`.
-        req ddelta,
+        req ddelta => Ddelta,
         /// Gradient with respect to `A`, `[D, N]`.
-        req da,
+        req da => Da,
         /// Gradient with respect to `Bm` (same shape and storage as `Bm`).
-        req dbm,
+        req dbm => Dbm,
         /// Gradient with respect to `Cm` (same shape and storage as `Cm`).
-        req dcm,
+        req dcm => Dcm,
         /// Gradient with respect to `Dskip`, `[D]`.
-        req ddskip,
+        req ddskip => Ddskip,
         /// Gradient with respect to `z`, `[B, T, D]` (zeros when `z` is absent).
-        req dz,
+        req dz => Dz,
         /// Gradient with respect to `delta_bias`, `[D]`.
-        req ddelta_bias,
+        req ddelta_bias => DdeltaBias,
         /// Gradient with respect to `h0`, `[B, D, N]`.
-        req dh0,
+        req dh0 => Dh0,
     }
 }
 

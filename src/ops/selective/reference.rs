@@ -1,9 +1,9 @@
-//! f64 CPU reference of the selective scan (SPEC §3b), one `(batch, channel)` sequence at a
+//! f64 CPU reference of the selective scan (docs/selective.md), one `(batch, channel)` sequence at a
 //! time. The backward recomputes the forward's states of the sequence and runs the adjoint
 //! recurrence `H_t = dy_t Cm_t + (start_{t+1} ? 0 : exp(dt_{t+1} A) H_{t+1})` from the end.
 
 use super::{
-    SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
+    Arg, SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
 };
 use crate::error::Result;
 use crate::ops::Problem;
@@ -162,8 +162,8 @@ pub fn backward(
         du: vec![0.0; seq_n],
         ddelta: vec![0.0; seq_n],
         da: vec![0.0; dn * ns],
-        dbm: vec![0.0; p.spec("bm").numel()],
-        dcm: vec![0.0; p.spec("cm").numel()],
+        dbm: vec![0.0; p.spec(Arg::Bm).numel()],
+        dcm: vec![0.0; p.spec(Arg::Cm).numel()],
         ddskip: vec![0.0; dn],
         dz: vec![0.0; seq_n],
         ddelta_bias: vec![0.0; dn],

@@ -23,7 +23,7 @@
 //! limits below are the tested lengths). Real GPU drivers have no such cap.
 
 use super::{
-    SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
+    Arg, SelectiveBackwardInputs, SelectiveGrads, SelectiveInputs, SelectiveOutputs, SelectiveScan,
 };
 use crate::error::{Error, Result};
 use crate::ops::Problem;
@@ -284,8 +284,8 @@ pub fn forward(
     p.validate()?;
     inp.check(p)?;
     let pl = plan(ctx, p, false, &|_| 0)?;
-    let out = ctx.zeros(&p.spec("out").shape, p.dtype)?;
-    let hf = ctx.zeros(&p.spec("h_final").shape, DType::F32)?;
+    let out = ctx.zeros(&p.spec(Arg::Out).shape, p.dtype)?;
+    let hf = ctx.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
     let pipe = ctx.pipeline(
         "selective/forward.wgsl",
         "main",
@@ -371,18 +371,18 @@ pub fn backward(
     let (dn_n, fixed) = (dn * ns, !p.input_dependent());
     let pp_len = bn * (dn_n + 2 * dn) + if fixed { 2 * bn * dn_n } else { 0 };
     check_u32("parameter partials of the backward", pp_len)?;
-    let f32z = |name: &str| ctx.zeros(&p.spec(name).shape, DType::F32);
-    let seqz = |name: &str| ctx.zeros(&p.spec(name).shape, p.dtype);
-    let (du, ddelta, dz) = (seqz("du")?, seqz("ddelta")?, seqz("dz")?);
+    let f32z = |name: Arg| ctx.zeros(&p.spec(name).shape, DType::F32);
+    let seqz = |name: Arg| ctx.zeros(&p.spec(name).shape, p.dtype);
+    let (du, ddelta, dz) = (seqz(Arg::Du)?, seqz(Arg::Ddelta)?, seqz(Arg::Dz)?);
     let (da, ddskip, ddelta_bias, dh0) = (
-        f32z("da")?,
-        f32z("ddskip")?,
-        f32z("ddelta_bias")?,
-        f32z("dh0")?,
+        f32z(Arg::Da)?,
+        f32z(Arg::Ddskip)?,
+        f32z(Arg::DdeltaBias)?,
+        f32z(Arg::Dh0)?,
     );
-    let bc_dtype = p.dtype_of(p.spec("dbm").role);
-    let dbm = ctx.zeros(&p.spec("dbm").shape, bc_dtype)?;
-    let dcm = ctx.zeros(&p.spec("dcm").shape, bc_dtype)?;
+    let bc_dtype = p.dtype_of(p.spec(Arg::Dbm).role);
+    let dbm = ctx.zeros(&p.spec(Arg::Dbm).shape, bc_dtype)?;
+    let dcm = ctx.zeros(&p.spec(Arg::Dcm).shape, bc_dtype)?;
     let pp = ctx.zeros(&[pp_len], DType::F32)?;
     let rs = ctx.zeros(&[max_rows * rs_row(&pl)], DType::F32)?;
     let pipe = ctx.pipeline(
