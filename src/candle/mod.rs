@@ -262,14 +262,14 @@ mod cuda {
     use crate::{CuRef, CuTensor, CudaBackend};
     use candle_core::{CudaStorage, Layout, Shape, Tensor};
     use cudarc::driver::CudaSlice;
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Mutex, PoisonError};
 
     /// linrec's backend on candle's stream for `dev` (one per stream, cached).
     pub(super) fn backend(dev: &candle_core::CudaDevice) -> candle_core::Result<Arc<CudaBackend>> {
         static CACHE: Mutex<Vec<(usize, Arc<CudaBackend>)>> = Mutex::new(Vec::new());
         let stream = dev.cuda_stream();
         let key = Arc::as_ptr(&stream) as usize;
-        let mut c = CACHE.lock().unwrap();
+        let mut c = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, b)) = c.iter().find(|(k, _)| *k == key) {
             return Ok(b.clone());
         }

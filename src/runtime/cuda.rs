@@ -11,7 +11,7 @@ use cudarc::driver::{
 };
 use half::{bf16, f16};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 mod modules {
@@ -122,7 +122,7 @@ impl CudaBackend {
     /// The kernel `func` of module `module` (a path under `kernels/`), loading the module once:
     /// the build-time PTX for this architecture when there is one, else NVRTC.
     pub(crate) fn function(&self, module: &'static str, func: &str) -> Result<CudaFunction> {
-        let mut cache = self.modules.lock().unwrap();
+        let mut cache = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
         let m = match cache.get(module) {
             Some(m) => m.clone(),
             None => {
@@ -271,9 +271,9 @@ impl CudaBackend {
     /// Run `f` and return its result with the GPU time of the kernels it launched (events
     /// recorded around each launch; copies and allocations are not counted).
     pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
-        *self.timer.lock().unwrap() = Some(0.0);
+        *self.timer.lock().unwrap_or_else(PoisonError::into_inner) = Some(0.0);
         let r = f();
-        let ms = self.timer.lock().unwrap().take().unwrap_or(0.0);
+        let ms = self.timer.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or(0.0);
         Ok((r?, Duration::from_secs_f64(ms / 1e3)))
     }
 
@@ -320,7 +320,7 @@ impl CudaBackend {
     /// make the kernel touch memory inside the buffers it was given; every call site states
     /// why in a `SAFETY:` comment.
     pub(crate) unsafe fn run(&self, mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
-        let timing = self.timer.lock().unwrap().is_some();
+        let timing = self.timer.lock().unwrap_or_else(PoisonError::into_inner).is_some();
         if timing {
             args.record_kernel_launch(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         }
@@ -329,7 +329,7 @@ impl CudaBackend {
         if let Some((a, b)) = events {
             b.synchronize().map_err(drv)?;
             let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
-            if let Some(t) = self.timer.lock().unwrap().as_mut() {
+            if let Some(t) = self.timer.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
                 *t += ms;
             }
         }

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use wgpu::util::DeviceExt;
 
@@ -326,7 +326,7 @@ impl WgpuContext {
         constants: &[(&str, f64)],
     ) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = format!("{shader}|{entry}|{defines:?}|{constants:?}");
-        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+        if let Some(p) = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
             return Ok(p.clone());
         }
         let lookup = |n: &str| {
@@ -359,7 +359,7 @@ impl WgpuContext {
                 }))
         })?;
         let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap().insert(key, p.clone());
+        self.pipelines.lock().unwrap_or_else(PoisonError::into_inner).insert(key, p.clone());
         Ok(p)
     }
 
@@ -436,7 +436,7 @@ impl WgpuContext {
             ));
         }
         {
-            let mut t = self.timer.lock().unwrap();
+            let mut t = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
             let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("linrec timer"),
                 ty: wgpu::QueryType::Timestamp,
@@ -461,7 +461,7 @@ impl WgpuContext {
         let total = self
             .timer
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .take()
             .map_or(0.0, |t| t.total_ns);
         Ok((r?, Duration::from_nanos(total as u64)))
@@ -562,7 +562,7 @@ impl<'c> Launch<'c> {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some(&label),
                 });
-            let timer = ctx.timer.lock().unwrap();
+            let timer = ctx.timer.lock().unwrap_or_else(PoisonError::into_inner);
             let uniforms: Vec<wgpu::Buffer> = self
                 .steps
                 .iter()
@@ -620,7 +620,7 @@ impl<'c> Launch<'c> {
             }
             ctx.queue.submit([enc.finish()]);
             drop(timer);
-            let mut timer = ctx.timer.lock().unwrap();
+            let mut timer = ctx.timer.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(t) = timer.as_mut() {
                 let slice = t.readback.slice(..);
                 slice.map_async(wgpu::MapMode::Read, |_| {});
