@@ -74,7 +74,14 @@ fn validate_wgsl(root: &Path, name: &str, text: &str) {
 
 fn find_nvcc() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("NVCC") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return Some(p);
+        }
+        println!(
+            "cargo:warning=linrec: NVCC={} does not exist; looking for nvcc elsewhere",
+            p.display()
+        );
     }
     if let Ok(h) = std::env::var("CUDA_HOME") {
         let p = Path::new(&h).join("bin/nvcc");
@@ -134,36 +141,73 @@ fn main() {
     );
     gen.push_str("pub static MODULES: &[(&str, &str, Option<&str>, Option<&str>)] = &[\n");
     let lookup = |n: &str| std::fs::read_to_string(kroot.join(n)).ok();
+    // Every (file, architecture) pair is one nvcc process; as many run at once as there are
+    // cores (on a 2-core CI machine this halves the build script's wall time).
+    const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
     for p in &cu {
         let name = rel(&kroot, p);
         let src = shader_pp::inline_includes(&name, &lookup, &mut Vec::new())
             .unwrap_or_else(|e| fail(&format!("kernels/{name}: {e}")));
         let src_path = out_dir.join(format!("{}.src.cu", name.replace('/', "__")));
         std::fs::write(&src_path, &src).unwrap();
-        let mut ptx = [None, None];
-        if let Some(nvcc) = &nvcc {
-            for (i, arch) in ["sm_80", "sm_90"].iter().enumerate() {
-                let out = out_dir.join(format!("{}.{arch}.ptx", name.replace('/', "__")));
-                let res = Command::new(nvcc)
-                    .args(["--ptx", "-O3", "-std=c++17", "-lineinfo"])
-                    .arg(format!("-arch={arch}"))
-                    .arg("-I")
-                    .arg(&kroot)
-                    .arg("-o")
-                    .arg(&out)
-                    .arg(p)
-                    .output()
-                    .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
-                if !res.status.success() {
-                    fail(&format!(
-                        "error: nvcc failed on kernels/{name} for {arch}:\n{}{}",
-                        String::from_utf8_lossy(&res.stdout),
-                        String::from_utf8_lossy(&res.stderr)
-                    ));
-                }
-                ptx[i] = Some(format!("include_str!({:?})", out.display().to_string()));
-            }
+    }
+    let jobs: Vec<(usize, usize)> = (0..cu.len())
+        .flat_map(|f| (0..ARCHS.len()).map(move |a| (f, a)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut compiled: Vec<[Option<String>; 2]> = vec![[None, None]; cu.len()];
+    if let Some(nvcc) = &nvcc {
+        let done: Vec<Vec<(usize, usize, String)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&(f, a)) = jobs.get(i) else {
+                                break mine;
+                            };
+                            let (p, arch) = (&cu[f], ARCHS[a]);
+                            let name = rel(&kroot, p);
+                            let out =
+                                out_dir.join(format!("{}.{arch}.ptx", name.replace('/', "__")));
+                            let res = Command::new(nvcc)
+                                .args(["--ptx", "-O3", "-std=c++17", "-lineinfo"])
+                                .arg(format!("-arch={arch}"))
+                                .arg("-I")
+                                .arg(&kroot)
+                                .arg("-o")
+                                .arg(&out)
+                                .arg(p)
+                                .output()
+                                .unwrap_or_else(|e| {
+                                    fail(&format!("cannot run {}: {e}", nvcc.display()))
+                                });
+                            if !res.status.success() {
+                                fail(&format!(
+                                    "error: nvcc failed on kernels/{name} for {arch}:\n{}{}",
+                                    String::from_utf8_lossy(&res.stdout),
+                                    String::from_utf8_lossy(&res.stderr)
+                                ));
+                            }
+                            mine.push((f, a, out.display().to_string()));
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| fail("an nvcc worker panicked")))
+                .collect()
+        });
+        for (f, a, out) in done.into_iter().flatten() {
+            compiled[f][a] = Some(format!("include_str!({out:?})"));
         }
+    }
+    for (p, ptx) in cu.iter().zip(compiled) {
+        let name = rel(&kroot, p);
+        let src_path = out_dir.join(format!("{}.src.cu", name.replace('/', "__")));
         let [p80, p90] = ptx.map(|p| p.map_or("None".into(), |s| format!("Some({s})")));
         writeln!(
             gen,
