@@ -1,28 +1,81 @@
 #!/usr/bin/env bash
 # linrec's whole check, as CI runs it (.ci/run calls exactly this): installs lavapipe and the
 # pinned nvcc packages if missing (scripts/setup.sh), then
-#   1. formatting, clippy (all targets, all features: candle-cuda's kernels are built with the
-#      pinned nvcc, see .cargo/config.toml) and rustdoc with warnings denied;
-#   2. every CUDA kernel compiled for sm_80 and sm_90, failing on register spills;
-#   3. every test: WGSL kernels on the best wgpu adapter (lavapipe without a GPU), CUDA kernels
-#      on the GPU, or on linrec's CPU emulator where there is none.
+#   1. formatting, clippy and rustdoc with warnings denied (features wgpu + cuda + candle, the
+#      set the tests use, so one build-script run and one dependency check serve all three;
+#      and the library without wgpu);
+#   2. every CUDA kernel assembled for sm_80 and sm_90, failing on register spills (the PTX the
+#      build script compiled, so nvcc's front end runs once);
+#   3. the package: `cargo publish --dry-run`, then the unpacked crate built on its own, with
+#      and without feature `cuda`, nvcc hidden (the NVRTC path a user without a toolkit gets);
+#   4. every test: WGSL kernels on the best wgpu adapter (lavapipe without a GPU), CUDA kernels
+#      on the GPU, or on linrec's CPU emulator where there is none (the long-sequence cases are
+#      the `long_*` tests: `cargo test -- long_` runs that group alone).
+# Each stage prints its wall time. `LINREC_CI_SKIP=package` skips the package stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+t_all=$(date +%s)
+stage_t0=0
+stage_name=""
+begin() {
+  end_stage
+  stage_name=$1
+  stage_t0=$(date +%s)
+  echo "== $1"
+}
+end_stage() {
+  if [ -n "$stage_name" ]; then echo "== $stage_name: $(($(date +%s) - stage_t0)) s"; fi
+  stage_name=""
+}
+skip() { [[ ",${LINREC_CI_SKIP:-}," == *",$1,"* ]] && echo "== $1: skipped (LINREC_CI_SKIP)"; }
+
+begin "set-up (lavapipe, nvcc, CUDA emulator)"
 source scripts/setup.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-
-echo "== format and lints"
-cargo fmt --all -- --check
-cargo clippy --all-targets --all-features -- -D warnings
-cargo clippy --all-targets --no-default-features --features cuda,candle -- -D warnings  # no wgpu
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -q
-
-echo "== CUDA kernels: sm_80 / sm_90 compile and spill check"
-scripts/check-cuda.sh
-
-echo "== tests"
-# candle's CUDA tests only where there is a GPU (candle's CUDA backend needs the real libraries;
-# without one its tests show as ignored with that reason)
 features=cuda,candle
+# candle's own CUDA backend (feature candle-cuda) builds candle's kernels with nvcc, which costs
+# many minutes and can only run where there is a GPU: linted and tested there only.
 if nvidia-smi -L >/dev/null 2>&1; then features=cuda,candle-cuda; fi
+
+begin "format"
+cargo fmt --all -- --check
+
+begin "clippy (features $features; and without wgpu)"
+cargo clippy --all-targets --features "$features" -- -D warnings
+cargo clippy --lib --no-default-features --features cuda,candle -- -D warnings  # no wgpu
+
+begin "rustdoc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features "$features" -q
+
+begin "CUDA kernels: sm_80 / sm_90 assemble and spill check"
+out_dir=$(cargo check --features "$features" --message-format=json 2>/dev/null \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "build-script-executed" and "linrec" in m["package_id"].split("#")[0].split("/")[-1]:
+        print(m["out_dir"])' | tail -1)
+scripts/check-cuda.sh --ptx "$out_dir"
+
+begin "tests"
 cargo test --features "$features" "$@"
+
+if ! skip package; then
+  begin "package: publish dry run, unpacked crate with and without cuda (no nvcc)"
+  cargo publish --dry-run --allow-dirty -q
+  pkg=$(mktemp -d)
+  tar -xzf target/package/linrec-*.crate -C "$pkg"
+  (
+    cd "$pkg"/linrec-*
+    # the user's view: no repository config, no nvcc anywhere
+    export CARGO_TARGET_DIR="$root/target" PATH=$(echo "$PATH" | tr ':' '\n' | grep -v "$root/.tools" | paste -sd:)
+    unset NVCC CUDA_HOME
+    ! command -v nvcc >/dev/null || { echo "nvcc still on PATH"; exit 1; }
+    cargo build -q --lib
+    cargo build -q --lib --features cuda
+  )
+  rm -rf "$pkg"
+fi
+end_stage
+echo "== total: $(($(date +%s) - t_all)) s"

@@ -1227,10 +1227,10 @@ fn long_sequences_on(bk: &str) -> T {
     }
     Ok(())
 }
-fn wgpu_long_sequences() -> T {
+fn long_wgpu() -> T {
     long_sequences_on("wgpu")
 }
-fn cuda_long_sequences() -> T {
+fn long_cuda() -> T {
     long_sequences_on("cuda")
 }
 
@@ -1535,8 +1535,8 @@ fn main() {
         random_shapes_all_backends,
         wgpu_decode_chain,
         cuda_decode_chain,
-        wgpu_long_sequences,
-        cuda_long_sequences,
+        long_wgpu,
+        long_cuda,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
         cuda_tensor_core_layouts,

@@ -1351,10 +1351,10 @@ fn slow_decay_long_on(bk: &str) -> T {
         tg,
     )
 }
-fn wgpu_slow_decay_long() -> T {
+fn long_wgpu_slow_decay() -> T {
     slow_decay_long_on("wgpu")
 }
-fn cuda_slow_decay_long() -> T {
+fn long_cuda_slow_decay() -> T {
     slow_decay_long_on("cuda")
 }
 
@@ -1365,10 +1365,10 @@ fn cuda_slow_decay() -> T {
     slow_decay_on("cuda")
 }
 
-fn wgpu_long_sequences() -> T {
+fn long_wgpu() -> T {
     long_sequences_on("wgpu")
 }
-fn cuda_long_sequences() -> T {
+fn long_cuda() -> T {
     long_sequences_on("cuda")
 }
 
@@ -1828,12 +1828,12 @@ fn main() {
         wgpu_flag_extremes,
         random_shapes_all_backends,
         gpu_identities,
-        wgpu_long_sequences,
+        long_wgpu,
         wgpu_slow_decay,
         cuda_slow_decay,
-        wgpu_slow_decay_long,
-        cuda_slow_decay_long,
-        cuda_long_sequences,
+        long_wgpu_slow_decay,
+        long_cuda_slow_decay,
+        long_cuda,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
         cuda_every_block_width,

@@ -734,7 +734,7 @@ fn random_shapes_all_backends() -> T {
 }
 
 /// T = 2^20 in one row: the chunk loop carries the state through 1024+ chunks.
-fn wgpu_long_sequence() -> T {
+fn long_wgpu() -> T {
     let dev = wgpu()?;
     for p in [
         LinearScan::new(1, 1 << 20, 1),
@@ -869,7 +869,7 @@ fn main() {
         cuda_storage_dtypes,
         wgpu_storage_dtypes_refused,
         random_shapes_all_backends,
-        wgpu_long_sequence,
+        long_wgpu,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
     ]);

@@ -1353,7 +1353,7 @@ fn ill_conditioned_shared_grads() -> T {
 /// And T = 65536 in one row: the per-step work is written out step by step, so lavapipe's
 /// cap of 65535 loop iterations per loop nest (which cut such rows short when every step was
 /// a loop iteration) is far away.
-fn wgpu_long_sequence() -> T {
+fn long_wgpu() -> T {
     for bk in ["wgpu-no-subgroups", "wgpu"] {
         let dev = backend(bk)?;
         for p in [
@@ -1370,7 +1370,7 @@ fn wgpu_long_sequence() -> T {
 
 /// T = 4096 (the longest the f32 bounds cover) with resets on CUDA: 16 chunks carried through
 /// the forward, the checkpoints and the backward.
-fn cuda_long_sequence() -> T {
+fn long_cuda() -> T {
     let dev = cuda_dev()?;
     for p in [
         SelectiveScan::new(1, 4096, 3, 4).softplus(),
@@ -1706,8 +1706,8 @@ fn main() {
         wgpu_storage_dtypes_without_subgroups,
         cuda_storage_dtypes,
         random_shapes_all_backends,
-        wgpu_long_sequence,
-        cuda_long_sequence,
+        long_wgpu,
+        long_cuda,
         cuda_backward_in_pieces,
         wgpu_lavapipe_length_caps,
         wgpu_split_limits,
