@@ -360,7 +360,7 @@ fn selective_on(dev: &CDevice, what: &str) -> T {
                 );
                 continue;
             }
-            grad_close(&tag, &grads, &format!("d{nm}"), &vars[i], want[i])?;
+            grad_close(&tag, &grads, format!("d{nm}"), &vars[i], want[i])?;
         }
     }
     Ok(())
@@ -487,6 +487,64 @@ fn candle_errors_name_the_argument() -> T {
     Ok(())
 }
 
+/// Layer configurations are checked before any parameter is made: each bad one is a linrec
+/// `Value` error naming the field (not candle's unrelated message about a distribution).
+fn layer_configs_are_validated() -> T {
+    use candle_nn::{VarBuilder, VarMap};
+    use linrec::candle::layers::{EflaAttention, EflaAttentionConfig, FfmCell, FfmCellConfig};
+    let dev = CDevice::Cpu;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev);
+    let expect = |what: &str, r: Result<(), candle_core::Error>, arg: &str| -> T {
+        match r {
+            Ok(()) => fail!("{what} was accepted"),
+            Err(e) => {
+                ensure!(
+                    e.to_string().contains(&format!("`{arg}`")),
+                    "{what}: the message does not name `{arg}`: {e}"
+                );
+                Ok(())
+            }
+        }
+    };
+    let ffm = |f: &dyn Fn(&mut FfmCellConfig)| {
+        let mut c = FfmCellConfig::new(4, 3, 8, 2);
+        f(&mut c);
+        FfmCell::new(c, vb.pp("ffm")).map(|_| ())
+    };
+    expect("memory = 0", ffm(&|c| c.memory = 0), "memory")?;
+    expect("context = 0", ffm(&|c| c.context = 0), "context")?;
+    expect("input = 0", ffm(&|c| c.input = 0), "input")?;
+    expect(
+        "a NaN horizon",
+        ffm(&|c| c.min_horizon = f64::NAN),
+        "min_horizon",
+    )?;
+    expect(
+        "an infinite horizon",
+        ffm(&|c| c.max_horizon = f64::INFINITY),
+        "max_horizon",
+    )?;
+    expect(
+        "max < min horizon",
+        ffm(&|c| c.max_horizon = 0.5),
+        "max_horizon",
+    )?;
+    ffm(&|_| {}).map_err(ce)?;
+    let efla = |c: EflaAttentionConfig| EflaAttention::new(c, vb.pp("efla")).map(|_| ());
+    expect("heads = 0", efla(EflaAttentionConfig::new(8, 0)), "heads")?;
+    expect(
+        "model = 6, heads = 4",
+        efla(EflaAttentionConfig::new(6, 4)),
+        "heads",
+    )?;
+    let mut wide = EflaAttentionConfig::new(8, 2);
+    wide.key_dim = 257;
+    expect("key_dim = 257", efla(wide), "key_dim")?;
+    efla(EflaAttentionConfig::new(8, 2)).map_err(ce)?;
+    Ok(())
+}
+
 fn cpu_scan() -> T {
     scan_on(&CDevice::Cpu, "cpu")
 }
@@ -533,6 +591,7 @@ fn main() {
         cpu_selective,
         layers_train_and_chain,
         candle_errors_name_the_argument,
+        layer_configs_are_validated,
         cuda_scan,
         cuda_ffm,
         cuda_efla,

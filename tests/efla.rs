@@ -124,7 +124,9 @@ fn with(d: &Data, p: Efla) -> Data {
 fn naive(d: &Data) -> (Vec<f64>, Vec<f64>) {
     let p = &d.p;
     let (bn, tn, hn, kn, vn) = (p.batch, p.len, p.heads, p.key_dim, p.value_dim);
-    let scale = p.scale.map_or(1.0 / (kn as f64).sqrt(), |s| s as f64) as f32 as f64;
+    // f64 throughout: the default 1/sqrt(K) is not rounded to f32 (K = 5 in the transcription
+    // test, where the f32 rounding alone would be a relative change of ~1e-8 > its 1e-11 bound)
+    let scale = p.scale.map_or(1.0 / (kn as f64).sqrt(), f64::from);
     let mut o = vec![0.0; bn * tn * hn * vn];
     let mut sf = vec![0.0; bn * hn * kn * vn];
     for b in 0..bn {

@@ -1,7 +1,9 @@
 //! Layers built from candle-nn modules and linrec's ops.
 
-use super::ffm;
+use super::{cerr, ffm};
 use crate::ffm::Ffm;
+use crate::ops::{check_max, check_nonzero};
+use crate::Error as LError;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Init, Linear, VarBuilder};
 
@@ -73,6 +75,27 @@ impl FfmCellConfig {
             input_gate_bias: -3.0,
         }
     }
+
+    /// Check the configuration: every size `>= 1`, horizons finite with
+    /// `0 < min_horizon <= max_horizon`. [`FfmCell::new`] calls this.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_nonzero("input", self.input)?;
+        check_nonzero("output", self.output)?;
+        check_nonzero("memory", self.memory)?;
+        check_nonzero("context", self.context)?;
+        let (lo, hi) = (self.min_horizon, self.max_horizon);
+        if !(lo.is_finite() && lo > 0.0) {
+            return Err(LError::value("min_horizon", "a finite number > 0", lo));
+        }
+        if !(hi.is_finite() && hi >= lo) {
+            return Err(LError::value(
+                "max_horizon",
+                format!("a finite number >= min_horizon = {lo}"),
+                hi,
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The Fast and Forgetful Memory cell (Morad et al., NeurIPS 2023), a drop-in replacement for
@@ -111,6 +134,7 @@ impl FfmCell {
     /// A cell with parameters from `vb` (names `pre`, `gate_in`, `gate_out`, `skip`, `mix`,
     /// `norm`, `log_rate`, `freq`).
     pub fn new(cfg: FfmCellConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(cerr)?;
         let (i, o, m, c) = (cfg.input, cfg.output, cfg.memory, cfg.context);
         let log_rate = vb.get_with_hints(m, "log_rate", Init::Const(0.0))?;
         let freq = vb.get_with_hints(c, "freq", Init::Const(0.0))?;
@@ -228,6 +252,25 @@ impl EflaAttentionConfig {
             algorithm: crate::efla::Algorithm::default(),
         }
     }
+
+    /// Check the configuration: `model, heads >= 1`, `heads` divides `model`, and
+    /// `1 <= key_dim, value_dim <= 256` (the op's limit). [`EflaAttention::new`] calls this.
+    pub fn validate(&self) -> crate::Result<()> {
+        check_nonzero("model", self.model)?;
+        check_nonzero("heads", self.heads)?;
+        if !self.model.is_multiple_of(self.heads) {
+            return Err(LError::value(
+                "heads",
+                format!("a divisor of model = {}", self.model),
+                self.heads,
+            ));
+        }
+        for (arg, v) in [("key_dim", self.key_dim), ("value_dim", self.value_dim)] {
+            check_nonzero(arg, v)?;
+            check_max(arg, v, crate::efla::MAX_DIM)?;
+        }
+        Ok(())
+    }
 }
 
 /// A multi-head EFLA (or delta-rule) attention layer:
@@ -255,6 +298,7 @@ pub struct EflaAttention {
 impl EflaAttention {
     /// A layer with parameters from `vb` (names `q`, `k`, `v`, `beta`, `out`).
     pub fn new(cfg: EflaAttentionConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(cerr)?;
         let (d, h, kd, vd) = (cfg.model, cfg.heads, cfg.key_dim, cfg.value_dim);
         Ok(EflaAttention {
             cfg,

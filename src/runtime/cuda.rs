@@ -273,7 +273,12 @@ impl CudaBackend {
     pub fn gpu_time<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
         *self.timer.lock().unwrap_or_else(PoisonError::into_inner) = Some(0.0);
         let r = f();
-        let ms = self.timer.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or(0.0);
+        let ms = self
+            .timer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(0.0);
         Ok((r?, Duration::from_secs_f64(ms / 1e3)))
     }
 
@@ -320,7 +325,11 @@ impl CudaBackend {
     /// make the kernel touch memory inside the buffers it was given; every call site states
     /// why in a `SAFETY:` comment.
     pub(crate) unsafe fn run(&self, mut args: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
-        let timing = self.timer.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+        let timing = self
+            .timer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
         if timing {
             args.record_kernel_launch(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         }
@@ -329,7 +338,12 @@ impl CudaBackend {
         if let Some((a, b)) = events {
             b.synchronize().map_err(drv)?;
             let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
-            if let Some(t) = self.timer.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            if let Some(t) = self
+                .timer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+            {
                 *t += ms;
             }
         }

@@ -326,7 +326,12 @@ impl WgpuContext {
         constants: &[(&str, f64)],
     ) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = format!("{shader}|{entry}|{defines:?}|{constants:?}");
-        if let Some(p) = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(p.clone());
         }
         let lookup = |n: &str| {
@@ -359,7 +364,10 @@ impl WgpuContext {
                 }))
         })?;
         let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap_or_else(PoisonError::into_inner).insert(key, p.clone());
+        self.pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, p.clone());
         Ok(p)
     }
 

@@ -156,6 +156,12 @@ impl Efla {
         self.scale
             .unwrap_or_else(|| (1.0 / (self.key_dim.max(1) as f64).sqrt()) as f32)
     }
+    /// The output scale in f64, as the reference uses it: `scale` (an f32, widened exactly), or
+    /// `1 / sqrt(K)` computed in f64 (not rounded to f32: the oracle is f64 throughout).
+    pub fn scale_f64(&self) -> f64 {
+        self.scale
+            .map_or_else(|| 1.0 / (self.key_dim.max(1) as f64).sqrt(), f64::from)
+    }
     /// Steps per chunk of the chunked algorithm (`None` when recurrent).
     pub fn chunk(&self) -> Option<usize> {
         match self.algorithm {

@@ -223,7 +223,7 @@ struct Trace {
 
 fn recurrent_forward(p: &Efla, hd: &Head) -> ((Vec<f64>, Vec<f64>), Trace) {
     let (kd, vd, tn) = (p.key_dim, p.value_dim, p.len);
-    let scale = p.scale_value() as f64;
+    let scale = p.scale_f64();
     let mut s = hd.s0.clone();
     let mut o = vec![0.0; tn * vd];
     let mut tr = Trace {
@@ -261,7 +261,7 @@ fn recurrent_forward(p: &Efla, hd: &Head) -> ((Vec<f64>, Vec<f64>), Trace) {
 
 fn recurrent_backward(p: &Efla, hd: &Head) -> HeadGrads {
     let (kd, vd, tn) = (p.key_dim, p.value_dim, p.len);
-    let scale = p.scale_value() as f64;
+    let scale = p.scale_f64();
     let (_, tr) = recurrent_forward(p, hd);
     let mut g = HeadGrads {
         dq: vec![0.0; tn * kd],
@@ -534,7 +534,7 @@ fn chunks(tn: usize, c: usize) -> impl Iterator<Item = (usize, usize)> {
 /// The chunked forward of one head: `(o, s_final, chunks)`.
 fn chunked_forward(p: &Efla, hd: &Head, c: usize) -> (Vec<f64>, Vec<f64>, Vec<Chunk>) {
     let (kd, vd, tn) = (p.key_dim, p.value_dim, p.len);
-    let scale = p.scale_value() as f64;
+    let scale = p.scale_f64();
     let mut s = Mat::from(kd, vd, &hd.s0);
     let mut o = vec![0.0; tn * vd];
     let mut out = Vec::new();
@@ -566,7 +566,7 @@ fn chunked_forward(p: &Efla, hd: &Head, c: usize) -> (Vec<f64>, Vec<f64>, Vec<Ch
 /// differentiates).
 fn chunked_backward(p: &Efla, hd: &Head, c: usize) -> HeadGrads {
     let (kd, vd, tn) = (p.key_dim, p.value_dim, p.len);
-    let scale = p.scale_value() as f64;
+    let scale = p.scale_f64();
     let (_, _, chs) = chunked_forward(p, hd, c);
     let mut g = HeadGrads {
         dq: vec![0.0; tn * kd],
