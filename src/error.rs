@@ -98,6 +98,36 @@ pub enum Error {
 /// `Result` with linrec's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The element count of `shape`, or a [`Error::Value`] naming `arg` when it overflows `usize`
+/// (every shape, count and extent linrec forms from caller sizes goes through here or
+/// [`checked_bytes`], so no size can overflow into a panic or a wrapped value).
+pub fn checked_numel(arg: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::value(
+                arg,
+                "a shape whose element count fits in usize",
+                format!("{shape:?}"),
+            )
+        })
+}
+
+/// `start + count * size` in bytes, or a [`Error::Value`] naming `arg` when it overflows `u64`.
+pub fn checked_bytes(arg: &'static str, start: u64, count: usize, size: usize) -> Result<u64> {
+    (count as u64)
+        .checked_mul(size as u64)
+        .and_then(|b| b.checked_add(start))
+        .ok_or_else(|| {
+            Error::value(
+                arg,
+                "a byte range that fits in u64",
+                format!("offset {start} + {count} elements of {size} bytes"),
+            )
+        })
+}
+
 impl Error {
     /// Shorthand for [`Error::Value`].
     pub fn value(arg: &'static str, expected: impl Into<String>, found: impl ToString) -> Self {

@@ -157,7 +157,7 @@ impl Tensor {
     /// A tensor of `shape` holding `data` (row-major). Fails if the sizes disagree.
     pub fn new<T: Element>(shape: impl Into<Vec<usize>>, data: Vec<T>) -> Result<Self> {
         let shape = shape.into();
-        let n: usize = shape.iter().product();
+        let n = crate::error::checked_numel("shape", &shape)?;
         if n != data.len() {
             return Err(Error::Size {
                 arg: "data",
@@ -200,9 +200,14 @@ impl Tensor {
     }
 
     /// All zeros.
+    ///
+    /// # Panics
+    /// Like `vec!`, when the shape's element count overflows or cannot be allocated; use
+    /// [`Tensor::new`] for sizes that come from outside.
     pub fn zeros(shape: impl Into<Vec<usize>>, dtype: DType) -> Self {
         let shape = shape.into();
-        let n: usize = shape.iter().product();
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let n = n.expect("Tensor::zeros: the element count overflows usize");
         let data = match dtype {
             DType::F32 => TensorData::F32(vec![0.0; n]),
             DType::F16 => TensorData::F16(vec![f16::ZERO; n]),
@@ -278,7 +283,7 @@ impl Tensor {
     /// Same data, another shape with the same element count.
     pub fn reshape(self, shape: impl Into<Vec<usize>>) -> Result<Tensor> {
         let shape = shape.into();
-        let n: usize = shape.iter().product();
+        let n = crate::error::checked_numel("shape", &shape)?;
         if n != self.numel() {
             return Err(Error::Size {
                 arg: "shape",

@@ -855,6 +855,184 @@ fn wgpu_zero_copy_offsets() -> T {
     Ok(())
 }
 
+/// Sizes and offsets near the integer limits, through every public constructor and every op's
+/// forward and backward on the reference and on wgpu: each is an error naming an argument,
+/// never a panic (an overflow in a shape, count or byte extent) or a wrong result.
+fn sizes_near_the_integer_limits() -> T {
+    use linrec::{efla, ffm, selective};
+    let huge = [
+        usize::MAX,
+        usize::MAX / 2,
+        (1 << 32) + 1,
+        1 << 62,
+        usize::MAX / 3 + 1,
+    ];
+    let no_panic = |what: &str, f: &dyn Fn() -> Result<(), Error>| -> T {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Err(_)) => Ok(()),
+            Ok(Ok(())) => fail!("{what}: accepted"),
+            Err(_) => fail!("{what}: panicked"),
+        }
+    };
+    let small = Tensor::zeros([2, 3], DType::F32);
+    for &h in &huge {
+        no_panic(&format!("Tensor::new [{h}, 2]"), &|| {
+            Tensor::new([h, 2], vec![0f32; 2]).map(|_| ())
+        })?;
+        no_panic(&format!("Tensor::from_f64 [3, {h}]"), &|| {
+            Tensor::from_f64([3, h], &[0.0; 6], DType::BF16).map(|_| ())
+        })?;
+        no_panic(&format!("Tensor::reshape [{h}, 4]"), &|| {
+            small.clone().reshape([h, 4]).map(|_| ())
+        })?;
+    }
+    let mut devs = vec![Device::Cpu];
+    if let Ok(d) = wgpu() {
+        devs.push(d);
+    }
+    for dev in &devs {
+        for &h in &huge {
+            for i in 0..4 {
+                let mut dims = [2, 3, 2, 2];
+                dims[i] = h;
+                let [b, t, d, n] = dims;
+                let tag = format!("{} dims {dims:?}", dev.describe());
+                let p = LinearScan::new(b, t, d).complex();
+                no_panic(&format!("scan {tag}"), &|| {
+                    if i == 3 {
+                        return Err(Error::value("state", "unused by the scan", n)); // no N
+                    }
+                    let z = |a| {
+                        Tensor::zeros(
+                            p.spec(a)
+                                .shape
+                                .iter()
+                                .map(|&x| x.min(4))
+                                .collect::<Vec<_>>(),
+                            DType::F32,
+                        )
+                    };
+                    let (x, a, g) = (z(scan::Arg::X), z(scan::Arg::A), z(scan::Arg::GradH));
+                    let inp = ScanInputs {
+                        x: &x,
+                        a: &a,
+                        h0: None,
+                        start: None,
+                    };
+                    scan::forward(dev, &p, &inp).map(|_| ())?;
+                    let bw = ScanBackwardInputs {
+                        a: &a,
+                        h: &x,
+                        h0: None,
+                        start: None,
+                        grad_h: &g,
+                        grad_final: None,
+                    };
+                    scan::backward(dev, &p, &bw).map(|_| ())
+                })?;
+                let p = ffm::Ffm::new(b, t, d, n);
+                no_panic(&format!("ffm {tag}"), &|| {
+                    let z = |a| {
+                        Tensor::zeros(
+                            p.spec(a)
+                                .shape
+                                .iter()
+                                .map(|&x| x.min(4))
+                                .collect::<Vec<_>>(),
+                            DType::F32,
+                        )
+                    };
+                    let (x, a, bb) = (z(ffm::Arg::X), z(ffm::Arg::A), z(ffm::Arg::B));
+                    let inp = ffm::FfmInputs {
+                        x: &x,
+                        a: &a,
+                        b: &bb,
+                        s0: None,
+                        start: None,
+                    };
+                    ffm::forward(dev, &p, &inp).map(|_| ())
+                })?;
+                let p = efla::Efla::new(b, t, d, n, n);
+                no_panic(&format!("efla {tag}"), &|| {
+                    let z = |a| {
+                        Tensor::zeros(
+                            p.spec(a)
+                                .shape
+                                .iter()
+                                .map(|&x| x.min(4))
+                                .collect::<Vec<_>>(),
+                            DType::F32,
+                        )
+                    };
+                    let (q, k, v, beta) = (
+                        z(efla::Arg::Q),
+                        z(efla::Arg::K),
+                        z(efla::Arg::V),
+                        z(efla::Arg::Beta),
+                    );
+                    let inp = efla::EflaInputs {
+                        q: &q,
+                        k: &k,
+                        v: &v,
+                        beta: &beta,
+                        s0: None,
+                        start: None,
+                    };
+                    efla::forward(dev, &p, &inp).map(|_| ())
+                })?;
+                let p = selective::SelectiveScan::new(b, t, d, n);
+                no_panic(&format!("selective {tag}"), &|| {
+                    let z = |a| {
+                        Tensor::zeros(
+                            p.spec(a)
+                                .shape
+                                .iter()
+                                .map(|&x| x.min(4))
+                                .collect::<Vec<_>>(),
+                            DType::F32,
+                        )
+                    };
+                    use selective::Arg as S;
+                    let (u, dl, a, bm, cm) = (z(S::U), z(S::Delta), z(S::A), z(S::Bm), z(S::Cm));
+                    let inp = selective::SelectiveInputs {
+                        u: &u,
+                        delta: &dl,
+                        a: &a,
+                        bm: &bm,
+                        cm: &cm,
+                        dskip: None,
+                        z: None,
+                        delta_bias: None,
+                        h0: None,
+                        start: None,
+                    };
+                    selective::forward(dev, &p, &inp).map(|_| ())
+                })?;
+            }
+        }
+    }
+    // a zero-copy view whose byte range overflows u64
+    if let Ok(ctx) = wgpu_ctx() {
+        let t = ctx
+            .upload(&Tensor::zeros([2, 3, 2], DType::F32))
+            .map_err(|e| Stop::Fail(e.to_string()))?;
+        let p = LinearScan::new(2, 3, 2);
+        for off in [u64::MAX - 3, u64::MAX - 4096, 1 << 63] {
+            no_panic(&format!("GpuRef offset {off}"), &|| {
+                let r = linrec::GpuRef::new(&t.buffer, off, 12, DType::F32);
+                let inp = ScanInputs {
+                    x: r,
+                    a: t.as_ref(),
+                    h0: None,
+                    start: None,
+                };
+                scan::wgpu::forward(&ctx, &p, &inp).map(|_| ())
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     common::main(trials![
         reference_matches_spec_transcription,
@@ -862,6 +1040,7 @@ fn main() {
         packed_rows_equal_separate_rows,
         chained_calls_equal_one_call,
         errors_name_the_argument,
+        sizes_near_the_integer_limits,
         wgpu_each_option,
         cuda_each_option,
         wgpu_shapes,

@@ -61,9 +61,14 @@ impl ArgSpec {
             role: Role::Flags,
         }
     }
-    /// Number of elements.
+    /// Number of elements (`usize::MAX` when the count overflows: see
+    /// [`checked_numel`](Self::checked_numel); argument checks reject such shapes).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.checked_numel().unwrap_or(usize::MAX)
+    }
+    /// Number of elements, `None` when it overflows `usize`.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 }
 
@@ -181,6 +186,9 @@ impl<T> ArgBuf for &[T] {
 pub fn check_arg<A: ArgBuf, P: Problem>(p: &P, arg: P::Arg, a: &A) -> Result<()> {
     let spec = p.spec(arg);
     let arg = arg.name();
+    // sizes near the integer limits are errors, never an overflow (bytes too: f32 elements)
+    let n = crate::error::checked_numel(arg, &spec.shape)?;
+    crate::error::checked_bytes(arg, 0, n, 4)?;
     if let Some(found) = a.dtype() {
         let ok = match spec.role {
             Role::Flags => A::FLAG_DTYPES.contains(&found),

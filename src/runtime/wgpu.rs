@@ -738,7 +738,7 @@ impl crate::ops::ArgBuf for GpuRef<'_> {
                 self.offset,
             ));
         }
-        let end = self.offset + (self.len * self.dtype.size()) as u64;
+        let end = crate::error::checked_bytes(arg, self.offset, self.len, self.dtype.size())?;
         if end > self.buffer.size() {
             return Err(Error::Size {
                 arg,
