@@ -45,10 +45,21 @@ macro_rules! trials {
 }
 
 pub fn trial(name: &str, f: fn() -> T) -> Trial {
-    Trial::ignorable_test(name.replace(' ', ""), move || match f() {
-        Ok(()) => Ok(Completion::Completed),
-        Err(Stop::Skip(r)) => Ok(Completion::ignored_with(r)),
-        Err(Stop::Fail(m)) => Err(Failed::from(m)),
+    let name = name.replace(' ', "");
+    let label = name.clone();
+    Trial::ignorable_test(name, move || {
+        let t0 = std::time::Instant::now();
+        let r = f();
+        // the slow tests name themselves in the log, so CI time can be traced to them
+        let secs = t0.elapsed().as_secs_f64();
+        if secs >= 10.0 {
+            eprintln!("test {label} took {secs:.0} s");
+        }
+        match r {
+            Ok(()) => Ok(Completion::Completed),
+            Err(Stop::Skip(r)) => Ok(Completion::ignored_with(r)),
+            Err(Stop::Fail(m)) => Err(Failed::from(m)),
+        }
     })
 }
 
