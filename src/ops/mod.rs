@@ -73,7 +73,7 @@ impl ArgSpec {
 }
 
 /// The typed name of one argument or result of an operation: each op module has an `Arg`
-/// enum implementing this (for example [`ffm::Arg`](crate::ffm::Arg)).
+/// enum implementing this (for example [`ffm::Arg`]).
 pub trait ArgName: Copy + std::fmt::Debug + PartialEq + 'static {
     /// The name used in the op's argument structs and in error messages (`"s_final"`, ...).
     fn name(self) -> &'static str;
