@@ -900,7 +900,8 @@ fn sizes_near_the_integer_limits() -> T {
                 let p = LinearScan::new(b, t, d).complex();
                 no_panic(&format!("scan {tag}"), &|| {
                     if i == 3 {
-                        return Err(Error::value("state", "unused by the scan", n)); // no N
+                        // the scan has no state size N: nothing to try
+                        return Err(Error::value("state", "unused by the scan", n));
                     }
                     let z = |a| {
                         Tensor::zeros(
