@@ -102,6 +102,7 @@ fn main() {
         println!("cargo:rerun-if-changed={p}");
     }
     println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=LINREC_NO_NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=PATH");
 
@@ -132,8 +133,15 @@ fn main() {
     let mut cu = Vec::new();
     files(&kroot, "cu", &mut cu);
     let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
-    let nvcc = if cuda { find_nvcc() } else { None };
-    if cuda && nvcc.is_none() {
+    // LINREC_NO_NVCC=1: embed the sources only (NVRTC at run time), even where nvcc exists; CI
+    // sets it for clippy and rustdoc, which need no PTX, so nvcc runs once (for the tests)
+    let skip_nvcc = std::env::var_os("LINREC_NO_NVCC").is_some_and(|v| v != "0");
+    let nvcc = if cuda && !skip_nvcc {
+        find_nvcc()
+    } else {
+        None
+    };
+    if cuda && !skip_nvcc && nvcc.is_none() {
         println!("cargo:warning=linrec: nvcc not found (set NVCC or CUDA_HOME); CUDA kernels will be compiled by NVRTC at run time");
     }
     let mut gen = String::from(

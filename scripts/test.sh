@@ -2,10 +2,10 @@
 # linrec's whole check, as CI runs it (.ci/run calls exactly this): installs lavapipe and the
 # pinned nvcc packages if missing (scripts/setup.sh), then
 #   1. formatting, clippy and rustdoc with warnings denied (features wgpu + cuda + candle, the
-#      set the tests use, so one build-script run and one dependency check serve all three;
-#      and the library without wgpu);
+#      set the tests use; and the library without wgpu), with LINREC_NO_NVCC so that nvcc
+#      compiles the kernels once, for the test build;
 #   2. every CUDA kernel assembled for sm_80 and sm_90, failing on register spills (the PTX the
-#      build script compiled, so nvcc's front end runs once);
+#      test build's build script compiled);
 #   3. the package: `cargo publish --dry-run`, then the unpacked crate built on its own, with
 #      and without feature `cuda`, nvcc hidden (the NVRTC path a user without a toolkit gets);
 #   4. every test: WGSL kernels on the best wgpu adapter (lavapipe without a GPU), CUDA kernels
@@ -42,20 +42,24 @@ begin "format"
 cargo fmt --all -- --check
 
 begin "clippy (features $features; and without wgpu)"
-cargo clippy --all-targets --features "$features" -- -D warnings
-cargo clippy --lib --no-default-features --features cuda,candle -- -D warnings  # no wgpu
+# clippy and rustdoc need no PTX: LINREC_NO_NVCC keeps nvcc for the test build alone
+LINREC_NO_NVCC=1 cargo clippy --all-targets --features "$features" -- -D warnings
+LINREC_NO_NVCC=1 cargo clippy --lib --no-default-features --features cuda,candle -- -D warnings  # no wgpu
 
 begin "rustdoc"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features "$features" -q
+LINREC_NO_NVCC=1 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features "$features" -q
 
-begin "CUDA kernels: sm_80 / sm_90 assemble and spill check"
-out_dir=$(cargo check --features "$features" --message-format=json 2>/dev/null \
+begin "build the tests (nvcc compiles the CUDA kernels to PTX once, here)"
+out_dir=$(cargo test --features "$features" --no-run --message-format=json-render-diagnostics \
   | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "build-script-executed" and "linrec" in m["package_id"].split("#")[0].split("/")[-1]:
+    if m.get("reason") == "build-script-executed" and "#linrec@" in m["package_id"]:
         print(m["out_dir"])' | tail -1)
+[ -n "$out_dir" ] || { echo "no build-script output directory for linrec"; exit 1; }
+
+begin "CUDA kernels: sm_80 / sm_90 assemble and spill check"
 scripts/check-cuda.sh --ptx "$out_dir"
 
 begin "tests"
