@@ -3,7 +3,11 @@
 //! ceiling, and prints one JSON object per measurement (stdout). `scripts/gpu/run.sh` runs it
 //! next to the Python peers on the GPU machine and turns both into tables and a plot.
 //!
-//! `cargo run --release --features cuda --example gpu_bench -- [--quick | --cpu-sizes] [--only scan,ffm,selective,efla] [--reps N]`
+//! `cargo run --release --features cuda --example gpu_bench -- [--quick | --cpu-sizes] [--only copy,scan,ffm,selective,efla] [--reps N]`
+//!
+//! `--only` picks what to time (the ops, and `copy`, the bandwidth ceiling); by default all.
+//! A size a backend cannot run (unsupported, past its limits, out of memory) is reported as
+//! unsupported.
 //!
 //! Sizes: the peer shapes by default (a real GPU); `--cpu-sizes`, smaller ones that a software
 //! adapter (lavapipe) runs in minutes; `--quick`, tiny ones that check the binary works.
@@ -68,11 +72,17 @@ fn data<P: Problem>(p: &P, name: P::Arg, lo: f64, hi: f64) -> Tensor {
     Tensor::from_f64(spec.shape.clone(), &v, p.dtype_of(spec.role)).expect("shape")
 }
 
-/// Median device time (ms) of `f` over `reps` runs after two warm-ups; `None` if unsupported.
+/// Median device time (ms) of `f` over `reps` runs after two warm-ups; `None` if unsupported
+/// (or past the backend's limits or memory).
 fn time(dev: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Option<f64>> {
     for _ in 0..2 {
         match f() {
-            Err(Error::Unsupported { .. }) => return Ok(None),
+            Err(
+                e @ (Error::Unsupported { .. } | Error::Limit { .. } | Error::OutOfMemory { .. }),
+            ) => {
+                eprintln!("gpu_bench: {e}");
+                return Ok(None);
+            }
             r => r?,
         }
     }
@@ -397,7 +407,7 @@ fn main() -> Result<()> {
         // the bandwidth ceiling; sizes past the largest binding (lavapipe: 128 MiB) are capped,
         // and a capped size is timed once
         let mut last = 0;
-        for mib in [64usize, 256, 1024] {
+        for mib in [64usize, 256, 1024].into_iter().filter(|_| want("copy")) {
             let (bytes, t) = match dev.time_copy(mib << 20) {
                 Ok(r) => r,
                 Err(e) => {

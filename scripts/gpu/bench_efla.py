@@ -1,17 +1,13 @@
 #!/usr/bin/env python3
 """linrec's CUDA EFLA / delta rule against flash-linear-attention, in one run on one GPU.
 
-Built on the development machine (no Rust on the GPU machine; see GPU.md):
+scripts/gpu/prepare.sh builds linrec's side here (the GPU machine has no Rust) into
+.gpu/bin.tar.xz (bench_efla among the binaries) and fetches the fla wheels into .whl. On the
+GPU machine, scripts/gpu/run.sh (phase bench) runs linrec's binary itself, then this with
+`--no-linrec --jsonl bench.jsonl`: fla's rows are appended to that file as they are measured,
+and report.py makes the same table from it. Standalone, from the repository root:
 
-    cargo build --release --features cuda --example bench_efla
-    mkdir -p .gpu && cp target/release/examples/bench_efla .gpu/ && strip .gpu/bench_efla
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
-        --implementation cp --platform manylinux2014_x86_64 -d .whl \\
-        fla-core==0.6.0 flash-linear-attention==0.6.0
-
-Run on the GPU machine (carrying .gpu and .whl), from the repository root:
-
-    python3 scripts/gpu/bench_efla.py --bin .gpu/bench_efla --wheels .whl --out "$OUT"
+    python3 scripts/gpu/bench_efla.py --bin <unpacked>/bin/bench_efla --wheels .whl --out "$OUT"
 
 It times, at bf16:
   * fla.ops.delta_rule.chunk_delta_rule, forward and forward + backward, B=8, H=16, K=V=128,
@@ -54,7 +50,7 @@ def run_linrec(binary, reps, ts):
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def run_fla(ts, reps):
+def run_fla(ts, reps, sink):
     import torch
     import torch.nn.functional as F
     import triton
@@ -86,6 +82,7 @@ def run_fla(ts, reps):
                                          grad_to_none=[q, k, v, beta], return_mode="median")
             rows.append(dict(peer="fla", rule="delta", mode=mode, algorithm="chunk_delta_rule",
                              B=B, T=T, H=H, K=K, V=V, dtype="bf16", ms=ms, flop=flop))
+            sink(rows[-1])
     B, T = 256, 1
     q = torch.randn(B, T, H, K, device=dev, dtype=bf)
     k = F.normalize(torch.randn(B, T, H, K, device=dev, dtype=torch.float32), dim=-1).to(bf)
@@ -100,6 +97,7 @@ def run_fla(ts, reps):
     ms = triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
     rows.append(dict(peer="fla", rule="delta", mode="decode", algorithm="fused_recurrent",
                      B=B, T=T, H=H, K=K, V=V, dtype="bf16", ms=ms, flop=6 * B * H * K * V))
+    sink(rows[-1])
     return rows
 
 
@@ -107,9 +105,32 @@ def key(r):
     return (r["mode"], r["T"])
 
 
+def efla_table(rows, device, stamp, heading="#"):
+    """The Markdown table of bench_efla rows (linrec's and fla's), under a `heading` title."""
+    fla = {key(r): r for r in rows if r["peer"] == "fla"}
+    lines = [f"{heading} EFLA / delta rule, bf16, {device}{', ' + stamp if stamp else ''}", "",
+             "Times are medians of CUDA events around whole calls; TFLOP/s are nominal "
+             "(6 K V per head and token forward, 24 K V forward + backward); ratio = fla time / "
+             "linrec time (> 1: linrec faster).", "",
+             "| case | B | T | H | K=V | peer | ms | kernels ms | TFLOP/s | ratio vs fla |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["mode"], r["T"], r["peer"], r["rule"])):
+        ref = fla.get(key(r))
+        ratio = f"{ref['ms'] / r['ms']:.2f}" if ref and r["peer"] != "fla" and r["ms"] else ""
+        kms = f"{r['kernel_ms']:.3f}" if "kernel_ms" in r else ""
+        tfl = f"{r['flop'] / r['ms'] / 1e9:.1f}" if r["ms"] else ""
+        name = f"{r['mode']} {r['rule']}"
+        lines.append(f"| {name} | {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['peer']} "
+                     f"| {r['ms']:.3f} | {kms} | {tfl} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=".gpu/bench_efla", help="linrec's bench_efla executable")
+    ap.add_argument("--no-linrec", action="store_true", help="time fla only")
+    ap.add_argument("--jsonl", help="append every row to this file as it is measured (the "
+                    "table then goes to stderr)")
     ap.add_argument("--wheels", default=".whl", help="folder of the fla wheels")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder")
     ap.add_argument("--reps", type=int, default=20)
@@ -119,35 +140,29 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     install_wheels(a.wheels)
 
+    def sink(row):
+        if a.jsonl:
+            with open(a.jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
     import torch
     device = torch.cuda.get_device_name(0)
-    rows = run_linrec(a.bin, a.reps, ts)
+    rows = []
+    if not a.no_linrec:
+        rows = run_linrec(a.bin, a.reps, ts)
+        for r in rows:
+            sink(r)
     try:
-        rows += run_fla(ts, a.reps)
+        rows += run_fla(ts, a.reps, sink)
     except Exception as e:  # keep linrec's numbers when the peer cannot run
         print(f"bench_efla: fla failed: {e!r}", file=sys.stderr)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     with open(os.path.join(a.out, "efla_bench.json"), "w") as f:
         json.dump(dict(device=device, date=stamp, rows=rows), f, indent=1)
-
-    fla = {key(r): r for r in rows if r["peer"] == "fla"}
-    lines = [f"# EFLA / delta rule, bf16, {device}, {stamp}", "",
-             "Times are medians of CUDA events around whole calls; TFLOP/s are nominal "
-             "(6 K V per head and token forward, 24 K V forward + backward); ratio = fla time / "
-             "linrec time (> 1: linrec faster).", "",
-             "| case | B | T | H | K=V | peer | ms | kernels ms | TFLOP/s | ratio vs fla |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["mode"], r["T"], r["peer"], r["rule"])):
-        ref = fla.get(key(r))
-        ratio = f"{ref['ms'] / r['ms']:.2f}" if ref and r["peer"] != "fla" else ""
-        kms = f"{r['kernel_ms']:.3f}" if "kernel_ms" in r else ""
-        name = f"{r['mode']} {r['rule']}"
-        lines.append(f"| {name} | {r['B']} | {r['T']} | {r['H']} | {r['K']} | {r['peer']} "
-                     f"| {r['ms']:.3f} | {kms} | {r['flop'] / r['ms'] / 1e9:.1f} | {ratio} |")
-    table = "\n".join(lines) + "\n"
+    table = efla_table(rows, device, stamp)
     with open(os.path.join(a.out, "efla_bench.md"), "w") as f:
         f.write(table)
-    print(table)
+    print(table, file=sys.stderr if a.jsonl else sys.stdout)
 
     try:
         import matplotlib

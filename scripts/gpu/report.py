@@ -1,23 +1,60 @@
 """Turns the JSON lines of gpu_bench (linrec) and the peers into Markdown tables (stdout) and
-plots (<out>/<op>.png): per op and configuration, each implementation's forward and
-forward+backward time, bandwidth (GB/s of the bytes an ideal kernel moves), fraction of the
-measured copy bandwidth, TFLOP/s where flops are given, and the ratio to the peers."""
+plots (<op>.png): per op and configuration, each implementation's forward and forward+backward
+time, bandwidth (GB/s of the bytes an ideal kernel moves), fraction of the measured copy
+bandwidth, TFLOP/s where flops are given, and the ratio to the peers; and, from bench_efla's
+rows (linrec's and fla's), the EFLA / delta-rule table.
+
+    report.py FOLDER                 linrec.jsonl, peers.jsonl, bench.jsonl and device.txt in
+                                     FOLDER; plots written there
+    report.py --jsonl FILE [--device device.txt] [--plots DIR]
+"""
+import argparse
 import json
 import os
 import sys
 
-out = sys.argv[1]
-rows = []
-for f in ("linrec.jsonl", "peers.jsonl"):
-    p = os.path.join(out, f)
+ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+ap.add_argument("folder", nargs="?")
+ap.add_argument("--jsonl", action="append", default=[], help="a file of JSON lines (repeatable)")
+ap.add_argument("--device", help="device.txt")
+ap.add_argument("--plots", help="folder for the plots")
+args = ap.parse_args()
+files, devfile, plots = list(args.jsonl), args.device, args.plots
+if args.folder:
+    files += [os.path.join(args.folder, f) for f in ("linrec.jsonl", "peers.jsonl", "bench.jsonl")]
+    devfile = devfile or os.path.join(args.folder, "device.txt")
+    plots = plots or args.folder
+if not files:
+    ap.error("give a folder or --jsonl")
+
+every = []
+for p in files:
     if os.path.exists(p):
-        rows += [json.loads(l) for l in open(p) if l.strip().startswith("{")]
+        for line in open(p):
+            if line.strip().startswith("{"):
+                try:
+                    every.append(json.loads(line))
+                except ValueError:
+                    pass  # a line cut off by a timeout
+rows = [r for r in every if "impl" in r and "op" in r]  # gpu_bench / peers.py
+efla_rows = [r for r in every if "peer" in r and "mode" in r]  # bench_efla (binary and .py)
 
 copy = max((r["bytes"] / r["ms"] / 1e6 for r in rows if r["op"] == "copy" and "ms" in r), default=None)
-dev = open(os.path.join(out, "device.txt")).read().strip() if os.path.exists(os.path.join(out, "device.txt")) else "?"
-print(f"Device: {dev}\n")
+dev = open(devfile).read().strip() if devfile and os.path.exists(devfile) else "?"
+# a short device name for titles: nvidia-smi -L's, else the first adapter linrec found
+lines = dev.splitlines()
+names = [l[len("GPU 0: "):].split(" (UUID")[0] for l in lines if l.startswith("GPU 0: ")]
+names += [l[len("adapter: "):] for l in lines if l.startswith("adapter: ")]
+devname = names[0] if names else (lines[0] if lines else "?")
+print(f"Device: {devname}\n")
+print("```\n" + dev + "\n```\n")
 if copy:
     print(f"Measured device-to-device copy bandwidth: {copy:.0f} GB/s (read + write)\n")
+    for r in rows:
+        if r["op"] == "copy" and "ms" in r:
+            gbs = r["bytes"] / r["ms"] / 1e6
+            print(f"- copy {r['config']} on {r['impl']} {r['backend']}: {gbs:.0f} GB/s")
+    print()
 
 # linrec reports fwd and bwd separately; peers report fwd and fwd+bwd
 table = {}
@@ -61,7 +98,10 @@ for op in sorted({k[0] for k in table}):
             ]
             print(f"| {cfg} | {name} | " + " | ".join(cells) + " |")
     print()
+    if not plots:
+        continue
     try:
+        os.makedirs(plots, exist_ok=True)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -78,13 +118,21 @@ for op in sorted({k[0] for k in table}):
         ax.set_xticklabels(cfgs, rotation=20, ha="right", fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("ms (fwd+bwd where measured, else fwd)")
-        ax.set_title(f"{op} on {dev.splitlines()[0][:60]}")
+        ax.set_title(f"{op} on {devname[:60]}")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(os.path.join(out, f"{op}.png"), dpi=120)
+        fig.savefig(os.path.join(plots, f"{op}.png"), dpi=120)
     except Exception as e:
         print(f"(no plot: {e})\n")
 if missing:
     print("Not measured:\n")
     for r in missing:
         print(f"- {r['impl']} {r['op']} {r['config']} {r['backend']}: {r.get('note', 'unsupported')}")
+
+if efla_rows:
+    # the same table bench_efla.py writes, from the rows in the JSON lines
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_efla import efla_table
+
+    print()
+    print(efla_table(efla_rows, devname, "", heading="##"))
