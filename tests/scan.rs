@@ -855,6 +855,13 @@ fn wgpu_zero_copy_offsets() -> T {
     Ok(())
 }
 
+/// A zero tensor of `arg`'s shape with every axis capped at 4 (what a caller of a problem with
+/// a huge size can actually hold).
+fn capped_zeros<P: Problem>(p: &P, arg: P::Arg) -> Tensor {
+    let shape: Vec<usize> = p.spec(arg).shape.iter().map(|&x| x.min(4)).collect();
+    Tensor::zeros(shape, DType::F32)
+}
+
 /// Sizes and offsets near the integer limits, through every public constructor and every op's
 /// forward and backward on the reference and on wgpu: each is an error naming an argument,
 /// never a panic (an overflow in a shape, count or byte extent) or a wrong result.
@@ -903,16 +910,7 @@ fn sizes_near_the_integer_limits() -> T {
                         // the scan has no state size N: nothing to try
                         return Err(Error::value("state", "unused by the scan", n));
                     }
-                    let z = |a| {
-                        Tensor::zeros(
-                            p.spec(a)
-                                .shape
-                                .iter()
-                                .map(|&x| x.min(4))
-                                .collect::<Vec<_>>(),
-                            DType::F32,
-                        )
-                    };
+                    let z = |a| capped_zeros(&p, a);
                     let (x, a, g) = (z(scan::Arg::X), z(scan::Arg::A), z(scan::Arg::GradH));
                     let inp = ScanInputs {
                         x: &x,
@@ -933,16 +931,7 @@ fn sizes_near_the_integer_limits() -> T {
                 })?;
                 let p = ffm::Ffm::new(b, t, d, n);
                 no_panic(&format!("ffm {tag}"), &|| {
-                    let z = |a| {
-                        Tensor::zeros(
-                            p.spec(a)
-                                .shape
-                                .iter()
-                                .map(|&x| x.min(4))
-                                .collect::<Vec<_>>(),
-                            DType::F32,
-                        )
-                    };
+                    let z = |a| capped_zeros(&p, a);
                     let (x, a, bb) = (z(ffm::Arg::X), z(ffm::Arg::A), z(ffm::Arg::B));
                     let inp = ffm::FfmInputs {
                         x: &x,
@@ -955,16 +944,7 @@ fn sizes_near_the_integer_limits() -> T {
                 })?;
                 let p = efla::Efla::new(b, t, d, n, n);
                 no_panic(&format!("efla {tag}"), &|| {
-                    let z = |a| {
-                        Tensor::zeros(
-                            p.spec(a)
-                                .shape
-                                .iter()
-                                .map(|&x| x.min(4))
-                                .collect::<Vec<_>>(),
-                            DType::F32,
-                        )
-                    };
+                    let z = |a| capped_zeros(&p, a);
                     let (q, k, v, beta) = (
                         z(efla::Arg::Q),
                         z(efla::Arg::K),
@@ -983,16 +963,7 @@ fn sizes_near_the_integer_limits() -> T {
                 })?;
                 let p = selective::SelectiveScan::new(b, t, d, n);
                 no_panic(&format!("selective {tag}"), &|| {
-                    let z = |a| {
-                        Tensor::zeros(
-                            p.spec(a)
-                                .shape
-                                .iter()
-                                .map(|&x| x.min(4))
-                                .collect::<Vec<_>>(),
-                            DType::F32,
-                        )
-                    };
+                    let z = |a| capped_zeros(&p, a);
                     use selective::Arg as S;
                     let (u, dl, a, bm, cm) = (z(S::U), z(S::Delta), z(S::A), z(S::Bm), z(S::Cm));
                     let inp = selective::SelectiveInputs {
