@@ -183,7 +183,7 @@ fn bench(c: &mut Criterion) {
                         }
                     });
                 }
-                Device::Cpu => {}
+                Device::Cpu | Device::Reference => {}
             }
         }
         g.finish();
@@ -213,7 +213,7 @@ fn bench(c: &mut Criterion) {
                     s0: None,
                     start: None,
                 };
-                efla::forward(&Device::Cpu, &p, &inp).unwrap()
+                efla::forward(&Device::Reference, &p, &inp).unwrap()
             })
         });
     }

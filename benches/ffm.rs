@@ -176,7 +176,7 @@ fn bench(c: &mut Criterion) {
                         })
                     });
                 }
-                Device::Cpu => {}
+                Device::Cpu | Device::Reference => {}
             }
         }
         g.finish();
@@ -201,7 +201,7 @@ fn bench(c: &mut Criterion) {
             s0: None,
             start: None,
         };
-        bch.iter(|| ffm::forward(&Device::Cpu, &p, &inp).unwrap())
+        bch.iter(|| ffm::forward(&Device::Reference, &p, &inp).unwrap())
     });
     g.finish();
 }

@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
                             || scan::cuda::backward(be, &p, &bin).map(|_| ()),
                         );
                     }
-                    Device::Cpu => {}
+                    Device::Cpu | Device::Reference => {}
                 }
             }
         }
@@ -126,7 +126,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("forward/real/2x1024x64", |bch| {
         bch.iter(|| {
             scan::forward(
-                &Device::Cpu,
+                &Device::Reference,
                 &p,
                 &ScanInputs {
                     x: &x,

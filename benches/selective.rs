@@ -156,7 +156,7 @@ fn bench(c: &mut Criterion) {
                         selective::cuda::backward(be, &p, &bin).map(|_| ())
                     });
                 }
-                Device::Cpu => {}
+                Device::Cpu | Device::Reference => {}
             }
         }
         g.finish();
@@ -180,7 +180,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(criterion::Throughput::Bytes(bytes(&p).0));
     g.bench_function("forward/1x256x64x16/f32", |bch| {
-        bch.iter(|| selective::forward(&Device::Cpu, &p, &inp).unwrap())
+        bch.iter(|| selective::forward(&Device::Reference, &p, &inp).unwrap())
     });
     g.finish();
 }

@@ -7,8 +7,12 @@ use std::sync::Arc;
 /// Where an operation runs. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Device {
-    /// The f64 CPU reference (exact, slow): results are rounded to the storage dtype.
+    /// linrec's native CPU kernels: f32 state and accumulation (f16/bf16 storage widened),
+    /// multi-threaded on rayon's pool, bitwise identical whatever the number of threads.
     Cpu,
+    /// The f64 CPU reference (exact, single-threaded, slow; the oracle every test compares
+    /// with): results are rounded to the storage dtype.
+    Reference,
     /// A wgpu adapter running the WGSL kernels (any Vulkan/Metal/DX12 GPU, or lavapipe).
     #[cfg(feature = "wgpu")]
     Wgpu(Arc<crate::runtime::wgpu::WgpuContext>),
@@ -22,6 +26,8 @@ pub enum Device {
 pub enum BackendKind {
     /// [`Device::Cpu`].
     Cpu,
+    /// [`Device::Reference`].
+    Reference,
     /// `Device::Wgpu`.
     Wgpu,
     /// `Device::Cuda`.
@@ -33,6 +39,7 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
+            BackendKind::Reference => "reference",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
         }
@@ -40,16 +47,20 @@ impl BackendKind {
 }
 
 impl Device {
-    /// The fastest device available: a CUDA GPU (feature `cuda`), else a wgpu adapter (a real
-    /// GPU before lavapipe), else the CPU reference. Never fails.
+    /// The fastest device available: a CUDA GPU (feature `cuda`), else a wgpu adapter that is
+    /// a real GPU, else the native CPU kernels. A CPU-emulated adapter (lavapipe, llvmpipe,
+    /// WARP, SwiftShader) is slower than [`Device::Cpu`] on every op, so it is never chosen
+    /// here; [`Device::wgpu`] still opens it when asked. Never fails.
     pub fn best() -> Device {
         #[cfg(feature = "cuda")]
         if let Ok(d) = Device::cuda(0) {
             return d;
         }
         #[cfg(feature = "wgpu")]
-        if let Ok(d) = Device::wgpu() {
-            return d;
+        if let Ok(Device::Wgpu(c)) = Device::wgpu() {
+            if c.info.device_type != wgpu::DeviceType::Cpu {
+                return Device::Wgpu(c);
+            }
         }
         Device::Cpu
     }
@@ -72,6 +83,7 @@ impl Device {
     pub fn kind(&self) -> BackendKind {
         match self {
             Device::Cpu => BackendKind::Cpu,
+            Device::Reference => BackendKind::Reference,
             #[cfg(feature = "wgpu")]
             Device::Wgpu(_) => BackendKind::Wgpu,
             #[cfg(feature = "cuda")]
@@ -88,7 +100,7 @@ impl Device {
             f().map(|r| (r, t.elapsed()))
         };
         match self {
-            Device::Cpu => wall(Box::new(f)),
+            Device::Cpu | Device::Reference => wall(Box::new(f)),
             #[cfg(feature = "wgpu")]
             Device::Wgpu(c) if c.features.contains(wgpu::Features::TIMESTAMP_QUERY) => {
                 c.gpu_time(f)
@@ -106,7 +118,7 @@ impl Device {
     /// largest binding) and the time. `Unsupported` on the CPU.
     pub fn time_copy(&self, bytes: usize) -> Result<(usize, std::time::Duration)> {
         match self {
-            Device::Cpu => Err(Error::unsupported(
+            Device::Cpu | Device::Reference => Err(Error::unsupported(
                 "cpu",
                 format!("timing a {bytes}-byte device copy"),
             )),
@@ -120,7 +132,8 @@ impl Device {
     /// Human-readable description: backend and device name.
     pub fn describe(&self) -> String {
         match self {
-            Device::Cpu => "cpu (f64 reference)".into(),
+            Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+            Device::Reference => "reference (f64, CPU)".into(),
             #[cfg(feature = "wgpu")]
             Device::Wgpu(c) => format!("wgpu: {}", c.describe()),
             #[cfg(feature = "cuda")]

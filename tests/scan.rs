@@ -893,7 +893,7 @@ fn sizes_near_the_integer_limits() -> T {
             small.clone().reshape([h, 4]).map(|_| ())
         })?;
     }
-    let mut devs = vec![Device::Cpu];
+    let mut devs = vec![Device::Reference, Device::Cpu];
     if let Ok(d) = wgpu() {
         devs.push(d);
     }

@@ -30,7 +30,7 @@ pub fn devices() -> Vec<(String, Device)> {
 /// Whether a device is a software rasterizer (lavapipe) or the CPU: use small problems there.
 pub fn is_slow(dev: &Device) -> bool {
     match dev {
-        Device::Cpu => true,
+        Device::Cpu | Device::Reference => true,
         Device::Wgpu(c) => c.info.device_type == wgpu::DeviceType::Cpu,
         // linrec's CUDA emulator (tools/cuda-emu) runs kernels on the CPU
         #[cfg(feature = "cuda")]

@@ -394,7 +394,8 @@ macro_rules! arg_struct {
 pub(crate) use arg_struct;
 
 /// Defines a host-level entry point `fn $name(dev, problem, args) -> results` that validates
-/// the arguments, then runs the f64 reference (on [`Device::Cpu`](crate::Device::Cpu)) or
+/// the arguments, then runs the native CPU kernels (on [`Device::Cpu`](crate::Device::Cpu)),
+/// the f64 reference (on [`Device::Reference`](crate::Device::Reference)) or
 /// uploads, calls the backend's zero-copy entry point of the same name, and downloads.
 macro_rules! host_entry {
     (
@@ -412,7 +413,8 @@ macro_rules! host_entry {
             p.validate()?;
             args.check(p)?;
             match dev {
-                $crate::Device::Cpu => {
+                $crate::Device::Cpu => cpu::$fname(p, args),
+                $crate::Device::Reference => {
                     let owned = args.map(|_, t| t.to_f64_vec(), |_, t| t.to_flags());
                     let refs = owned.map(|_, v| v.as_slice(), |_, s| s.as_slice());
                     let out = reference::$fname(p, &refs)?;

@@ -134,13 +134,25 @@ pub fn gpus() -> Vec<(&'static str, Result<Device, Stop>)> {
     vec![("wgpu", wgpu()), ("cuda", cuda_dev())]
 }
 
-/// The device of a backend name from [`gpus`], or `wgpu-no-subgroups`.
+/// The device of a backend name from [`gpus`], or `wgpu-no-subgroups`, or `cpu` (linrec's
+/// native CPU kernels, always present).
 pub fn backend(name: &str) -> Result<Device, Stop> {
     match name {
+        "cpu" => Ok(Device::Cpu),
         "wgpu" => wgpu(),
         "wgpu-no-subgroups" => wgpu_no_subgroups(),
         _ => cuda_dev(),
     }
+}
+
+/// Run `f` inside a rayon pool of `threads` threads (the CPU kernels' thread count), for tests
+/// that check results are bitwise identical whatever the number of threads.
+pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a rayon pool")
+        .install(f)
 }
 
 /// Run `f` on every GPU backend present; a skip (naming each missing backend) when none is.

@@ -33,6 +33,7 @@
 //! optional `grad_final`; it recomputes what it needs from the forward's inputs (nothing but
 //! the inputs is saved). `ds0` is always returned (zero where `start_0` is set).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod reference;

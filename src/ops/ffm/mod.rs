@@ -48,6 +48,7 @@
 //!   Measured on linrec's CUDA emulator: `rel <= 2e-6` for `T = 4096` and `rel <= 3e-6` for
 //!   `T = 65536`, non-decaying (`a = 0`) channels included.
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod reference;

@@ -15,6 +15,7 @@
 //! recomputed) and returns `dx`, `da` (summed over batch and time for a time-invariant `a`)
 //! and `dh0` (always returned; it is zero-free only where an `h0` was meaningful).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod reference;

@@ -35,6 +35,7 @@
 //! present), then the backward recomputes each chunk from its checkpoint (module `cuda`). No
 //! per-step state is ever stored in device memory.
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod reference;
