@@ -1044,6 +1044,13 @@ fn check_backend(dev: &Device, d: &Data, what: &str) -> T {
         tb,
     )?;
     close(&format!("{what} ds0"), &gr.ds0.to_f64_vec(), &rr.ds0, ts)?;
+    // run-to-run bitwise equality, on every problem of up to 2^20 state updates (B T H K V):
+    // every kernel and option is among those (each_option, shapes, half storage), and a rerun
+    // of the big problems would double the slowest tests (on lavapipe and the emulator) for no
+    // new path
+    if p.batch * p.len * p.heads * p.key_dim * p.value_dim > 1 << 20 {
+        return Ok(());
+    }
     let again = run_forward(dev, p, &a)?;
     bitwise(
         &format!("{what} o"),
@@ -1103,7 +1110,11 @@ fn shapes_on(bk: &str) -> T {
         (16, 20, 3, 8, 8),
     ];
     for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
-        for (j, p) in variants(b, t, h, k, v, &[64, 32]).into_iter().enumerate() {
+        // every algorithm on every shape, the rule alternating from shape to shape (it changes
+        // one coefficient, not the kernels; each_option holds both rules on every algorithm)
+        let rule = if i % 2 == 0 { Rule::Efla } else { Rule::Delta };
+        let ps = variants(b, t, h, k, v, &[64, 32]).into_iter();
+        for (j, p) in ps.filter(|p| p.rule == rule).enumerate() {
             let st = if j % 2 == 0 {
                 Starts::Edges
             } else {
@@ -1205,27 +1216,19 @@ fn wgpu_without_subgroups() -> T {
 /// T = 4096 (the longest the f32 bounds cover) on both algorithms; prints the errors measured.
 fn long_sequences_on(bk: &str) -> T {
     let dev = backend(bk)?;
-    for (i, p) in variants(1, 4096, 2, 32, 32, &[64]).into_iter().enumerate() {
-        for dt in [DType::F32, DType::BF16] {
-            let mut d = gen(p.with_dtype(dt), true, Starts::Edges, 3600 + i as u64);
-            // keep the initial state in play (its gradient is then not trivially zero)
-            d.start.as_mut().unwrap()[0] = 0;
-            let what = format!("{bk} {}", name(&d.p));
-            check_backend(&dev, &d, &what)?;
-            let a = host_args(&d);
-            let (o, g) = (run_forward(&dev, &d.p, &a)?, run_backward(&dev, &d.p, &a)?);
-            let (ro, rg) = (fwd_ref(&d), bwd_ref(&d));
-            eprintln!(
-                "{what}: rel o {:.1e} s_final {:.1e} dq {:.1e} dk {:.1e} dv {:.1e} dbeta {:.1e} ds0 {:.1e}",
-                rel(&o.o.to_f64_vec(), &ro.o),
-                rel(&o.s_final.to_f64_vec(), &ro.s_final),
-                rel(&g.dq.to_f64_vec(), &rg.dq),
-                rel(&g.dk.to_f64_vec(), &rg.dk),
-                rel(&g.dv.to_f64_vec(), &rg.dv),
-                rel(&g.dbeta.to_f64_vec(), &rg.dbeta),
-                rel(&g.ds0.to_f64_vec(), &rg.ds0),
-            );
-        }
+    // variants: EFLA recurrent, EFLA chunked, delta recurrent, delta chunked; each with one
+    // storage dtype, so every rule, algorithm and dtype is held at T = 4096 (the accumulation
+    // over a long sequence runs the same code whatever the rule)
+    let dtypes = [DType::F32, DType::BF16, DType::BF16, DType::F32];
+    for (i, (p, dt)) in variants(1, 4096, 2, 32, 32, &[64])
+        .into_iter()
+        .zip(dtypes)
+        .enumerate()
+    {
+        let mut d = gen(p.with_dtype(dt), true, Starts::Edges, 3600 + i as u64);
+        // keep the initial state in play (its gradient is then not trivially zero)
+        d.start.as_mut().unwrap()[0] = 0;
+        check_backend(&dev, &d, &format!("{bk} {}", name(&d.p)))?;
     }
     Ok(())
 }
@@ -1513,6 +1516,158 @@ fn cuda_half_fla_thresholds() -> T {
     Ok(())
 }
 
+// ------------------------------------------------------------------ native CPU kernels
+
+/// Both rules x (recurrent, chunked 16) x (no state or resets, both), at the shape of
+/// `each_option_on` (kept to fewer variants: the debug-build reference dominates the time).
+fn cpu_each_option() -> T {
+    let mut seed = 1000;
+    for p in variants(2, 150, 2, 67, 9, &[16]) {
+        for (s0, st) in [(false, Starts::None), (true, Starts::Edges)] {
+            seed += 1;
+            let d = gen(p, s0, st, seed);
+            check_backend(
+                &Device::Cpu,
+                &d,
+                &format!("cpu {} s0={s0} {st:?}", name(&p)),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// T = 1 (decode), B = H = 1, K = V = 1, K = V = 256, V not a multiple of 8, many heads; the
+/// long row is in `cpu_long`.
+fn cpu_shapes() -> T {
+    let shapes: &[(usize, usize, usize, usize, usize)] = &[
+        (3, 1, 2, 16, 16),
+        (1, 1, 1, 1, 1),
+        (1, 2, 1, 1, 3),
+        (1, 9, 1, 256, 256),
+        (2, 40, 3, 5, 130),
+        (5, 65, 1, 32, 40),
+        (16, 20, 3, 8, 8),
+    ];
+    for (i, &(b, t, h, k, v)) in shapes.iter().enumerate() {
+        for (j, p) in variants(b, t, h, k, v, &[32]).into_iter().enumerate() {
+            let st = if j % 2 == 0 {
+                Starts::Edges
+            } else {
+                Starts::None
+            };
+            let d = gen(p, j % 3 != 1, st, 2000 + (i * 10 + j) as u64);
+            check_backend(&Device::Cpu, &d, &format!("cpu {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+fn cpu_extreme_inputs() -> T {
+    extreme_on("cpu")
+}
+fn cpu_half_storage() -> T {
+    half_storage_on(&Device::Cpu, "cpu")
+}
+fn cpu_decode_chain() -> T {
+    decode_chain_on("cpu")
+}
+/// T = 4096 (the longest the f32 bounds cover) with resets on the CPU, EFLA recurrent and the
+/// delta rule chunked, f32 and bf16.
+fn cpu_long() -> T {
+    let p = Efla::new(1, 4096, 1, 16, 16);
+    for (i, p) in [p.recurrent(), p.delta().chunked(64)]
+        .into_iter()
+        .enumerate()
+    {
+        for dt in [DType::F32, DType::BF16] {
+            let mut d = gen(p.with_dtype(dt), true, Starts::Edges, 3600 + i as u64);
+            d.start.as_mut().unwrap()[0] = 0;
+            check_backend(&Device::Cpu, &d, &format!("cpu {}", name(&d.p)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every output and gradient of the CPU kernels, bitwise equal on 1, 2 and 3 threads.
+fn cpu_threads_bitwise() -> T {
+    for p in variants(3, 70, 3, 12, 9, &[16]) {
+        let d = gen(p, true, Starts::Edges, 3400);
+        let a = host_args(&d);
+        let run = || {
+            let f = run_forward(&Device::Cpu, &d.p, &a).unwrap();
+            let g = run_backward(&Device::Cpu, &d.p, &a).unwrap();
+            [f.o, f.s_final, g.dq, g.dk, g.dv, g.dbeta, g.ds0].map(|x| x.to_f32_vec())
+        };
+        let one = with_threads(1, run);
+        for n in [2, 3] {
+            let other = with_threads(n, run);
+            for (k, (x, y)) in one.iter().zip(&other).enumerate() {
+                bitwise(&format!("{} result {k} on {n} threads", name(&p)), x, y)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Non-finite isolation on the CPU: NaN and infinity in the inputs (and `s0`, and `grad_o`)
+/// before a reset leave every per-step result from the reset on, the final state and its
+/// gradient bitwise equal to a run with finite inputs.
+fn cpu_nonfinite_isolated_by_resets() -> T {
+    let (bn, tn, hn, kd, vd, tr) = (2, 40, 2, 6, 5, 20);
+    for p in variants(bn, tn, hn, kd, vd, &[16]) {
+        let mut d = gen(p, true, Starts::None, 3500);
+        let mut s = vec![0u8; bn * tn];
+        for b in 0..bn {
+            s[b * tn + tr] = 1;
+        }
+        d.start = Some(s);
+        let clean = d.clone();
+        // row 0, head 1
+        let at = |t: usize, n: usize| (t * hn + 1) * n;
+        d.q[at(tr - 1, kd)] = f64::NAN;
+        d.k[at(tr - 1, kd) + 2] = f64::INFINITY;
+        d.v[at(3, vd)] = f64::NAN;
+        d.beta[at(tr - 1, 1)] = f64::NAN;
+        d.go[at(tr - 1, vd) + 1] = f64::NAN;
+        d.s0.as_mut().unwrap()[0] = f64::NAN;
+        let run = |d: &Data| -> Result<Vec<(Vec<f32>, usize)>, Stop> {
+            let a = host_args(d);
+            let f = run_forward(&Device::Cpu, &d.p, &a)?;
+            let g = run_backward(&Device::Cpu, &d.p, &a)?;
+            Ok(vec![
+                (f.o.to_f32_vec(), vd),
+                (g.dq.to_f32_vec(), kd),
+                (g.dk.to_f32_vec(), kd),
+                (g.dv.to_f32_vec(), vd),
+                (g.dbeta.to_f32_vec(), 1),
+                (f.s_final.to_f32_vec(), 0),
+            ])
+        };
+        let (xa, xb) = (run(&d)?, run(&clean)?);
+        ensure!(
+            xa[0].0.iter().any(|v| v.is_nan()),
+            "no NaN before the reset"
+        );
+        for (k, ((x, n), (y, _))) in xa.iter().zip(&xb).enumerate() {
+            let what = format!("{} result {k}", name(&p));
+            let ranges: Vec<std::ops::Range<usize>> = if *n == 0 {
+                std::iter::once(0..x.len()).collect()
+            } else {
+                (0..bn)
+                    .map(|b| (b * tn + tr) * hn * n..(b + 1) * tn * hn * n)
+                    .collect()
+            };
+            for r in ranges {
+                ensure!(
+                    x[r.clone()].iter().all(|v| v.is_finite()),
+                    "{what}: non-finite after the reset"
+                );
+                bitwise(&what, &x[r.clone()], &y[r])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     common::main(trials![
         reference_matches_spec_transcription,
@@ -1543,5 +1698,13 @@ fn main() {
         wgpu_zero_copy_offsets,
         cuda_tensor_core_layouts,
         cuda_half_fla_thresholds,
+        cpu_each_option,
+        cpu_shapes,
+        cpu_extreme_inputs,
+        cpu_half_storage,
+        cpu_decode_chain,
+        cpu_long,
+        cpu_threads_bitwise,
+        cpu_nonfinite_isolated_by_resets,
     ]);
 }

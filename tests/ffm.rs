@@ -1063,6 +1063,9 @@ fn wgpu_each_option() -> T {
 fn cuda_each_option() -> T {
     each_option_on("cuda")
 }
+fn cpu_each_option() -> T {
+    each_option_on("cpu")
+}
 
 /// Shapes that pick every block width (8, 16, 32, 64, 128, 256 columns: chunks of 128 down to
 /// 4 steps).
@@ -1099,6 +1102,9 @@ fn wgpu_shapes() -> T {
 }
 fn cuda_shapes() -> T {
     shapes_on("cuda")
+}
+fn cpu_shapes() -> T {
+    shapes_on("cpu")
 }
 
 /// Flags at their extremes: every step starts an episode (S_t = x_t, no gradient reaches a, b
@@ -1812,6 +1818,204 @@ fn cuda_zero_copy_offsets() -> T {
     Err(Stop::Skip("built without feature `cuda`".into()))
 }
 
+// ------------------------------------------------------------------ native CPU kernels
+
+fn cpu_flag_extremes() -> T {
+    flag_extremes_on("cpu")
+}
+fn cpu_slow_decay() -> T {
+    slow_decay_on("cpu")
+}
+/// The CPU keeps its state in f64, so it meets the T <= 4096 bounds at T = 65536 too.
+fn long_cpu_slow_decay() -> T {
+    let dev = Device::Cpu;
+    let mut d = gen(Ffm::new(1, 65536, 4, 2), true, Starts::None, 960);
+    d.a = f32_exact(&[0.0, -1e-4, -1e-3, -1e-2]);
+    d.b = f32_exact(&[2.9, -2.47]);
+    let out = run(Some(&dev), &d)?;
+    let r = run(None, &d)?;
+    report("cpu", &d, &out, &r);
+    close_all(
+        &format!("cpu slow decay {}", name(&d)),
+        Some(&d),
+        &out,
+        &r,
+        1e-5,
+        1e-4,
+    )
+}
+fn long_cpu() -> T {
+    long_sequences_on("cpu")
+}
+
+/// Wide contexts on the CPU: the forward and the backward both take any `C` (a memory
+/// channel's context spans several channel blocks), and many memory channels (several blocks
+/// of whole ones), on whole rows and on a row cut into chunks of time.
+fn cpu_wide_context() -> T {
+    let dev = Device::Cpu;
+    for (k, &(b, t, m, c)) in [
+        (2, 37, 3, 300),
+        (1, 150, 2, 33),
+        (2, 60, 70, 4),
+        (1, 3000, 3, 300),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let d = gen(Ffm::new(b, t, m, c), true, Starts::Edges, 750 + k as u64);
+        check_backend(&dev, &d, &format!("cpu {}", name(&d)))?;
+    }
+    Ok(())
+}
+
+/// The identities on the CPU: FFM equals the complex scan, packed rows equal separate rows,
+/// chained calls equal one call.
+fn cpu_identities() -> T {
+    let dev = Device::Cpu;
+    for (k, &(b, t, m, c)) in [(2, 300, 3, 4), (1, 1, 2, 1), (3, 77, 5, 3)]
+        .iter()
+        .enumerate()
+    {
+        let d = gen(Ffm::new(b, t, m, c), k != 1, Starts::Edges, 800 + k as u64);
+        let f = run(Some(&dev), &d)?;
+        let s = as_scan(Some(&dev), &d)?;
+        close_all(
+            &format!("cpu {} vs scan", name(&d)),
+            None,
+            &f,
+            &s,
+            1e-5,
+            1e-4,
+        )?;
+    }
+    packed_on(Some(&dev))?;
+    chained_on(Some(&dev))
+}
+
+/// Property-based: random shapes and options on the CPU against the reference.
+fn cpu_random_shapes() -> T {
+    use proptest::prelude::*;
+    let dev = Device::Cpu;
+    let strat = (
+        1usize..6,
+        1usize..400,
+        1usize..10,
+        1usize..20,
+        any::<[bool; 3]>(),
+        any::<u64>(),
+    );
+    prop_check(24, strat, |(b, t, m, c, o, seed)| {
+        let mut d = gen(
+            Ffm::new(b, t, m, c),
+            o[0],
+            if o[1] { Starts::Edges } else { Starts::None },
+            seed,
+        );
+        if o[2] {
+            d.gf = None;
+        }
+        check_backend(&dev, &d, &format!("cpu {}", name(&d)))
+    })
+}
+
+/// Every result of the CPU on `d` as f32 values.
+fn cpu_bits(d: &Data) -> Result<Vec<Vec<f32>>, Stop> {
+    let r = run(Some(&Device::Cpu), d)?;
+    Ok(r.fields()
+        .iter()
+        .map(|(_, v)| v.iter().map(|&x| x as f32).collect())
+        .collect())
+}
+
+/// Forward and backward on 1, 2 and 3 threads give bitwise identical results: a long row cut
+/// into chunks of time (the two-pass scan), few rows with chunks, and many whole rows.
+fn cpu_threads_bitwise() -> T {
+    for (i, &(b, t, m, c)) in [(1, 6000, 4, 4), (3, 2500, 3, 5), (9, 100, 5, 3)]
+        .iter()
+        .enumerate()
+    {
+        let d = gen(Ffm::new(b, t, m, c), true, Starts::Edges, 1000 + i as u64);
+        let one = with_threads(1, || cpu_bits(&d))?;
+        for n in [2, 3] {
+            let more = with_threads(n, || cpu_bits(&d))?;
+            for (k, (x, y)) in one.iter().zip(&more).enumerate() {
+                bitwise(&format!("{} result {k}, 1 vs {n} threads", name(&d)), x, y)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A NaN or infinity in `x` before a reset does not reach any step after it: there `S` and
+/// `dx` are finite and match the reference; other rows are untouched. Whole rows and rows cut
+/// into chunks of time.
+fn cpu_non_finite_isolation() -> T {
+    for (tn, m, c) in [(300, 3, 4), (6000, 4, 4)] {
+        let mut d = gen(Ffm::new(2, tn, m, c), true, Starts::None, 1300);
+        let cut = tn / 2 + 3;
+        let mut s = vec![0u8; 2 * tn];
+        s[cut] = 1;
+        d.start = Some(s);
+        d.x[(cut - 5) * m] = f64::NAN;
+        d.x[(cut - 9) * m + 1] = f64::INFINITY;
+        let out = run(Some(&Device::Cpu), &d)?;
+        let (rf, rb) = (fwd_ref(&d), bwd_ref(&d));
+        let keep = |per: usize| -> Vec<usize> {
+            (0..2 * tn)
+                .filter(|&i| i >= cut)
+                .flat_map(|i| i * per..(i + 1) * per)
+                .collect()
+        };
+        let what = format!("cpu isolation {}", name(&d));
+        for (n, o, r, per, tol) in [
+            ("s", &out.s, &rf.s, m * c * 2, 1e-5),
+            ("dx", &out.dx, &rb.dx, m, 1e-4),
+        ] {
+            let ix = keep(per);
+            let (o, r): (Vec<f64>, Vec<f64>) = ix.iter().map(|&i| (o[i], r[i])).unzip();
+            ensure!(
+                o.iter().all(|v| v.is_finite()),
+                "{what} {n}: a non-finite value crossed the reset"
+            );
+            close(&format!("{what} {n}"), &o, &r, tol)?;
+        }
+        close(&format!("{what} s_final"), &out.sf, &rf.s_final, 1e-5)?;
+    }
+    Ok(())
+}
+
+/// The reinforcement-learning step (B = 8, T = 1, M = 32, C = 4, with a state): forward and
+/// backward match the reference (it runs on the calling thread; `benches/cpu.rs` times it).
+fn cpu_rl_step() -> T {
+    let d = gen(Ffm::new(8, 1, 32, 4), true, Starts::None, 1400);
+    check_backend(&Device::Cpu, &d, "cpu RL step")
+}
+
+/// The inputs of `ill_conditioned_da` on the CPU: its sums are f64, so it meets the 1e-4 bound
+/// itself there (no allowance for the spread of the exact result).
+fn cpu_ill_conditioned_da() -> T {
+    let p = Ffm::new(3, 266, 2, 6);
+    for seed in [396, 2691, 5] {
+        let d = gen_from(p, false, Starts::Edges, Rng::fixed(seed));
+        let out = run(Some(&Device::Cpu), &d)?;
+        let r = run(None, &d)?;
+        eprintln!(
+            "cpu {} seed {seed}: da rel {:.2e}",
+            name(&d),
+            rel(&out.da, &r.da)
+        );
+        close_all(
+            &format!("cpu {} seed {seed}", name(&d)),
+            None,
+            &out,
+            &r,
+            1e-5,
+            1e-4,
+        )?;
+    }
+    Ok(())
+}
+
 fn main() {
     common::main(trials![
         reference_matches_spec_transcription,
@@ -1842,5 +2046,18 @@ fn main() {
         cuda_wide_context,
         cuda_zero_copy_offsets,
         ill_conditioned_da,
+        cpu_each_option,
+        cpu_shapes,
+        cpu_flag_extremes,
+        cpu_wide_context,
+        cpu_identities,
+        cpu_random_shapes,
+        cpu_slow_decay,
+        cpu_threads_bitwise,
+        cpu_non_finite_isolation,
+        cpu_rl_step,
+        cpu_ill_conditioned_da,
+        long_cpu,
+        long_cpu_slow_decay,
     ]);
 }

@@ -630,6 +630,9 @@ fn wgpu_each_option() -> T {
 fn cuda_each_option() -> T {
     each_option_on("cuda")
 }
+fn cpu_each_option() -> T {
+    each_option_on("cpu")
+}
 
 fn shapes_on(bk: &str) -> T {
     let dev = backend(bk)?;
@@ -669,12 +672,15 @@ fn wgpu_shapes() -> T {
 fn cuda_shapes() -> T {
     shapes_on("cuda")
 }
+fn cpu_shapes() -> T {
+    shapes_on("cpu")
+}
 
-/// f16 and bf16 storage of x, h, a time-varying a and their gradients on CUDA (f32 state and
+/// f16 and bf16 storage of x, h, a time-varying a and their gradients (f32 state and
 /// arithmetic), every option, against the reference fed the same rounded inputs (rel <= 1e-2):
 /// T across several chunks and not a multiple of one, odd D, D wider than a channel block, T = 1.
-fn cuda_storage_dtypes() -> T {
-    let dev = cuda_dev()?;
+fn storage_dtypes_on(bk: &str) -> T {
+    let dev = backend(bk)?;
     let mut k = 0;
     for dt in [DType::F16, DType::BF16] {
         for (b, t, dd) in [(3, 301, 5), (2, 70, 40), (1, 1, 3), (2, 1100, 2)] {
@@ -687,11 +693,17 @@ fn cuda_storage_dtypes() -> T {
                     (false, Starts::None)
                 };
                 let d = rounded(gen(p, h0, st, 950 + k));
-                check_backend(&dev, &d, &format!("cuda {} {dt}", name(&p)))?;
+                check_backend(&dev, &d, &format!("{bk} {} {dt}", name(&p)))?;
             }
         }
     }
     Ok(())
+}
+fn cuda_storage_dtypes() -> T {
+    storage_dtypes_on("cuda")
+}
+fn cpu_storage_dtypes() -> T {
+    storage_dtypes_on("cpu")
 }
 
 /// The WGSL scan stores f32 only: other storage dtypes are refused, not misread.
@@ -1005,6 +1017,288 @@ fn sizes_near_the_integer_limits() -> T {
     Ok(())
 }
 
+// ------------------------------------------------------------------ native CPU kernels
+
+/// Host tensors of `d` in its problem's storage dtype: (x, a, h0, start, grad_h, grad_final).
+#[allow(clippy::type_complexity)]
+fn tensors(
+    d: &Data,
+) -> (
+    Tensor,
+    Tensor,
+    Option<Tensor>,
+    Option<Tensor>,
+    Tensor,
+    Option<Tensor>,
+) {
+    let p = &d.p;
+    let t = |n, v: &[f64]| tensor(&p.spec(n).shape, v, p.dtype_of(p.spec(n).role));
+    (
+        t(scan::Arg::X, &d.x),
+        t(scan::Arg::A, &d.a),
+        d.h0.as_ref().map(|v| t(scan::Arg::H0, v)),
+        d.start
+            .as_ref()
+            .map(|s| Tensor::new(p.spec(scan::Arg::Start).shape, s.clone()).unwrap()),
+        t(scan::Arg::GradH, &d.g),
+        d.gf.as_ref().map(|v| t(scan::Arg::GradFinal, v)),
+    )
+}
+
+/// Every result of the CPU kernels on `d` (h, h_final, dx, da, dh0) as f32 bits.
+fn cpu_results(d: &Data) -> Result<Vec<Vec<f32>>, Stop> {
+    let (x, a, h0, st, g, gf) = tensors(d);
+    let out = scan::forward(
+        &Device::Cpu,
+        &d.p,
+        &ScanInputs {
+            x: &x,
+            a: &a,
+            h0: h0.as_ref(),
+            start: st.as_ref(),
+        },
+    )?;
+    let gr = scan::backward(
+        &Device::Cpu,
+        &d.p,
+        &ScanBackwardInputs {
+            a: &a,
+            h: &out.h,
+            h0: h0.as_ref(),
+            start: st.as_ref(),
+            grad_h: &g,
+            grad_final: gf.as_ref(),
+        },
+    )?;
+    Ok([&out.h, &out.h_final, &gr.dx, &gr.da, &gr.dh0]
+        .iter()
+        .map(|t| t.to_f32_vec())
+        .collect())
+}
+
+/// Forward and backward on 1, 2 and 3 threads give bitwise identical results: rows cut into
+/// chunks of time (few rows, long T: the two-pass scan) and whole rows (many rows).
+fn cpu_threads_bitwise() -> T {
+    let mut k = 0;
+    for (b, t, dd) in [(2, 3000, 24), (9, 150, 70)] {
+        for p in variants(b, t, dd) {
+            k += 1;
+            let d = gen(p, k % 2 == 0, Starts::Edges, 1000 + k);
+            let one = with_threads(1, || cpu_results(&d))?;
+            for n in [2, 3] {
+                let more = with_threads(n, || cpu_results(&d))?;
+                for (i, (x, y)) in one.iter().zip(&more).enumerate() {
+                    bitwise(&format!("{} result {i}, 1 vs {n} threads", name(&p)), x, y)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Long rows (T = 2^18, B = 1, cut into chunks of time) whose state barely decays: real `a`
+/// within 1e-4 of 1, and complex `a` on the unit circle (an f32 state drifts to rel ~2e-5
+/// here). The CPU meets the f32 bounds of T <= 4096: 1e-5 forward, 1e-4 backward.
+fn long_cpu_slow_decay() -> T {
+    let dev = Device::Cpu;
+    for (i, p) in [
+        LinearScan::new(1, 1 << 18, 3),
+        LinearScan::new(1, 1 << 18, 2).complex(),
+        LinearScan::new(1, 1 << 18, 2).complex().time_invariant(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut d = gen(p, true, Starts::None, 1100 + i as u64);
+        let mut r = Rng::new(1200 + i as u64);
+        let n = d.a.len() / p.width();
+        d.a = f32_exact(
+            &(0..n)
+                .flat_map(|_| {
+                    if p.complex {
+                        let th = r.uniform(-std::f64::consts::PI, std::f64::consts::PI);
+                        vec![th.cos(), th.sin()]
+                    } else {
+                        vec![1.0 - r.uniform(0.0, 1e-4)]
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
+        let (x, a, h0, st, g, gf) = tensors(&d);
+        let out = scan::forward(
+            &dev,
+            &p,
+            &ScanInputs {
+                x: &x,
+                a: &a,
+                h0: h0.as_ref(),
+                start: st.as_ref(),
+            },
+        )?;
+        let rf = fwd_ref(&d);
+        let what = format!("cpu {}", name(&p));
+        let e = rel(&out.h.to_f64_vec(), &rf.h);
+        eprintln!("{what}: h rel {e:.2e}");
+        close(&format!("{what} h"), &out.h.to_f64_vec(), &rf.h, 1e-5)?;
+        close(
+            &format!("{what} h_final"),
+            &out.h_final.to_f64_vec(),
+            &rf.h_final,
+            1e-5,
+        )?;
+        let gr = scan::backward(
+            &dev,
+            &p,
+            &ScanBackwardInputs {
+                a: &a,
+                h: &out.h,
+                h0: h0.as_ref(),
+                start: st.as_ref(),
+                grad_h: &g,
+                grad_final: gf.as_ref(),
+            },
+        )?;
+        let rb = bwd_ref(&d, &rf.h);
+        close(&format!("{what} dx"), &gr.dx.to_f64_vec(), &rb.dx, 1e-4)?;
+        close(&format!("{what} da"), &gr.da.to_f64_vec(), &rb.da, 1e-4)?;
+        close(&format!("{what} dh0"), &gr.dh0.to_f64_vec(), &rb.dh0, 1e-4)?;
+    }
+    Ok(())
+}
+
+/// T = 2^20 in one row on the CPU (the two-pass scan over many chunks), as `long_wgpu`.
+fn long_cpu() -> T {
+    let p = LinearScan::new(1, 1 << 20, 1);
+    let mut d = gen(p, true, Starts::None, 700);
+    d.a = f32_exact(&d.a.iter().map(|v| 1.0 - 1e-4 * v.abs()).collect::<Vec<_>>());
+    d.start = Some({
+        let mut s = vec![0u8; p.len];
+        s[123_457] = 1;
+        s
+    });
+    let (x, a, h0, st, _, _) = tensors(&d);
+    let out = scan::forward(
+        &Device::Cpu,
+        &p,
+        &ScanInputs {
+            x: &x,
+            a: &a,
+            h0: h0.as_ref(),
+            start: st.as_ref(),
+        },
+    )?;
+    let r = fwd_ref(&d);
+    eprintln!(
+        "cpu {}: h rel {:.2e}",
+        name(&p),
+        rel(&out.h.to_f64_vec(), &r.h)
+    );
+    close(
+        &format!("cpu {} h", name(&p)),
+        &out.h.to_f64_vec(),
+        &r.h,
+        1e-5,
+    )
+}
+
+/// A NaN or infinity in `x` or `a` before a reset (in scan order) does not reach any step after
+/// it: there the CPU's `h`, `dx` and `da` are finite and match the reference (which drops the
+/// state by selection too); other rows are untouched. Both on whole rows and on rows cut into
+/// chunks of time.
+fn cpu_non_finite_isolation() -> T {
+    for (tn, dd) in [(300, 5), (6000, 12)] {
+        for (k, p) in variants(2, tn, dd).into_iter().enumerate() {
+            let mut d = gen(p, true, Starts::None, 1300 + k as u64);
+            let cut = tn / 2;
+            let mut s = vec![0u8; 2 * tn];
+            s[cut] = 1;
+            d.start = Some(s);
+            // steps of row 0 before the reset in scan order, and the ones after it
+            let before = |t: usize| if p.reverse { t >= cut } else { t < cut };
+            let w = p.width();
+            let row = dd * w;
+            let tp = if p.reverse { cut + 7 } else { cut - 9 };
+            d.x[tp * row] = f64::NAN;
+            d.x[(tp - 2) * row + w] = f64::INFINITY;
+            if p.time_varying {
+                d.a[(tp + 1) * row + row - 1] = f64::NAN;
+            }
+            let out = cpu_results(&d)?;
+            let rf = fwd_ref(&d);
+            let rb = bwd_ref(&d, &rf.h);
+            let what = format!("cpu isolation {}", name(&p));
+            // indices (row 0 after the reset; all of row 1) of [B, T, D(, 2)] tensors
+            let keep: Vec<usize> = (0..2 * tn)
+                .filter(|&i| i >= tn || !before(i))
+                .flat_map(|i| i * row..(i + 1) * row)
+                .collect();
+            let pick = |v: &[f64]| keep.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+            let mut checks = vec![
+                ("h", pick(&f64s(&out[0])), pick(&rf.h), 1e-5),
+                ("h_final", f64s(&out[1]), rf.h_final.clone(), 1e-5),
+                ("dx", pick(&f64s(&out[2])), pick(&rb.dx), 1e-4),
+            ];
+            if p.time_varying {
+                checks.push(("da", pick(&f64s(&out[3])), pick(&rb.da), 1e-4));
+            }
+            for (n, o, r) in checks.iter().map(|(n, o, r, _)| (n, o, r)) {
+                ensure!(
+                    o.iter().all(|v| v.is_finite()),
+                    "{what} {n}: a non-finite value crossed the reset"
+                );
+                ensure!(
+                    r.iter().all(|v| v.is_finite()),
+                    "{what} {n}: the reference does not isolate"
+                );
+            }
+            for (n, o, r, tol) in &checks {
+                close(&format!("{what} {n}"), o, r, *tol)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Property-based: random shapes and options on the CPU kernels against the reference.
+fn cpu_random_shapes() -> T {
+    use proptest::prelude::*;
+    let dev = Device::Cpu;
+    let strat = (
+        1usize..10,
+        1usize..1200,
+        1usize..70,
+        any::<[bool; 5]>(),
+        any::<u64>(),
+    );
+    prop_check(24, strat, |(b, t, dd, o, seed)| {
+        let mut p = LinearScan::new(b, t, dd);
+        p.complex = o[0];
+        p.time_varying = o[1];
+        p.reverse = o[2];
+        let d = gen(
+            p,
+            o[3],
+            if o[4] { Starts::Edges } else { Starts::None },
+            seed,
+        );
+        check_backend(&dev, &d, &format!("cpu {}", name(&p)))
+    })
+}
+
+/// Rows wider than one channel block of the CPU kernels (1024 floats): several blocks per row,
+/// the last one partial, on whole rows and on rows cut into chunks of time.
+fn cpu_wide_rows() -> T {
+    let dev = Device::Cpu;
+    for (i, &(b, t, dd)) in [(2, 40, 1100), (1, 300, 700)].iter().enumerate() {
+        for (k, p) in variants(b, t, dd).into_iter().enumerate() {
+            let d = gen(p, k % 2 == 0, Starts::Edges, 1500 + (i * 10 + k) as u64);
+            check_backend(&dev, &d, &format!("cpu {}", name(&p)))?;
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     common::main(trials![
         reference_matches_spec_transcription,
@@ -1023,5 +1317,14 @@ fn main() {
         long_wgpu,
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
+        cpu_each_option,
+        cpu_shapes,
+        cpu_wide_rows,
+        cpu_storage_dtypes,
+        cpu_random_shapes,
+        cpu_threads_bitwise,
+        cpu_non_finite_isolation,
+        long_cpu,
+        long_cpu_slow_decay,
     ]);
 }

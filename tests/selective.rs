@@ -1685,6 +1685,185 @@ fn wgpu_subgroup_paths_agree() -> T {
     Ok(())
 }
 
+// ------------------------------------------------------------------ native CPU kernels
+
+fn cpu_each_option() -> T {
+    each_option_on("cpu")
+}
+fn cpu_shapes() -> T {
+    shapes_on("cpu")
+}
+fn cpu_storage_dtypes() -> T {
+    storage_dtypes_on("cpu")
+}
+
+/// T = 4096 (the longest the f32 bounds cover) with resets on the CPU: 64 checkpoint intervals
+/// of the backward, and the ill-conditioned shared gradients.
+fn cpu_long_and_ill_conditioned() -> T {
+    let dev = backend("cpu")?;
+    for p in [
+        SelectiveScan::new(1, 4096, 3, 4).softplus(),
+        SelectiveScan::new(1, 4096, 2, 16).fixed_bc(),
+    ] {
+        let d = gen(p, ALL, 800);
+        check_backend(&dev, &d, &format!("cpu {}", name(&p)))?;
+    }
+    for (seed, p) in [
+        (1730, SelectiveScan::new(3, 37, 1, 19).fixed_bc().softplus()),
+        (3722, SelectiveScan::new(1, 93, 1, 3).fixed_bc().softplus()),
+        (4320, SelectiveScan::new(2, 112, 1, 1).fixed_bc().softplus()),
+    ] {
+        let d = gen_from(p, ALL, Rng::fixed(seed));
+        check_backend(&dev, &d, &format!("cpu {}", name(&p)))?;
+    }
+    Ok(())
+}
+
+/// T = 1 calls chained through the carried state on the CPU equal one call (the decode path),
+/// with every option and resets.
+fn cpu_decode_chain() -> T {
+    for p0 in variants(3, 12, 4, 5, 2) {
+        let d = gen(p0, ALL, 903);
+        let whole = fwd_ref(&d);
+        let (bn, dn) = (p0.batch, p0.dim);
+        let mut h = tensor(
+            &p0.spec(selective::Arg::H0).shape,
+            d.h0.as_ref().unwrap(),
+            DType::F32,
+        );
+        let mut outs = vec![Vec::new(); bn];
+        for t in 0..p0.len {
+            let sd = sub(&d, t, 1, None, None);
+            let mut ts = tensors(&sd);
+            ts.h0 = Some(h);
+            let o = selective::forward(&Device::Cpu, &sd.p, &ts.inputs())?;
+            let ov = o.out.to_f64_vec();
+            for (b, ob) in outs.iter_mut().enumerate() {
+                ob.extend_from_slice(&ov[b * dn..(b + 1) * dn]);
+            }
+            h = o.h_final;
+        }
+        close(
+            &format!("cpu decode {} final", name(&p0)),
+            &h.to_f64_vec(),
+            &whole.h_final,
+            1e-5,
+        )?;
+        close(
+            &format!("cpu decode {} outputs", name(&p0)),
+            &outs.concat(),
+            &whole.out,
+            1e-5,
+        )?;
+    }
+    Ok(())
+}
+
+/// Every output and gradient of the CPU kernels, bitwise equal on 1, 2 and 3 threads (several
+/// channel blocks per group, so the block partials and the row sums are exercised).
+fn cpu_threads_bitwise() -> T {
+    for p in [
+        SelectiveScan::new(3, 70, 40, 5).groups(2).softplus(),
+        SelectiveScan::new(3, 70, 40, 5).fixed_bc(),
+    ] {
+        let d = gen(p, ALL, 901);
+        let ts = tensors(&d);
+        let run = || {
+            let f = selective::forward(&Device::Cpu, &d.p, &ts.inputs()).unwrap();
+            let g = selective::backward(&Device::Cpu, &d.p, &ts.backward_inputs()).unwrap();
+            let mut v = vec![f.out.to_f32_vec(), f.h_final.to_f32_vec()];
+            v.extend(grads_named(&g).into_iter().map(|(_, x)| x.to_f32_vec()));
+            v
+        };
+        let one = with_threads(1, run);
+        for n in [2, 3] {
+            let other = with_threads(n, run);
+            for (k, (a, b)) in one.iter().zip(&other).enumerate() {
+                bitwise(&format!("{} result {k} on {n} threads", name(&p)), a, b)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Non-finite isolation on the CPU: NaN and infinity in the inputs (and `h0`, and `grad_out`)
+/// before a reset leave every per-step result from the reset on, the final state and its
+/// gradients bitwise equal to a run with finite inputs.
+fn cpu_nonfinite_isolated_by_resets() -> T {
+    let (bn, tn, dn, ns, tr) = (2, 40, 4, 5, 20);
+    for p in [
+        SelectiveScan::new(bn, tn, dn, ns).groups(2).softplus(),
+        SelectiveScan::new(bn, tn, dn, ns).fixed_bc(),
+    ] {
+        let mut d = gen(p, ALL, 902);
+        let mut s = vec![0u8; bn * tn];
+        for b in 0..bn {
+            s[b * tn + tr] = 1;
+        }
+        d.start = Some(s);
+        let clean = d.clone();
+        let at = |t: usize, c: usize| (t * dn) + c; // row 0
+        d.u[at(tr - 1, 0)] = f64::NAN;
+        d.u[at(tr - 1, 3)] = f64::INFINITY;
+        d.delta[at(5, 1)] = f64::NAN;
+        d.g[at(tr - 1, 2)] = f64::NAN;
+        if let Some(h0) = d.h0.as_mut() {
+            h0[0] = f64::NAN;
+        }
+        if p.input_dependent() {
+            d.bm[(tr - 1) * 2 * ns] = f64::INFINITY;
+        }
+        type Results = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+        let run = |d: &Data| -> Result<Results, Stop> {
+            let ts = tensors(d);
+            let f = selective::forward(&Device::Cpu, &d.p, &ts.inputs())?;
+            let g = selective::backward(&Device::Cpu, &d.p, &ts.backward_inputs())?;
+            let seq = vec![
+                f.out.to_f32_vec(),
+                g.du.to_f32_vec(),
+                g.ddelta.to_f32_vec(),
+                g.dz.to_f32_vec(),
+            ];
+            let mut fin = vec![f.h_final.to_f32_vec()];
+            if d.p.input_dependent() {
+                fin.push(g.dbm.to_f32_vec()[tr * 2 * ns..].to_vec());
+                fin.push(g.dcm.to_f32_vec()[tr * 2 * ns..].to_vec());
+            }
+            Ok((seq, fin))
+        };
+        let (sa, fa) = run(&d)?;
+        let (sb, fb) = run(&clean)?;
+        ensure!(sa[0].iter().any(|v| v.is_nan()), "no NaN before the reset");
+        for (k, (x, y)) in sa.iter().zip(&sb).enumerate() {
+            // from the reset on, in every row
+            for b in 0..bn {
+                let r = (b * tn + tr) * dn..(b + 1) * tn * dn;
+                ensure!(
+                    x[r.clone()].iter().all(|v| v.is_finite()),
+                    "{} seq result {k} row {b}: non-finite after the reset",
+                    name(&p)
+                );
+                bitwise(
+                    &format!("{} seq result {k} row {b}", name(&p)),
+                    &x[r.clone()],
+                    &y[r],
+                )?;
+            }
+        }
+        for (k, (x, y)) in fa.iter().zip(&fb).enumerate() {
+            // the row-major [B, T, G, N] slices above start at row 0's reset: compare row 0's
+            // tail and every later row
+            ensure!(
+                x.iter().all(|v| v.is_finite()),
+                "{} final result {k}: non-finite",
+                name(&p)
+            );
+            bitwise(&format!("{} final result {k}", name(&p)), x, y)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     common::main(trials![
         ill_conditioned_shared_grads,
@@ -1713,5 +1892,12 @@ fn main() {
         wgpu_split_limits,
         wgpu_zero_copy_offsets,
         wgpu_subgroup_paths_agree,
+        cpu_each_option,
+        cpu_shapes,
+        cpu_storage_dtypes,
+        cpu_long_and_ill_conditioned,
+        cpu_decode_chain,
+        cpu_threads_bitwise,
+        cpu_nonfinite_isolated_by_resets,
     ]);
 }
