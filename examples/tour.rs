@@ -444,11 +444,22 @@ fn main() {
         Ok(d) => devices.push(d),
         Err(e) => println!("cuda: not used ({e})"),
     }
+    // as Device::best orders them: a real GPU through wgpu before the native CPU kernels, and a
+    // CPU-emulated adapter (lavapipe) only after them
     match Device::wgpu() {
-        Ok(d) => devices.push(d),
-        Err(e) => println!("wgpu: not used ({e})"),
+        Ok(Device::Wgpu(c)) if c.info.device_type != wgpu::DeviceType::Cpu => {
+            devices.push(Device::Wgpu(c));
+            devices.push(Device::Cpu);
+        }
+        Ok(d) => {
+            devices.push(Device::Cpu);
+            devices.push(d);
+        }
+        Err(e) => {
+            println!("wgpu: not used ({e})");
+            devices.push(Device::Cpu);
+        }
     }
-    devices.push(Device::Cpu);
     println!(
         "linrec tour: every op on the best available device, checked against the f64 reference"
     );

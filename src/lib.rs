@@ -9,7 +9,8 @@
 //! - [`scan`]: the diagonal linear scan (real or complex, S5 / LRU style);
 //! - [`selective`]: Mamba's selective scan.
 //!
-//! Every operation runs on the f64 CPU reference, on WGSL kernels through `wgpu` (any
+//! Every operation runs on the f64 CPU reference (`Device::Reference`), on linrec's native CPU
+//! kernels (`Device::Cpu`: multi-threaded f32), on WGSL kernels through `wgpu` (any
 //! Vulkan / Metal / DX12 GPU, or lavapipe on the CPU) and, with feature `cuda`, on CUDA
 //! kernels. The contract they all implement is written down in the repository's `docs/`
 //! (`docs/conventions.md` and one page per operation); the reference is the oracle.

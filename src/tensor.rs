@@ -267,6 +267,14 @@ impl Tensor {
         each_data!(&self.data, v => v.iter().map(|x| x.to_f64() as f32).collect())
     }
 
+    /// The elements as f32, moved out when stored as f32 (no copy), converted otherwise.
+    pub fn into_f32_vec(self) -> Vec<f32> {
+        match self.data {
+            TensorData::F32(v) => v,
+            _ => self.to_f32_vec(),
+        }
+    }
+
     /// Reset flags as bytes (any nonzero element is true), whatever the storage type.
     pub fn to_flags(&self) -> Vec<u8> {
         each_data!(&self.data, v => v.iter().map(|x| u8::from(x.to_f64() != 0.0)).collect())

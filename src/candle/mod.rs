@@ -15,7 +15,8 @@
 //! device-to-device copy packing the results; the kernels read sub-ranges of the packed
 //! buffer directly.
 //!
-//! On CPU tensors the ops run the f64 reference (exact; fine for small models and tests); on
+//! On CPU tensors the ops run linrec's native CPU kernels (`Device::Cpu`: multi-threaded f32,
+//! one copy of each input into a linrec tensor, results moved into candle without a copy); on
 //! CUDA tensors they run linrec's CUDA kernels on candle's own stream, zero-copy. Tensors must
 //! be f32 and contiguous-able; `start` flags may be u8, u32 or f32 (nonzero = a new episode).
 

@@ -7,27 +7,32 @@ use crate::ops::Problem;
 use crate::scan::{LinearScan, ScanBackwardInputs, ScanInputs};
 use crate::selective::{SelectiveBackwardInputs, SelectiveInputs, SelectiveScan};
 use crate::DType;
+use crate::Tensor as LTensor;
 use crate::{efla, ffm, scan, selective};
 use candle_core::{Result, Tensor};
 
-/// f32 parts widened for the f64 reference.
-fn wide(parts: &[&[f32]]) -> Vec<Vec<f64>> {
-    parts
-        .iter()
-        .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+/// f32 parts as linrec host tensors of the shapes of `args` (one copy each), for the native
+/// CPU kernels.
+fn host<P: Problem>(p: &P, args: &[P::Arg], parts: &[&[f32]]) -> crate::Result<Vec<LTensor>> {
+    args.iter()
+        .zip(parts)
+        .map(|(&a, v)| LTensor::new(p.spec(a).shape, v.to_vec()))
         .collect()
 }
 
-/// An f64 result rounded to f32.
-fn narrow(v: Vec<f64>) -> Vec<f32> {
-    v.into_iter().map(|x| x as f32).collect()
+/// A CPU kernel's f32 result as the flat vector candle takes (moved, not copied).
+fn flat(t: LTensor) -> Vec<f32> {
+    t.into_f32_vec()
 }
 
-/// Host flags of an optional start tensor.
-fn start_host(start: &Option<Tensor>) -> crate::Result<Option<Vec<u8>>> {
+/// Host flags of an optional start tensor, as a `[B, T]` u8 tensor.
+fn start_host(start: &Option<Tensor>) -> crate::Result<Option<LTensor>> {
     start
         .as_ref()
-        .map(|t| flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e)))
+        .map(|t| {
+            let v = flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e))?;
+            LTensor::new([t.dims()[0], t.dims()[1]], v)
+        })
         .transpose()
 }
 
@@ -110,16 +115,16 @@ impl Parts for ScanParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = wide(ins);
+        let w = host(&self.p, &[scan::Arg::X, scan::Arg::A, scan::Arg::H0], ins)?;
         let st = start_host(&self.start)?;
         let inp = ScanInputs {
-            x: &w[0][..],
-            a: &w[1][..],
-            h0: Some(&w[2][..]),
-            start: st.as_deref(),
+            x: &w[0],
+            a: &w[1],
+            h0: Some(&w[2]),
+            start: st.as_ref(),
         };
-        let o = crate::scan::reference::forward(&self.p, &inp)?;
-        Ok(vec![narrow(o.h), narrow(o.h_final)])
+        let o = crate::scan::cpu::forward(&self.p, &inp)?;
+        Ok(vec![flat(o.h), flat(o.h_final)])
     }
     fn bwd_host(
         &self,
@@ -127,18 +132,20 @@ impl Parts for ScanParts {
         outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let (w, o, g) = (wide(ins), wide(&outs[..1]), wide(grads));
+        let w = host(&self.p, &[scan::Arg::X, scan::Arg::A, scan::Arg::H0], ins)?;
+        let o = host(&self.p, &[scan::Arg::H], &outs[..1])?;
+        let g = host(&self.p, &[scan::Arg::GradH, scan::Arg::GradFinal], grads)?;
         let st = start_host(&self.start)?;
         let inp = ScanBackwardInputs {
-            a: &w[1][..],
-            h: &o[0][..],
-            h0: Some(&w[2][..]),
-            start: st.as_deref(),
-            grad_h: &g[0][..],
-            grad_final: Some(&g[1][..]),
+            a: &w[1],
+            h: &o[0],
+            h0: Some(&w[2]),
+            start: st.as_ref(),
+            grad_h: &g[0],
+            grad_final: Some(&g[1]),
         };
-        let r = crate::scan::reference::backward(&self.p, &inp)?;
-        Ok(vec![narrow(r.dx), narrow(r.da), narrow(r.dh0)])
+        let r = crate::scan::cpu::backward(&self.p, &inp)?;
+        Ok(vec![flat(r.dx), flat(r.da), flat(r.dh0)])
     }
     #[cfg(feature = "candle-cuda")]
     fn fwd_cuda(
@@ -229,17 +236,21 @@ impl Parts for FfmParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = wide(ins);
+        let w = host(
+            &self.p,
+            &[ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0],
+            ins,
+        )?;
         let st = start_host(&self.start)?;
         let inp = FfmInputs {
-            x: &w[0][..],
-            a: &w[1][..],
-            b: &w[2][..],
-            s0: Some(&w[3][..]),
-            start: st.as_deref(),
+            x: &w[0],
+            a: &w[1],
+            b: &w[2],
+            s0: Some(&w[3]),
+            start: st.as_ref(),
         };
-        let o = crate::ffm::reference::forward(&self.p, &inp)?;
-        Ok(vec![narrow(o.s), narrow(o.s_final)])
+        let o = crate::ffm::cpu::forward(&self.p, &inp)?;
+        Ok(vec![flat(o.s), flat(o.s_final)])
     }
     fn bwd_host(
         &self,
@@ -247,24 +258,24 @@ impl Parts for FfmParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let (w, g) = (wide(ins), wide(grads));
+        let w = host(
+            &self.p,
+            &[ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0],
+            ins,
+        )?;
+        let g = host(&self.p, &[ffm::Arg::GradS, ffm::Arg::GradFinal], grads)?;
         let st = start_host(&self.start)?;
         let inp = FfmBackwardInputs {
-            x: &w[0][..],
-            a: &w[1][..],
-            b: &w[2][..],
-            s0: Some(&w[3][..]),
-            start: st.as_deref(),
-            grad_s: &g[0][..],
-            grad_final: Some(&g[1][..]),
+            x: &w[0],
+            a: &w[1],
+            b: &w[2],
+            s0: Some(&w[3]),
+            start: st.as_ref(),
+            grad_s: &g[0],
+            grad_final: Some(&g[1]),
         };
-        let r = crate::ffm::reference::backward(&self.p, &inp)?;
-        Ok(vec![
-            narrow(r.dx),
-            narrow(r.da),
-            narrow(r.db),
-            narrow(r.ds0),
-        ])
+        let r = crate::ffm::cpu::backward(&self.p, &inp)?;
+        Ok(vec![flat(r.dx), flat(r.da), flat(r.db), flat(r.ds0)])
     }
     #[cfg(feature = "candle-cuda")]
     fn fwd_cuda(
@@ -363,18 +374,28 @@ impl Parts for EflaParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = wide(ins);
+        let w = host(
+            &self.p,
+            &[
+                efla::Arg::Q,
+                efla::Arg::K,
+                efla::Arg::V,
+                efla::Arg::Beta,
+                efla::Arg::S0,
+            ],
+            ins,
+        )?;
         let st = start_host(&self.start)?;
         let inp = EflaInputs {
-            q: &w[0][..],
-            k: &w[1][..],
-            v: &w[2][..],
-            beta: &w[3][..],
-            s0: Some(&w[4][..]),
-            start: st.as_deref(),
+            q: &w[0],
+            k: &w[1],
+            v: &w[2],
+            beta: &w[3],
+            s0: Some(&w[4]),
+            start: st.as_ref(),
         };
-        let o = crate::efla::reference::forward(&self.p, &inp)?;
-        Ok(vec![narrow(o.o), narrow(o.s_final)])
+        let o = crate::efla::cpu::forward(&self.p, &inp)?;
+        Ok(vec![flat(o.o), flat(o.s_final)])
     }
     fn bwd_host(
         &self,
@@ -382,25 +403,36 @@ impl Parts for EflaParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let (w, g) = (wide(ins), wide(grads));
+        let w = host(
+            &self.p,
+            &[
+                efla::Arg::Q,
+                efla::Arg::K,
+                efla::Arg::V,
+                efla::Arg::Beta,
+                efla::Arg::S0,
+            ],
+            ins,
+        )?;
+        let g = host(&self.p, &[efla::Arg::GradO, efla::Arg::GradFinal], grads)?;
         let st = start_host(&self.start)?;
         let inp = EflaBackwardInputs {
-            q: &w[0][..],
-            k: &w[1][..],
-            v: &w[2][..],
-            beta: &w[3][..],
-            s0: Some(&w[4][..]),
-            start: st.as_deref(),
-            grad_o: &g[0][..],
-            grad_final: Some(&g[1][..]),
+            q: &w[0],
+            k: &w[1],
+            v: &w[2],
+            beta: &w[3],
+            s0: Some(&w[4]),
+            start: st.as_ref(),
+            grad_o: &g[0],
+            grad_final: Some(&g[1]),
         };
-        let r = crate::efla::reference::backward(&self.p, &inp)?;
+        let r = crate::efla::cpu::backward(&self.p, &inp)?;
         Ok(vec![
-            narrow(r.dq),
-            narrow(r.dk),
-            narrow(r.dv),
-            narrow(r.dbeta),
-            narrow(r.ds0),
+            flat(r.dq),
+            flat(r.dk),
+            flat(r.dv),
+            flat(r.dbeta),
+            flat(r.ds0),
         ])
     }
     #[cfg(feature = "candle-cuda")]
@@ -531,22 +563,22 @@ impl Parts for SelectiveParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = wide(ins);
+        let w = host(&self.p, &self.names(), ins)?;
         let st = start_host(&self.start)?;
         let inp = SelectiveInputs {
-            u: &w[0][..],
-            delta: &w[1][..],
-            a: &w[2][..],
-            bm: &w[3][..],
-            cm: &w[4][..],
-            dskip: Some(&w[5][..]),
-            delta_bias: Some(&w[6][..]),
-            h0: Some(&w[7][..]),
-            z: w.get(8).map(|z| &z[..]),
-            start: st.as_deref(),
+            u: &w[0],
+            delta: &w[1],
+            a: &w[2],
+            bm: &w[3],
+            cm: &w[4],
+            dskip: Some(&w[5]),
+            delta_bias: Some(&w[6]),
+            h0: Some(&w[7]),
+            z: w.get(8),
+            start: st.as_ref(),
         };
-        let o = crate::selective::reference::forward(&self.p, &inp)?;
-        Ok(vec![narrow(o.out), narrow(o.h_final)])
+        let o = crate::selective::cpu::forward(&self.p, &inp)?;
+        Ok(vec![flat(o.out), flat(o.h_final)])
     }
     fn bwd_host(
         &self,
@@ -554,35 +586,40 @@ impl Parts for SelectiveParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let (w, g) = (wide(ins), wide(grads));
+        let w = host(&self.p, &self.names(), ins)?;
+        let g = host(
+            &self.p,
+            &[selective::Arg::GradOut, selective::Arg::GradFinal],
+            grads,
+        )?;
         let st = start_host(&self.start)?;
         let inp = SelectiveBackwardInputs {
-            u: &w[0][..],
-            delta: &w[1][..],
-            a: &w[2][..],
-            bm: &w[3][..],
-            cm: &w[4][..],
-            dskip: Some(&w[5][..]),
-            delta_bias: Some(&w[6][..]),
-            h0: Some(&w[7][..]),
-            z: w.get(8).map(|z| &z[..]),
-            start: st.as_deref(),
-            grad_out: &g[0][..],
-            grad_final: Some(&g[1][..]),
+            u: &w[0],
+            delta: &w[1],
+            a: &w[2],
+            bm: &w[3],
+            cm: &w[4],
+            dskip: Some(&w[5]),
+            delta_bias: Some(&w[6]),
+            h0: Some(&w[7]),
+            z: w.get(8),
+            start: st.as_ref(),
+            grad_out: &g[0],
+            grad_final: Some(&g[1]),
         };
-        let r = crate::selective::reference::backward(&self.p, &inp)?;
+        let r = crate::selective::cpu::backward(&self.p, &inp)?;
         let mut v = vec![
-            narrow(r.du),
-            narrow(r.ddelta),
-            narrow(r.da),
-            narrow(r.dbm),
-            narrow(r.dcm),
-            narrow(r.ddskip),
-            narrow(r.ddelta_bias),
-            narrow(r.dh0),
+            flat(r.du),
+            flat(r.ddelta),
+            flat(r.da),
+            flat(r.dbm),
+            flat(r.dcm),
+            flat(r.ddskip),
+            flat(r.ddelta_bias),
+            flat(r.dh0),
         ];
         if self.has_z {
-            v.push(narrow(r.dz));
+            v.push(flat(r.dz));
         }
         Ok(v)
     }
