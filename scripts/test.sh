@@ -68,6 +68,7 @@ cargo test --features "$features" "$@"
 if ! skip package; then
   begin "package: publish dry run, unpacked crate with and without cuda (no nvcc)"
   cargo publish --dry-run --allow-dirty -q
+  cargo package --no-verify --allow-dirty -q   # the .crate file itself (the dry run removes it)
   pkg=$(mktemp -d)
   tar -xzf target/package/linrec-*.crate -C "$pkg"
   (

@@ -5,7 +5,8 @@
 #   .gpu/bin.tar.xz  the stripped release binaries (features cuda, debug = false): the test
 #                    executables (tests/<name>), gpu_smoke, gpu_bench and bench_efla. PTX for
 #                    sm_80 / sm_90 is embedded, so xz shrinks them several times over;
-#                    scripts/gpu/run.sh unpacks the archive with tar + xz (or Python's lzma).
+#                    scripts/gpu/run.sh unpacks the archive with tar + xz (or Python's lzma);
+#                    .gpu/build.txt says when and from which commit they were built.
 #   .whl/            the pure-Python peer wheels (flash-linear-attention and einops, which it
 #                    imports; accelerated-scan)
 #   .gl/             the Vulkan loader packages, so wgpu reaches the NVIDIA driver there
@@ -54,9 +55,12 @@ for line in sys.stdin:
     shutil.copy(m["executable"], path)
     print("  ", os.path.relpath(path, dst))
 '
-# `cargo test --no-run` also builds the examples (that is how it checks they compile)
-echo "prepare: test executables and gpu_smoke, gpu_bench, bench_efla (release, features cuda)"
-cargo test --release --features cuda --no-run --message-format=json-render-diagnostics \
+echo "prepare: test executables (release, features cuda)"
+cargo test --release --features cuda --no-run --tests --message-format=json-render-diagnostics \
+  | python3 -c "$collect" "$stage/bin"
+echo "prepare: gpu_smoke, gpu_bench, bench_efla"
+cargo build --release --features cuda --message-format=json-render-diagnostics \
+  --example gpu_smoke --example gpu_bench --example bench_efla \
   | python3 -c "$collect" "$stage/bin"
 for b in gpu_smoke gpu_bench bench_efla tests/scan tests/ffm tests/efla tests/selective; do
   [ -x "$stage/bin/$b" ] || { echo "prepare: $b was not built" >&2; exit 1; }
@@ -70,6 +74,8 @@ tar -C "$stage" -cf - bin | xz -9 -T0 > "$stage/bin.tar.xz"
 mv "$stage/bin.tar.xz" .gpu/bin.tar.xz
 rm -rf .gpu/bin .gpu/tests .gpu/gpu_bench .gpu/bench_efla   # earlier layouts
 echo "prepare: .gpu/bin.tar.xz: $(( $(stat -c %s .gpu/bin.tar.xz) >> 20 )) MiB ($((raw >> 20)) MiB unpacked)"
+# what run.sh reports in device.txt (the GPU machine may not have the git history)
+echo "$(date -u '+%Y-%m-%d %H:%M UTC') from $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes'), $(rustc --version | cut -d' ' -f1-2), features cuda, need ${glibc:-?}" > .gpu/build.txt
 
 if [ "$fetch" = 1 ]; then
   echo "prepare: peer wheels"

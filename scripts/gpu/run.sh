@@ -4,51 +4,59 @@
 #   scripts/gpu/run.sh [--emu] PHASE...      PHASE: smoke tests bench sanitize, or all (the
 #                                            four in that order; also the default)
 #
-#   smoke     (budget  50 s)  device query; gpu_smoke: every op forward + backward at small
-#                             shapes on CUDA and on wgpu (Vulkan), each against the f64
-#                             reference; together its cases launch every CUDA kernel
+#   (set-up, every command: unpack .gpu/bin.tar.xz, unpack the Vulkan loader (.gl), point
+#    VK_DRIVER_FILES at the NVIDIA ICD, install the wheels (.whl) to /tmp/site, find NVRTC;
+#    device.txt: nvidia-smi's device query and where the binaries came from)
+#   smoke     (budget  55 s)  gpu_smoke: every op forward + backward at small shapes on CUDA
+#                             and on wgpu (Vulkan), each against the f64 reference; together
+#                             its cases launch every CUDA kernel. Fails if wgpu ran on a
+#                             software adapter instead of the NVIDIA driver
 #   tests     (budget 230 s)  every test executable (release; CUDA and wgpu tests, and the
-#                             reference tests), all at once; failures listed with their case,
+#                             reference tests), in parallel; failures listed with their case,
 #                             tests cut off by the budget listed as such
-#   bench     (budget 230 s)  linrec's timings (gpu_bench: every op on CUDA and wgpu at the
-#                             peer shapes, and the device copy bandwidth; bench_efla), then the
-#                             peers (peers.py: accelerated-scan, the FFM closed form, Mamba's
-#                             reference and kernel; bench_efla.py: fla's chunk_delta_rule), each
-#                             step given what is left but no more than leaves the next ones
-#                             their share; then report.py
+#   bench     (budget 230 s)  in this order, each step given the time left minus what the
+#                             later ones are kept: gpu_bench (copy bandwidth, efla, selective,
+#                             ffm; then the scan, whose largest shapes cost the most), on CUDA
+#                             and on wgpu at the peer shapes; bench_efla (CUDA EFLA / delta);
+#                             peers.py (accelerated-scan, the FFM paper's closed form, Mamba's
+#                             reference and kernel) and bench_efla.py (fla's chunk_delta_rule),
+#                             which need torch with CUDA; then report.py
 #   sanitize  (budget 170 s)  compute-sanitizer memcheck, then racecheck, on gpu_smoke
 #                             restricted to CUDA (every kernel at least once, small shapes)
 #
-# The budgets add up to 11.3 minutes plus a few seconds of set-up (unpacking, Vulkan loader,
-# wheels). A GPU session has 15 minutes of device time in all (start-up, every command, idle
-# time) and one command may run 10 minutes, so run it as two commands, each carrying
-# .gpu .whl .gl (scripts/gpu/prepare.sh builds them here):
-#   scripts/gpu/run.sh smoke tests          (about 5 minutes)
-#   scripts/gpu/run.sh bench sanitize       (about 7 minutes)
+# The budgets add up to 11.4 minutes, plus 10 to 30 s of set-up per command. A GPU session
+# has 15 minutes of device time in all (start-up, every command, idle time) and one command
+# may run 10 minutes, so run it as two commands, each carrying .gpu .whl .gl (built here by
+# scripts/gpu/prepare.sh: about 13 MiB with the working tree):
+#   scripts/gpu/run.sh smoke tests          (at most 5 minutes)
+#   scripts/gpu/run.sh bench sanitize       (at most 7 minutes)
 # Budgets can be changed with BUDGET_SMOKE, BUDGET_TESTS, BUDGET_BENCH, BUDGET_SANITIZE
-# (seconds); BENCH_REPS sets gpu_bench's and bench_efla's repetitions (default 10).
+# (seconds); BENCH_REPS sets gpu_bench's repetitions (default 5: it moves every tensor to and
+# from the device on each call, which at the largest scan shapes costs seconds).
 #
 # Results go to $OUT (default ./gpu-results), written as each phase goes, so a phase cut off
 # by its budget still leaves what it finished; at most these eight files:
 #   summary.md     per phase: status, wall time, budget; what was skipped and why
-#   device.txt     nvidia-smi's device query, the adapters linrec found, the date
-#   smoke.log      gpu_smoke's lines (op, backend, case, errors, PASS / FAIL / SKIP)
-#   tests.log      each test executable's output as it finishes, then the failures and
-#                  anything cut off
+#   device.txt     the device query, the binaries' origin, the adapters smoke ran on
+#   smoke.log      gpu_smoke's lines (backend, op, case, errors, PASS / FAIL / SKIP)
+#   tests.log      each test executable's output as it finishes, then per executable its
+#                  result, its failures with their messages, and what the budget cut off
 #   bench.jsonl    every timing (linrec and peers), one JSON object per line
 #   report.md      report.py's tables (linrec against the peers, % of copy bandwidth, the
 #                  EFLA / fla table) and the bench steps' logs
 #   sanitize.log   compute-sanitizer's output per tool
-#   plots.tar.gz   report.py's and bench_efla.py's plots
+#   plots.tar.gz   report.py's and bench_efla.py's plots (where matplotlib is installed)
 # The exit status is 0 when every phase run passed.
 #
 # --emu (or LINREC_GPU_EMU=1) points the same phases at linrec's CUDA emulator
-# (tools/cuda-emu) and lavapipe on a machine without a GPU, to check the script and the
-# binaries before a GPU session: no nvidia-smi, compute-sanitizer or torch there, so those
-# steps say they are skipped and why; bench uses tiny shapes (its timings mean nothing);
-# sanitize instead runs the CUDA subset on the emulator in reverse and shuffled thread order
-# and checks that it launches every kernel the emulator has. Budgets in emulator mode: smoke
-# 600 s, tests 3000 s, bench 600 s, sanitize 900 s (the same variables override them).
+# (tools/cuda-emu, built if missing) and lavapipe on a machine without a GPU, to check the
+# script and the binaries before a GPU session: no nvidia-smi, compute-sanitizer or torch
+# there, so those steps say they are skipped and why; bench uses tiny shapes (its timings
+# mean nothing); sanitize instead runs the CUDA subset on the emulator in reverse and
+# shuffled thread order and checks, with a launch trace (emu_trace.c), that it launches
+# every kernel the emulator has. Budgets in emulator mode: smoke 600 s, tests 3000 s, bench
+# 600 s, sanitize 900 s (the same variables override them); `all` took 16 minutes on a
+# 2-core machine.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -71,10 +79,10 @@ if [ "$emu" = 1 ]; then
   b_smoke=${BUDGET_SMOKE:-600} b_tests=${BUDGET_TESTS:-3000}
   b_bench=${BUDGET_BENCH:-600} b_sanitize=${BUDGET_SANITIZE:-900}
 else
-  b_smoke=${BUDGET_SMOKE:-50} b_tests=${BUDGET_TESTS:-230}
+  b_smoke=${BUDGET_SMOKE:-55} b_tests=${BUDGET_TESTS:-230}
   b_bench=${BUDGET_BENCH:-230} b_sanitize=${BUDGET_SANITIZE:-170}
 fi
-reps=${BENCH_REPS:-10}
+reps=${BENCH_REPS:-5}
 
 out=${OUT:-gpu-results}
 mkdir -p "$out"
@@ -184,6 +192,8 @@ setup_gpu() {
     fi
   fi
   [ -n "$icd" ] && export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
+  # the driver's cache of compiled PTX, large enough for every module (about 16 MiB of SASS)
+  export CUDA_CACHE_MAXSIZE=${CUDA_CACHE_MAXSIZE:-1073741824}
   # the peers' pure-Python wheels
   if ls .whl/*.whl >/dev/null 2>&1; then
     local stamp
@@ -251,7 +261,7 @@ device_query() {
   {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "host: $(uname -srm), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
-    echo "linrec: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'), binaries of $(date -u -r .gpu/bin.tar.xz '+%Y-%m-%d %H:%M UTC' 2>/dev/null || echo '?')"
+    echo "binaries: $(cat .gpu/build.txt 2>/dev/null || echo 'no .gpu/build.txt')"
     if [ "$emu" = 1 ]; then
       echo "nvidia-smi: skipped (emulator mode: no NVIDIA driver here)"
     elif command -v nvidia-smi >/dev/null; then
@@ -273,20 +283,31 @@ phase_setup() {
 
 # ------------------------------------------------------------------ smoke
 
+# CUDA and wgpu in two processes at once: the driver's first compilation of the CUDA modules'
+# PTX (some 25 s of CPU on a cold cache) overlaps the Vulkan pipelines'. CUDA's lines go to
+# smoke.log as they come, wgpu's follow when it ends.
 phase_smoke() {
-  local rc
-  step 0 "$bin/gpu_smoke" --device cuda,wgpu > "$out/smoke.log" 2>&1
-  rc=$?
-  grep -E '^(cuda|wgpu): ' "$out/smoke.log" | sed 's/^/adapter: /' >> "$out/device.txt"
-  local last
-  last=$(grep '^gpu_smoke: ' "$out/smoke.log" | tail -1)
-  if timed_out "$rc"; then
-    cutoff "gpu_smoke cut off after $(grep -cE ' (PASS|FAIL|SKIP)' "$out/smoke.log") cases"
-  elif [ "$rc" != 0 ]; then
-    fail "${last:-gpu_smoke exited with $rc}: $(grep -E 'FAIL' "$out/smoke.log" | head -3 | tr -s ' ' | tr '\n' ';')"
-  else
-    info "${last#gpu_smoke: }"
-  fi
+  local bk rc last
+  step 0 "$bin/gpu_smoke" --device cuda > "$out/smoke.log" 2>&1 &
+  local cuda_pid=$!
+  step 0 "$bin/gpu_smoke" --device wgpu > "$work/smoke-wgpu.log" 2>&1 &
+  local wgpu_pid=$!
+  for bk in cuda wgpu; do
+    if [ $bk = cuda ]; then wait $cuda_pid; else wait $wgpu_pid; fi
+    rc=$?
+    [ $bk = wgpu ] && cat "$work/smoke-wgpu.log" >> "$out/smoke.log"
+    local log=$out/smoke.log
+    [ $bk = wgpu ] && log=$work/smoke-wgpu.log
+    grep -E "^$bk: " "$log" | sed 's/^/adapter: /' >> "$out/device.txt"
+    last=$(grep '^gpu_smoke: ' "$log" | tail -1)
+    if timed_out "$rc"; then
+      cutoff "$bk cut off after $(grep -cE ' (PASS|FAIL|SKIP)[ :]' "$log") cases"
+    elif [ "$rc" != 0 ]; then
+      fail "$bk: ${last:-gpu_smoke exited with $rc}: $(grep -E 'FAIL' "$log" | head -3 | tr -s ' ' | tr '\n' ';')"
+    else
+      info "$bk: ${last#gpu_smoke: }"
+    fi
+  done
   if [ "$emu" != 1 ] && grep -qiE '^wgpu: .*(llvmpipe|lavapipe|software)' "$out/smoke.log"; then
     fail "wgpu ran on a software adapter, not the NVIDIA Vulkan driver"
   fi
@@ -369,9 +390,14 @@ phase_tests() {
   } > "$work/tests/summary"
   cat "$work/tests/summary" >> "$out/tests.log"
   local passed
-  passed=$(cat "$work"/tests/*.log | sed -n 's/^test result: .* \([0-9]*\) passed.*/\1/p' | awk '{s += $1} END {print s + 0}')
+  passed=$(cat "$work"/tests/*.log | grep -cE '^test .* \.\.\. ok$')
   info "${#names[@]} executables, $passed tests passed"
   [ -n "$P_FAILED" ] && fail "failed:$P_FAILED"
+  # a backend the tests could not reach (their GPU tests then show as ignored)
+  local why
+  while read -r why; do
+    [ -n "$why" ] && fail "$why"
+  done < <(grep -hE '^(cuda|wgpu) tests skipped' "$work"/tests/*.log | sort -u)
   [ -n "$P_CUT" ] && cutoff "cut off (tests not finished):$P_CUT"
   for name in "${names[@]}"; do
     local rc
@@ -400,19 +426,21 @@ bstep() {
 phase_bench() {
   : > "$out/bench.jsonl"
   mkdir -p "$work/plots" "$work/efla"
-  local torch
+  local torch peers=0
   blog=$work/bench.log
   : > "$blog"
   local gb=(--reps "$reps") eb=(--reps 10) quick=() ts=()
   if [ "$emu" = 1 ]; then gb=(--quick --reps 3) eb=(--small --reps 3) quick=(--quick) ts=(--t 100); fi
+  # the peers need torch with CUDA: then they are kept 77 s (peers.py 40, fla 32, report 5)
+  torch=$(python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__)' 2>&1) \
+    && peers=77
   # linrec first; each step leaves the later ones their reserve (s). The scan's largest
   # shapes cost the most (gpu_bench moves its tensors to and from the device on every call),
   # so it runs after the other ops, from the shortest sequence up
-  bstep "gpu_bench (copy, efla, selective, ffm)" 150 "$bin/gpu_bench" "${gb[@]}" --only copy,efla,selective,ffm
-  bstep "gpu_bench (scan)" 105 "$bin/gpu_bench" "${gb[@]}" --only scan
-  bstep bench_efla 85 "$bin/bench_efla" "${eb[@]}"
-  # the peers need torch with CUDA
-  if torch=$(python3 -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__)' 2>&1); then
+  bstep "gpu_bench (copy, efla, selective, ffm)" $((peers + 73)) "$bin/gpu_bench" "${gb[@]}" --only copy,efla,selective,ffm
+  bstep "gpu_bench (scan)" $((peers + 28)) "$bin/gpu_bench" "${gb[@]}" --only scan
+  bstep bench_efla $((peers + 8)) "$bin/bench_efla" "${eb[@]}"
+  if [ "$peers" != 0 ]; then
     echo "torch $torch" >> "$blog"
     bstep peers.py 40 python3 scripts/gpu/peers.py "${quick[@]}"
     # fla's rows go to bench.jsonl as they are measured (its table to stderr: the log)
