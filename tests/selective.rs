@@ -1789,7 +1789,7 @@ fn cpu_threads_bitwise() -> T {
 /// Non-finite isolation on the CPU: NaN and infinity in the inputs (and `h0`, and `grad_out`)
 /// before a reset leave every per-step result from the reset on, the final state and its
 /// gradients bitwise equal to a run with finite inputs.
-fn cpu_nonfinite_isolated_by_resets() -> T {
+fn nonfinite_isolated_by_resets() -> T {
     let (bn, tn, dn, ns, tr) = (2, 40, 4, 5, 20);
     for p in [
         SelectiveScan::new(bn, tn, dn, ns).groups(2).softplus(),
@@ -1814,51 +1814,55 @@ fn cpu_nonfinite_isolated_by_resets() -> T {
             d.bm[(tr - 1) * 2 * ns] = f64::INFINITY;
         }
         type Results = (Vec<Vec<f32>>, Vec<Vec<f32>>);
-        let run = |d: &Data| -> Result<Results, Stop> {
-            let ts = tensors(d);
-            let f = selective::forward(&Device::Cpu, &d.p, &ts.inputs())?;
-            let g = selective::backward(&Device::Cpu, &d.p, &ts.backward_inputs())?;
-            let seq = vec![
-                f.out.to_f32_vec(),
-                g.du.to_f32_vec(),
-                g.ddelta.to_f32_vec(),
-                g.dz.to_f32_vec(),
-            ];
-            let mut fin = vec![f.h_final.to_f32_vec()];
-            if d.p.input_dependent() {
-                fin.push(g.dbm.to_f32_vec()[tr * 2 * ns..].to_vec());
-                fin.push(g.dcm.to_f32_vec()[tr * 2 * ns..].to_vec());
+        // the native CPU kernels and the f64 reference alike
+        for dev in [Device::Cpu, Device::Reference] {
+            let tag = format!("{} {}", dev.describe(), name(&p));
+            let run = |d: &Data| -> Result<Results, Stop> {
+                let ts = tensors(d);
+                let f = selective::forward(&dev, &d.p, &ts.inputs())?;
+                let g = selective::backward(&dev, &d.p, &ts.backward_inputs())?;
+                let seq = vec![
+                    f.out.to_f32_vec(),
+                    g.du.to_f32_vec(),
+                    g.ddelta.to_f32_vec(),
+                    g.dz.to_f32_vec(),
+                ];
+                let mut fin = vec![f.h_final.to_f32_vec()];
+                if d.p.input_dependent() {
+                    fin.push(g.dbm.to_f32_vec()[tr * 2 * ns..].to_vec());
+                    fin.push(g.dcm.to_f32_vec()[tr * 2 * ns..].to_vec());
+                }
+                Ok((seq, fin))
+            };
+            let (sa, fa) = run(&d)?;
+            let (sb, fb) = run(&clean)?;
+            ensure!(sa[0].iter().any(|v| v.is_nan()), "no NaN before the reset");
+            for (k, (x, y)) in sa.iter().zip(&sb).enumerate() {
+                // from the reset on, in every row
+                for b in 0..bn {
+                    let r = (b * tn + tr) * dn..(b + 1) * tn * dn;
+                    ensure!(
+                        x[r.clone()].iter().all(|v| v.is_finite()),
+                        "{} seq result {k} row {b}: non-finite after the reset",
+                        tag
+                    );
+                    bitwise(
+                        &format!("{} seq result {k} row {b}", tag),
+                        &x[r.clone()],
+                        &y[r],
+                    )?;
+                }
             }
-            Ok((seq, fin))
-        };
-        let (sa, fa) = run(&d)?;
-        let (sb, fb) = run(&clean)?;
-        ensure!(sa[0].iter().any(|v| v.is_nan()), "no NaN before the reset");
-        for (k, (x, y)) in sa.iter().zip(&sb).enumerate() {
-            // from the reset on, in every row
-            for b in 0..bn {
-                let r = (b * tn + tr) * dn..(b + 1) * tn * dn;
+            for (k, (x, y)) in fa.iter().zip(&fb).enumerate() {
+                // the row-major [B, T, G, N] slices above start at row 0's reset: compare row 0's
+                // tail and every later row
                 ensure!(
-                    x[r.clone()].iter().all(|v| v.is_finite()),
-                    "{} seq result {k} row {b}: non-finite after the reset",
-                    name(&p)
+                    x.iter().all(|v| v.is_finite()),
+                    "{} final result {k}: non-finite",
+                    tag
                 );
-                bitwise(
-                    &format!("{} seq result {k} row {b}", name(&p)),
-                    &x[r.clone()],
-                    &y[r],
-                )?;
+                bitwise(&format!("{} final result {k}", tag), x, y)?;
             }
-        }
-        for (k, (x, y)) in fa.iter().zip(&fb).enumerate() {
-            // the row-major [B, T, G, N] slices above start at row 0's reset: compare row 0's
-            // tail and every later row
-            ensure!(
-                x.iter().all(|v| v.is_finite()),
-                "{} final result {k}: non-finite",
-                name(&p)
-            );
-            bitwise(&format!("{} final result {k}", name(&p)), x, y)?;
         }
     }
     Ok(())
@@ -1898,6 +1902,6 @@ fn main() {
         cpu_long_and_ill_conditioned,
         cpu_decode_chain,
         cpu_threads_bitwise,
-        cpu_nonfinite_isolated_by_resets,
+        nonfinite_isolated_by_resets,
     ]);
 }

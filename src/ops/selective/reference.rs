@@ -88,12 +88,13 @@ impl Seq<'_> {
             let reset = self.reset(b, t);
             let mut y = self.dskip(d) * u;
             for (n, hn) in h.iter_mut().enumerate() {
-                let decay = if reset {
+                // a reset replaces the carry (a select: a NaN before it must not survive * 0)
+                let carried = if reset {
                     0.0
                 } else {
-                    (dt * self.a[d * ns + n]).exp()
+                    (dt * self.a[d * ns + n]).exp() * *hn
                 };
-                *hn = decay * *hn + dt * self.bm[self.bc(b, t, d, n)] * u;
+                *hn = carried + dt * self.bm[self.bc(b, t, d, n)] * u;
                 y += self.cm[self.bc(b, t, d, n)] * *hn;
             }
             hs.extend_from_slice(&h);
@@ -203,13 +204,18 @@ pub fn backward(
                     } else {
                         h0.as_ref().map_or(0.0, |h| h[n])
                     };
-                    let decay = if reset { 0.0 } else { (dt * an).exp() };
                     s1 += s.bm[bc] * hh;
-                    s2 += an * decay * hprev * hh;
-                    g.da[d * ns + n] += dt * decay * hprev * hh;
                     g.dbm[bc] += dt * u * hh;
                     g.dcm[bc] += dy * hs[t * ns + n];
-                    hc[n] = decay * hh;
+                    // across a reset nothing flows either way (select, not a multiply by 0)
+                    if reset {
+                        hc[n] = 0.0;
+                    } else {
+                        let decay = (dt * an).exp();
+                        s2 += an * decay * hprev * hh;
+                        g.da[d * ns + n] += dt * decay * hprev * hh;
+                        hc[n] = decay * hh;
+                    }
                 }
                 g.du[i] = dt * s1 + s.dskip(d) * dy;
                 let ddt = u * s1 + s2;
