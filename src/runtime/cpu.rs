@@ -42,3 +42,65 @@ pub(crate) fn output(shape: Vec<usize>, v: Vec<f32>, dtype: DType) -> Result<Ten
         other => Err(crate::Error::value("dtype", "f32, f16 or bf16", other)),
     }
 }
+
+/// A raw view of an output buffer that the pieces of a parallel loop write at disjoint indices
+/// (each index belongs to exactly one piece), so they can fill one output without locks.
+#[derive(Clone, Copy)]
+pub(crate) struct DisjointOut(*mut f32, usize);
+// SAFETY: pieces running on different threads write disjoint elements (the callers' contract,
+// stated on `set` / `put`), and the buffer outlives the parallel loop (it is borrowed mutably
+// by `new` for the loop's duration at every call site).
+unsafe impl Send for DisjointOut {}
+// SAFETY: as for `Send`: concurrent accesses never touch the same element.
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    /// A view of `v`.
+    pub(crate) fn new(v: &mut [f32]) -> Self {
+        DisjointOut(v.as_mut_ptr(), v.len())
+    }
+
+    /// Write `x` at `i`.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may read or write index `i` during the parallel loop.
+    #[inline(always)]
+    pub(crate) unsafe fn set(self, i: usize, x: f32) {
+        assert!(i < self.1);
+        // SAFETY: `i` is in bounds (checked above), and the caller guarantees no other thread
+        // accesses it.
+        unsafe { *self.0.add(i) = x }
+    }
+
+    /// Copy `src` to `[i, i + src.len())`.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may read or write that range during the parallel loop.
+    #[inline(always)]
+    pub(crate) unsafe fn put(self, i: usize, src: &[f32]) {
+        assert!(i + src.len() <= self.1);
+        // SAFETY: the range is in bounds (checked above), the caller guarantees no other thread
+        // accesses it, and `src` is a distinct (stack or input) buffer, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(i), src.len()) }
+    }
+}
+
+/// Run `f` compiled for AVX2 where the CPU has it (x86-64), else as is. Kernels whose inner
+/// loops are `#[inline(always)]` get them compiled into `f` with 8-lane vectors. The results
+/// are the same bits either way: no fused multiply-add is enabled, and every operation is
+/// IEEE-exact in both instruction sets.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of `avx2`.
+        return unsafe { avx2(f) };
+    }
+    f()
+}

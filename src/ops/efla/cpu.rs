@@ -46,7 +46,7 @@
 use super::reference::coefficients;
 use super::{Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs};
 use crate::error::Result;
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output};
+use crate::runtime::cpu::{f32s, flags, opt_f32s, output, simd, DisjointOut as Out};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -56,50 +56,6 @@ pub const CHECKPOINT: usize = 32;
 const L: usize = 8;
 /// Largest `K` or `V`.
 const DMAX: usize = super::MAX_DIM;
-
-/// A raw view of an output buffer that pieces write at disjoint indices.
-#[derive(Clone, Copy)]
-struct Out(*mut f32, usize);
-// SAFETY: pieces running on different threads write disjoint elements (each index belongs to
-// exactly one `(row, head)`), and the buffer outlives the parallel loop.
-unsafe impl Send for Out {}
-// SAFETY: as for `Send`: concurrent accesses never touch the same element.
-unsafe impl Sync for Out {}
-impl Out {
-    fn new(v: &mut [f32]) -> Self {
-        Out(v.as_mut_ptr(), v.len())
-    }
-    /// Copy `src` to `[i, i + src.len())`.
-    ///
-    /// # Safety
-    ///
-    /// No other thread may read or write that range during the parallel loop.
-    #[inline(always)]
-    unsafe fn put(self, i: usize, src: &[f32]) {
-        assert!(i + src.len() <= self.1);
-        // SAFETY: the range is in bounds (checked above), the caller guarantees no other thread
-        // accesses it, and `src` is a distinct (stack or input) buffer, so they do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(i), src.len()) }
-    }
-}
-
-/// Run `f` compiled for AVX2 where the CPU has it (x86-64), else as is. The kernels' inner
-/// loops are `#[inline(always)]`, so they are compiled into `f` with 8-lane vectors. The
-/// results are the same bits either way: no fused multiply-add is enabled, and every
-/// operation is IEEE-exact in both instruction sets.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of `avx2`.
-        return unsafe { avx2(f) };
-    }
-    f()
-}
 
 /// `sum_j a[j] b[j]` in a fixed order (8 lanes, then a fixed tree, then the tail).
 #[inline(always)]

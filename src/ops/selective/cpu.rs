@@ -39,7 +39,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::ops::Problem;
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output};
+use crate::runtime::cpu::{f32s, flags, opt_f32s, output, simd, DisjointOut as Out};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -51,50 +51,6 @@ pub const CHECKPOINT: usize = 64;
 const L: usize = 8;
 /// Largest padded state size.
 const NMAX: usize = super::MAX_STATE;
-
-/// A raw view of an output buffer that pieces write at disjoint indices.
-#[derive(Clone, Copy)]
-struct Out(*mut f32, usize);
-// SAFETY: pieces running on different threads write disjoint elements (each index belongs to
-// exactly one `(row, channel)` or one piece slot), and the buffer outlives the parallel loop.
-unsafe impl Send for Out {}
-// SAFETY: as for `Send`: concurrent accesses never touch the same element.
-unsafe impl Sync for Out {}
-impl Out {
-    fn new(v: &mut [f32]) -> Self {
-        Out(v.as_mut_ptr(), v.len())
-    }
-    /// Write `x` at `i`.
-    ///
-    /// # Safety
-    ///
-    /// No other thread may read or write index `i` during the parallel loop.
-    #[inline(always)]
-    unsafe fn set(self, i: usize, x: f32) {
-        assert!(i < self.1);
-        // SAFETY: `i` is in bounds (checked above), and the caller guarantees no other thread
-        // accesses it.
-        unsafe { *self.0.add(i) = x }
-    }
-}
-
-/// Run `f` compiled for AVX2 where the CPU has it (x86-64), else as is. The kernels' inner
-/// loops are `#[inline(always)]`, so they are compiled into `f` with 8-lane vectors. The
-/// results are the same bits either way: no fused multiply-add is enabled, and every
-/// operation is IEEE-exact in both instruction sets.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of `avx2`.
-        return unsafe { avx2(f) };
-    }
-    f()
-}
 
 /// `e^x` for 8 lanes, branch-free (Cephes' `expf` polynomial: relative error at most 8.1e-8
 /// measured, under 1.4 ulp, wherever the result is a normal f32). Below `-87.3365` (a
