@@ -11,6 +11,21 @@ use crate::Tensor as LTensor;
 use crate::{efla, ffm, scan, selective};
 use candle_core::{Result, Tensor};
 
+/// The packed differentiable inputs of each op, in packing order (the selective scan's depend
+/// on `z`: `SelectiveParts::names`), and the gradients each backward takes.
+const SCAN_INS: [scan::Arg; 3] = [scan::Arg::X, scan::Arg::A, scan::Arg::H0];
+const SCAN_GRADS: [scan::Arg; 2] = [scan::Arg::GradH, scan::Arg::GradFinal];
+const FFM_INS: [ffm::Arg; 4] = [ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0];
+const FFM_GRADS: [ffm::Arg; 2] = [ffm::Arg::GradS, ffm::Arg::GradFinal];
+const EFLA_INS: [efla::Arg; 5] = [
+    efla::Arg::Q,
+    efla::Arg::K,
+    efla::Arg::V,
+    efla::Arg::Beta,
+    efla::Arg::S0,
+];
+const EFLA_GRADS: [efla::Arg; 2] = [efla::Arg::GradO, efla::Arg::GradFinal];
+
 /// f32 parts as linrec host tensors of the shapes of `args` (one copy each), for the native
 /// CPU kernels.
 fn host<P: Problem>(p: &P, args: &[P::Arg], parts: &[&[f32]]) -> crate::Result<Vec<LTensor>> {
@@ -105,9 +120,7 @@ impl Parts for ScanParts {
         "linrec-linear-scan"
     }
     fn in_lens(&self) -> Vec<usize> {
-        [scan::Arg::X, scan::Arg::A, scan::Arg::H0]
-            .map(|n| self.p.spec(n).numel())
-            .to_vec()
+        SCAN_INS.map(|n| self.p.spec(n).numel()).to_vec()
     }
     fn out_lens(&self) -> Vec<usize> {
         [scan::Arg::H, scan::Arg::HFinal]
@@ -115,7 +128,7 @@ impl Parts for ScanParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &[scan::Arg::X, scan::Arg::A, scan::Arg::H0], ins)?;
+        let w = host(&self.p, &SCAN_INS, ins)?;
         let st = start_host(&self.start)?;
         let inp = ScanInputs {
             x: &w[0],
@@ -132,9 +145,9 @@ impl Parts for ScanParts {
         outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &[scan::Arg::X, scan::Arg::A, scan::Arg::H0], ins)?;
+        let w = host(&self.p, &SCAN_INS, ins)?;
         let o = host(&self.p, &[scan::Arg::H], &outs[..1])?;
-        let g = host(&self.p, &[scan::Arg::GradH, scan::Arg::GradFinal], grads)?;
+        let g = host(&self.p, &SCAN_GRADS, grads)?;
         let st = start_host(&self.start)?;
         let inp = ScanBackwardInputs {
             a: &w[1],
@@ -226,9 +239,7 @@ impl Parts for FfmParts {
         "linrec-ffm"
     }
     fn in_lens(&self) -> Vec<usize> {
-        [ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0]
-            .map(|n| self.p.spec(n).numel())
-            .to_vec()
+        FFM_INS.map(|n| self.p.spec(n).numel()).to_vec()
     }
     fn out_lens(&self) -> Vec<usize> {
         [ffm::Arg::S, ffm::Arg::SFinal]
@@ -236,11 +247,7 @@ impl Parts for FfmParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(
-            &self.p,
-            &[ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0],
-            ins,
-        )?;
+        let w = host(&self.p, &FFM_INS, ins)?;
         let st = start_host(&self.start)?;
         let inp = FfmInputs {
             x: &w[0],
@@ -258,12 +265,8 @@ impl Parts for FfmParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(
-            &self.p,
-            &[ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0],
-            ins,
-        )?;
-        let g = host(&self.p, &[ffm::Arg::GradS, ffm::Arg::GradFinal], grads)?;
+        let w = host(&self.p, &FFM_INS, ins)?;
+        let g = host(&self.p, &FFM_GRADS, grads)?;
         let st = start_host(&self.start)?;
         let inp = FfmBackwardInputs {
             x: &w[0],
@@ -358,15 +361,7 @@ impl Parts for EflaParts {
         "linrec-efla"
     }
     fn in_lens(&self) -> Vec<usize> {
-        [
-            efla::Arg::Q,
-            efla::Arg::K,
-            efla::Arg::V,
-            efla::Arg::Beta,
-            efla::Arg::S0,
-        ]
-        .map(|n| self.p.spec(n).numel())
-        .to_vec()
+        EFLA_INS.map(|n| self.p.spec(n).numel()).to_vec()
     }
     fn out_lens(&self) -> Vec<usize> {
         [efla::Arg::O, efla::Arg::SFinal]
@@ -374,17 +369,7 @@ impl Parts for EflaParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(
-            &self.p,
-            &[
-                efla::Arg::Q,
-                efla::Arg::K,
-                efla::Arg::V,
-                efla::Arg::Beta,
-                efla::Arg::S0,
-            ],
-            ins,
-        )?;
+        let w = host(&self.p, &EFLA_INS, ins)?;
         let st = start_host(&self.start)?;
         let inp = EflaInputs {
             q: &w[0],
@@ -403,18 +388,8 @@ impl Parts for EflaParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(
-            &self.p,
-            &[
-                efla::Arg::Q,
-                efla::Arg::K,
-                efla::Arg::V,
-                efla::Arg::Beta,
-                efla::Arg::S0,
-            ],
-            ins,
-        )?;
-        let g = host(&self.p, &[efla::Arg::GradO, efla::Arg::GradFinal], grads)?;
+        let w = host(&self.p, &EFLA_INS, ins)?;
+        let g = host(&self.p, &EFLA_GRADS, grads)?;
         let st = start_host(&self.start)?;
         let inp = EflaBackwardInputs {
             q: &w[0],
