@@ -278,6 +278,12 @@ fn fwd_span(g: &Geo, x: &[f32], b: usize, t0: usize, t1: usize, carry: Carry, h:
     }
 }
 
+/// Every channel of `p` set to the multiplicative identity (`1`, or `1 + 0i` when complex).
+fn set_one(p: &mut [f64], cplx: bool) {
+    let stride = if cplx { 2 } else { 1 };
+    p.iter_mut().step_by(stride).for_each(|v| *v = 1.0);
+}
+
 /// Pass 1: the map of `[t0, t1)` of row `b`.
 fn fwd_map(g: &Geo, x: &[f32], b: usize, t0: usize, t1: usize) -> Map {
     let cplx = g.p.complex;
@@ -286,11 +292,7 @@ fn fwd_map(g: &Geo, x: &[f32], b: usize, t0: usize, t1: usize) -> Map {
     let mut l = vec![0f64; g.dw];
     if !reset {
         // P = product of the transitions (time-invariant: a^len by squaring)
-        if cplx {
-            p.iter_mut().step_by(2).for_each(|v| *v = 1.0);
-        } else {
-            p.iter_mut().for_each(|v| *v = 1.0);
-        }
+        set_one(&mut p, cplx);
         if g.p.time_varying {
             for t in t0..t1 {
                 for c0 in (0..g.dw).step_by(BLOCK) {
@@ -607,11 +609,7 @@ fn back_map(g: &Geo, k: &Back, b: usize, t0: usize, t1: usize) -> Map {
     let mut p = vec![0f64; g.dw];
     let mut l = vec![0f64; g.dw];
     if !reset {
-        if cplx {
-            p.iter_mut().step_by(2).for_each(|v| *v = 1.0);
-        } else {
-            p.iter_mut().for_each(|v| *v = 1.0);
-        }
+        set_one(&mut p, cplx);
         for t in t0..t1 {
             for c0 in (0..g.dw).step_by(BLOCK) {
                 let n = BLOCK.min(g.dw - c0);
