@@ -1182,6 +1182,25 @@ fn wgpu_wide_context() -> T {
 }
 
 /// Property-based: random shapes and options, every GPU backend against the reference.
+/// One random case of the property tests: sizes, (initial state, resets, no final-state
+/// gradient) and a seed, on `dev` against the reference.
+fn random_case(
+    dev: &Device,
+    bk: &str,
+    (b, t, m, c, o, seed): (usize, usize, usize, usize, [bool; 3], u64),
+) -> T {
+    let mut d = gen(
+        Ffm::new(b, t, m, c),
+        o[0],
+        if o[1] { Starts::Edges } else { Starts::None },
+        seed,
+    );
+    if o[2] {
+        d.gf = None;
+    }
+    check_backend(dev, &d, &format!("{bk} {}", name(&d)))
+}
+
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
     on_gpus(|dev, bk| {
@@ -1193,18 +1212,7 @@ fn random_shapes_all_backends() -> T {
             any::<[bool; 3]>(),
             any::<u64>(),
         );
-        prop_check(24, strat, |(b, t, m, c, o, seed)| {
-            let mut d = gen(
-                Ffm::new(b, t, m, c),
-                o[0],
-                if o[1] { Starts::Edges } else { Starts::None },
-                seed,
-            );
-            if o[2] {
-                d.gf = None;
-            }
-            check_backend(dev, &d, &format!("{bk} {}", name(&d)))
-        })
+        prop_check(24, strat, |case| random_case(dev, bk, case))
     })
 }
 
@@ -1904,18 +1912,7 @@ fn cpu_random_shapes() -> T {
         any::<[bool; 3]>(),
         any::<u64>(),
     );
-    prop_check(24, strat, |(b, t, m, c, o, seed)| {
-        let mut d = gen(
-            Ffm::new(b, t, m, c),
-            o[0],
-            if o[1] { Starts::Edges } else { Starts::None },
-            seed,
-        );
-        if o[2] {
-            d.gf = None;
-        }
-        check_backend(&dev, &d, &format!("cpu {}", name(&d)))
-    })
+    prop_check(24, strat, |case| random_case(&dev, "cpu", case))
 }
 
 /// Every result of the CPU on `d` as f32 values.

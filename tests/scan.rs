@@ -718,6 +718,26 @@ fn wgpu_storage_dtypes_refused() -> T {
     }
 }
 
+/// One random case of the property tests: sizes, (complex, time-varying, reverse, initial
+/// state, resets) and a seed, on `dev` against the reference.
+fn random_case(
+    dev: &Device,
+    bk: &str,
+    (b, t, dd, o, seed): (usize, usize, usize, [bool; 5], u64),
+) -> T {
+    let mut p = LinearScan::new(b, t, dd);
+    p.complex = o[0];
+    p.time_varying = o[1];
+    p.reverse = o[2];
+    let d = gen(
+        p,
+        o[3],
+        if o[4] { Starts::Edges } else { Starts::None },
+        seed,
+    );
+    check_backend(dev, &d, &format!("{bk} {}", name(&p)))
+}
+
 /// Property-based: random shapes and options, every GPU backend against the reference.
 fn random_shapes_all_backends() -> T {
     use proptest::prelude::*;
@@ -729,19 +749,7 @@ fn random_shapes_all_backends() -> T {
             any::<[bool; 5]>(),
             any::<u64>(),
         );
-        prop_check(24, strat, |(b, t, dd, o, seed)| {
-            let mut p = LinearScan::new(b, t, dd);
-            p.complex = o[0];
-            p.time_varying = o[1];
-            p.reverse = o[2];
-            let d = gen(
-                p,
-                o[3],
-                if o[4] { Starts::Edges } else { Starts::None },
-                seed,
-            );
-            check_backend(dev, &d, &format!("{bk} {}", name(&p)))
-        })
+        prop_check(24, strat, |case| random_case(dev, bk, case))
     })
 }
 
@@ -1271,19 +1279,7 @@ fn cpu_random_shapes() -> T {
         any::<[bool; 5]>(),
         any::<u64>(),
     );
-    prop_check(24, strat, |(b, t, dd, o, seed)| {
-        let mut p = LinearScan::new(b, t, dd);
-        p.complex = o[0];
-        p.time_varying = o[1];
-        p.reverse = o[2];
-        let d = gen(
-            p,
-            o[3],
-            if o[4] { Starts::Edges } else { Starts::None },
-            seed,
-        );
-        check_backend(&dev, &d, &format!("cpu {}", name(&p)))
-    })
+    prop_check(24, strat, |case| random_case(&dev, "cpu", case))
 }
 
 /// Rows wider than one channel block of the CPU kernels (1024 floats): several blocks per row,
