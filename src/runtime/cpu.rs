@@ -104,3 +104,37 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// The affine map of a chunk of a linear recurrence over time, `state -> P state + L` per
+/// channel (complex, interleaved `(re, im)`, when `cplx`), or `L` alone when a reset inside the
+/// chunk drops the incoming state: what the two-pass chunked scans (linear scan, FFM) carry
+/// from chunk to chunk.
+pub(crate) struct ChunkMap {
+    /// A reset inside the chunk: the map is the constant `L`.
+    pub(crate) reset: bool,
+    /// The product of the chunk's transitions.
+    pub(crate) p: Vec<f64>,
+    /// The chunk's result from a zero incoming state.
+    pub(crate) l: Vec<f64>,
+}
+
+impl ChunkMap {
+    /// `state = map(state)`, with `conj(P)` when `conj` (the adjoint, complex only).
+    pub(crate) fn apply(&self, state: &mut [f64], cplx: bool, conj: bool) {
+        if self.reset {
+            state.copy_from_slice(&self.l);
+        } else if cplx {
+            let sg = if conj { -1.0 } else { 1.0 };
+            for j in 0..state.len() / 2 {
+                let (pr, pi) = (self.p[2 * j], sg * self.p[2 * j + 1]);
+                let (sr, si) = (state[2 * j], state[2 * j + 1]);
+                state[2 * j] = pr * sr - pi * si + self.l[2 * j];
+                state[2 * j + 1] = pr * si + pi * sr + self.l[2 * j + 1];
+            }
+        } else {
+            for ((s, p), l) in state.iter_mut().zip(&self.p).zip(&self.l) {
+                *s = *s * p + l;
+            }
+        }
+    }
+}

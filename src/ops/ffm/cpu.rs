@@ -48,7 +48,7 @@
 use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::Result;
 use crate::ops::scan::cpu::plan;
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output};
+use crate::runtime::cpu::{f32s, flags, opt_f32s, output, ChunkMap as Map};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -276,30 +276,6 @@ fn fwd_span(
     }
 }
 
-/// The affine map `S -> P S + L` of a chunk (`L` alone after a reset), `[M, C, 2]` each.
-struct Map {
-    reset: bool,
-    p: Vec<f64>,
-    l: Vec<f64>,
-}
-
-impl Map {
-    /// `state = map(state)`, with `conj(P)` when `conj`.
-    fn apply(&self, state: &mut [f64], conj: bool) {
-        if self.reset {
-            state.copy_from_slice(&self.l);
-            return;
-        }
-        let sg = if conj { -1.0 } else { 1.0 };
-        for j in 0..state.len() / 2 {
-            let (pr, pi) = (self.p[2 * j], sg * self.p[2 * j + 1]);
-            let (sr, si) = (state[2 * j], state[2 * j + 1]);
-            state[2 * j] = pr * sr - pi * si + self.l[2 * j];
-            state[2 * j + 1] = pr * si + pi * sr + self.l[2 * j + 1];
-        }
-    }
-}
-
 /// `gamma^(t1 - t0)` of every channel, `[M, C, 2]` (zeros when a reset makes it unused).
 fn chunk_pow(g: &Geo, reset: bool, n: usize) -> Vec<f64> {
     let mut pw = vec![0f64; g.p.channels() * 2];
@@ -355,7 +331,7 @@ fn entry_states(g: &Geo, s0: Option<&[f32]>, tc: usize) -> Vec<f64> {
         }
         for k in 0..nk {
             entries[(b * nk + k) * w..][..w].copy_from_slice(&st);
-            maps[b * nk + k].apply(&mut st, false);
+            maps[b * nk + k].apply(&mut st, true, false);
         }
     }
     entries
@@ -668,7 +644,7 @@ pub fn backward(p: &Ffm, args: &FfmBackwardInputs<&Tensor>) -> Result<FfmGrads<T
                 }
                 for k in (0..nk).rev() {
                     cins[(b * nk + k) * w..][..w].copy_from_slice(&c);
-                    maps[b * nk + k].apply(&mut c, true);
+                    maps[b * nk + k].apply(&mut c, true, true);
                 }
             }
             (entries, cins)

@@ -39,7 +39,7 @@
 
 use super::{LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::Result;
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output};
+use crate::runtime::cpu::{f32s, flags, opt_f32s, output, ChunkMap as Map};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -230,28 +230,6 @@ fn mul_f32(v: &mut [f64], m: &[f32], cplx: bool, conj: bool) {
 
 // ------------------------------------------------------------------ forward
 
-/// The affine map of a chunk: `state -> P * state + L`, or `L` alone when a reset inside the
-/// chunk drops the incoming state.
-struct Map {
-    reset: bool,
-    p: Vec<f64>,
-    l: Vec<f64>,
-}
-
-impl Map {
-    /// `state = map(state)`.
-    fn apply(&self, state: &mut [f64], cplx: bool) {
-        if self.reset {
-            state.copy_from_slice(&self.l);
-        } else {
-            mul_f64(state, &self.p, cplx, false);
-            for (s, l) in state.iter_mut().zip(&self.l) {
-                *s += l;
-            }
-        }
-    }
-}
-
 /// Pass 2 (or the only pass): scan `[t0, t1)` of row `b` from `carry`, writing `h` (the
 /// span's steps, `(t1 - t0) * dw` floats).
 fn fwd_span(g: &Geo, x: &[f32], b: usize, t0: usize, t1: usize, carry: Carry, h: &mut [f32]) {
@@ -390,7 +368,7 @@ pub fn forward(p: &LinearScan, args: &ScanInputs<&Tensor>) -> Result<ScanOutputs
             let mut st: Vec<f64> = (0..dw).map(|i| row_carry(b).get(i)).collect();
             for (j, &(k, _, _)) in ch.iter().enumerate() {
                 carries[(b * nk + k) * dw..][..dw].copy_from_slice(&st);
-                maps[b * nk + j].apply(&mut st, p.complex);
+                maps[b * nk + j].apply(&mut st, p.complex, false);
             }
         }
         // pass 2
@@ -684,7 +662,7 @@ pub fn backward(p: &LinearScan, args: &ScanBackwardInputs<&Tensor>) -> Result<Sc
             let mut st: Vec<f64> = (0..dw).map(|i| row_gf(b).get(i)).collect();
             for (j, &(kk, _, _)) in ch.iter().rev().enumerate() {
                 carries[(b * nk + kk) * dw..][..dw].copy_from_slice(&st);
-                maps[b * nk + j].apply(&mut st, p.complex);
+                maps[b * nk + j].apply(&mut st, p.complex, false);
             }
         }
     }
