@@ -1177,7 +1177,7 @@ fn wgpu_f16_without_shader_f16() -> T {
     let _ = wgpu_ctx()?;
     let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
         disable_f16: true,
-        ..Default::default()
+        ..linrec::WgpuOptions::from_env().unwrap()
     })?;
     ensure!(!ctx.has_f16(), "SHADER_F16 still enabled");
     let dev = Device::Wgpu(ctx);
@@ -1324,7 +1324,7 @@ fn wgpu_split_limits() -> T {
         linrec::WgpuContext::with_options(&linrec::WgpuOptions {
             max_storage_buffer_binding_size: Some(bytes),
             max_compute_workgroups_per_dimension: Some(16),
-            ..Default::default()
+            ..linrec::WgpuOptions::from_env().unwrap()
         })
     };
     // 16 KiB: the recurrent kernels run 4 batch rows per group forward, 1 backward

@@ -1393,7 +1393,7 @@ fn wgpu_split_limits() -> T {
     let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
         max_storage_buffer_binding_size: Some(4096),
         max_compute_workgroups_per_dimension: Some(3),
-        ..Default::default()
+        ..linrec::WgpuOptions::from_env().unwrap()
     })?;
     let dev = Device::Wgpu(ctx);
     // S rows of 20 * 3 * 4 * 2 floats = 1920 bytes: two rows per binding, six groups

@@ -802,7 +802,7 @@ fn wgpu_split_limits() -> T {
         force_fallback_adapter: false,
         max_storage_buffer_binding_size: Some(4096),
         max_compute_workgroups_per_dimension: Some(3),
-        ..Default::default()
+        ..linrec::WgpuOptions::from_env().unwrap()
     })?;
     let dev = Device::Wgpu(ctx);
     for (k, p) in variants(11, 50, 9).into_iter().enumerate() {

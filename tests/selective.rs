@@ -1512,7 +1512,7 @@ fn wgpu_split_limits() -> T {
     let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
         max_storage_buffer_binding_size: Some(8192),
         max_compute_workgroups_per_dimension: Some(3),
-        ..Default::default()
+        ..linrec::WgpuOptions::from_env().unwrap()
     })?;
     let dev = Device::Wgpu(ctx);
     let mut k = 0;

@@ -29,6 +29,36 @@ pub struct WgpuOptions {
     pub disable_subgroups: bool,
     /// Do not enable `SHADER_F16` even if the adapter has it.
     pub disable_f16: bool,
+    /// Request WebGPU's default limits (8 storage buffers per shader stage, 16 KiB of workgroup
+    /// memory, 256 invocations per workgroup, 128 MiB bindings, 65535 workgroups per dimension:
+    /// what every WebGPU implementation guarantees) instead of everything the adapter offers,
+    /// so the kernels pick the variants that fit any GPU. Where the adapter offers less than a
+    /// default, its own value is kept.
+    pub webgpu_default_limits: bool,
+}
+
+impl WgpuOptions {
+    /// The options the environment asks for: `LINREC_WGPU_LIMITS=webgpu` sets
+    /// [`webgpu_default_limits`](Self::webgpu_default_limits) (`adapter`, the default, keeps
+    /// the adapter's limits). The adapter itself is chosen by `LINREC_WGPU_ADAPTER` and wgpu's
+    /// own `WGPU_BACKEND` (`vulkan`, `metal`, `dx12`, `gl`).
+    pub fn from_env() -> Result<Self> {
+        let webgpu_default_limits = match std::env::var("LINREC_WGPU_LIMITS").as_deref() {
+            Err(_) | Ok("") | Ok("adapter") => false,
+            Ok("webgpu") | Ok("default") => true,
+            Ok(other) => {
+                return Err(Error::value(
+                    "LINREC_WGPU_LIMITS",
+                    "`adapter` or `webgpu`",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        Ok(WgpuOptions {
+            webgpu_default_limits,
+            ..Default::default()
+        })
+    }
 }
 
 struct Timer {
@@ -73,9 +103,11 @@ fn device_rank(t: wgpu::DeviceType) -> u8 {
 
 impl WgpuContext {
     /// The best adapter available: a real GPU if there is one, else a CPU adapter (lavapipe).
-    /// `LINREC_WGPU_ADAPTER=<substring>` picks an adapter by name instead.
+    /// `LINREC_WGPU_ADAPTER=<substring>` picks an adapter by name instead, and
+    /// `LINREC_WGPU_LIMITS=webgpu` requests WebGPU's default limits (see
+    /// [`WgpuOptions::from_env`]).
     pub fn new() -> Result<Arc<Self>> {
-        Self::with_options(&WgpuOptions::default())
+        Self::with_options(&WgpuOptions::from_env()?)
     }
 
     /// Open a device with explicit options.
@@ -115,7 +147,11 @@ impl WgpuContext {
                 features |= f;
             }
         }
-        let mut limits = adapter.limits();
+        let mut limits = if opts.webgpu_default_limits {
+            wgpu::Limits::defaults().or_worse_values_from(&adapter.limits())
+        } else {
+            adapter.limits()
+        };
         if let Some(m) = opts.max_storage_buffer_binding_size {
             limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(m);
         }
@@ -158,12 +194,38 @@ impl WgpuContext {
         }))
     }
 
-    /// `name (backend, device type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`.
+    /// `name (backend, device type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`,
+    /// followed by `, WebGPU default limits` when the device was opened with them (fewer than 9
+    /// storage buffers per stage and at most 16 KiB of workgroup memory).
     pub fn describe(&self) -> String {
+        let small = if self.small_limits() {
+            ", WebGPU default limits"
+        } else {
+            ""
+        };
         format!(
-            "{} ({:?}, {:?})",
+            "{} ({:?}, {:?}{small})",
             self.info.name, self.info.backend, self.info.device_type
         )
+    }
+
+    /// Whether this device offers no more than WebGPU's default storage-buffer and
+    /// workgroup-memory limits.
+    fn small_limits(&self) -> bool {
+        let d = wgpu::Limits::defaults();
+        self.limits.max_storage_buffers_per_shader_stage <= d.max_storage_buffers_per_shader_stage
+            && self.limits.max_compute_workgroup_storage_size
+                <= d.max_compute_workgroup_storage_size
+    }
+
+    /// How many storage buffers one kernel may bind on this device.
+    pub fn max_storage_buffers(&self) -> u32 {
+        self.limits.max_storage_buffers_per_shader_stage
+    }
+
+    /// How many bytes of workgroup memory one kernel may use on this device.
+    pub fn max_workgroup_memory(&self) -> u32 {
+        self.limits.max_compute_workgroup_storage_size
     }
 
     /// Whether subgroup operations are enabled on this device.
@@ -342,6 +404,9 @@ impl WgpuContext {
         };
         let exp = crate::shader_pp::expand(shader, defines, &lookup)
             .map_err(|e| self.err(format!("shader {shader}: {e}")))?;
+        let needs = needs(&exp.source, entry, constants)
+            .map_err(|e| self.err(format!("shader {shader} {defines:?}: {e}")))?;
+        self.check_fits(&format!("{shader}:{entry} {defines:?}"), &needs)?;
         let pipeline = self.scoped(&format!("building pipeline {shader}:{entry}"), || {
             let module = self
                 .device
@@ -369,6 +434,62 @@ impl WgpuContext {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, p.clone());
         Ok(p)
+    }
+
+    /// A typed [`Error::Limit`] when a kernel needs more than this device offers (checked
+    /// before wgpu sees the pipeline, so an adapter with small limits gets an error naming the
+    /// limit rather than a validation error).
+    fn check_fits(&self, what: &str, n: &KernelNeeds) -> Result<()> {
+        let l = &self.limits;
+        let checks = [
+            (
+                "max_storage_buffers_per_shader_stage",
+                n.storage_buffers as u64,
+                l.max_storage_buffers_per_shader_stage as u64,
+            ),
+            (
+                "max_uniform_buffers_per_shader_stage",
+                n.uniform_buffers as u64,
+                l.max_uniform_buffers_per_shader_stage as u64,
+            ),
+            (
+                "max_compute_workgroup_storage_size",
+                n.workgroup_bytes,
+                l.max_compute_workgroup_storage_size as u64,
+            ),
+            (
+                "max_compute_invocations_per_workgroup",
+                n.workgroup_size.iter().map(|&d| d as u64).product(),
+                l.max_compute_invocations_per_workgroup as u64,
+            ),
+            (
+                "max_compute_workgroup_size_x",
+                n.workgroup_size[0] as u64,
+                l.max_compute_workgroup_size_x as u64,
+            ),
+            (
+                "max_compute_workgroup_size_y",
+                n.workgroup_size[1] as u64,
+                l.max_compute_workgroup_size_y as u64,
+            ),
+            (
+                "max_compute_workgroup_size_z",
+                n.workgroup_size[2] as u64,
+                l.max_compute_workgroup_size_z as u64,
+            ),
+        ];
+        for (limit, need, have) in checks {
+            if need > have {
+                return Err(Error::Limit {
+                    backend: BACKEND,
+                    what: format!(
+                        "kernel {what} needs {limit} >= {need}, the device ({}) offers {have}",
+                        self.info.name
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Bind a device range: returns a binding at an offset aligned for the device and the
@@ -646,6 +767,73 @@ impl<'c> Launch<'c> {
             Ok(())
         })
     }
+}
+
+/// What one kernel entry point needs from the device, as naga reads it from the expanded
+/// WGSL with the pipeline's override constants applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KernelNeeds {
+    /// Storage buffers the entry point uses.
+    pub storage_buffers: u32,
+    /// Uniform buffers the entry point uses.
+    pub uniform_buffers: u32,
+    /// Bytes of workgroup memory the entry point uses.
+    pub workgroup_bytes: u64,
+    /// `@workgroup_size`.
+    pub workgroup_size: [u32; 3],
+}
+
+/// Read the bindings, workgroup memory and workgroup size of `entry` in a WGSL `source`
+/// whose overrides take `constants`.
+pub(crate) fn needs(
+    source: &str,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> std::result::Result<KernelNeeds, String> {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| e.to_string())?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+        .validate(&module)
+        .map_err(|e| e.as_inner().to_string())?;
+    let pc: naga::back::PipelineConstants =
+        constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, entry)),
+        &pc,
+    )
+    .map_err(|e| e.to_string())?;
+    let (index, ep) = module
+        .entry_points
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.name == entry)
+        .ok_or_else(|| format!("no entry point {entry}"))?;
+    let used = info.get_entry_point(index);
+    let mut n = KernelNeeds {
+        storage_buffers: 0,
+        uniform_buffers: 0,
+        workgroup_bytes: 0,
+        workgroup_size: ep.workgroup_size,
+    };
+    let ctx = module.to_ctx();
+    for (h, g) in module.global_variables.iter() {
+        if used[h].is_empty() {
+            continue;
+        }
+        match g.space {
+            naga::AddressSpace::Storage { .. } => n.storage_buffers += 1,
+            naga::AddressSpace::Uniform => n.uniform_buffers += 1,
+            naga::AddressSpace::WorkGroup => {
+                // WebGPU counts each variable rounded up to 16 bytes
+                let size = module.types[g.ty].inner.size(ctx) as u64;
+                n.workgroup_bytes += size.div_ceil(16) * 16;
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
 }
 
 /// An owned device tensor: a buffer with a shape and an element type.

@@ -103,7 +103,7 @@ pub fn wgpu_no_subgroups() -> Result<Device, Stop> {
         .get_or_init(|| {
             linrec::WgpuContext::with_options(&linrec::WgpuOptions {
                 disable_subgroups: true,
-                ..Default::default()
+                ..linrec::WgpuOptions::from_env().unwrap()
             })
             .map(Device::Wgpu)
             .map_err(|e| e.to_string())
