@@ -85,6 +85,15 @@ pub enum Error {
         /// The allocation that failed.
         what: String,
     },
+    /// A blocking wait for the device ran past the context's wait timeout (the work goes on;
+    /// the context stays usable).
+    #[error("timeout on {backend}: {what}")]
+    Timeout {
+        /// Backend name.
+        backend: &'static str,
+        /// What was being waited for, and the bound.
+        what: String,
+    },
     /// Any other error reported by a device driver or API.
     #[error("{backend} device error: {what}")]
     Device {

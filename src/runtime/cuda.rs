@@ -72,6 +72,8 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Kernel time accumulated while [`CudaBackend::gpu_time`] runs (milliseconds).
     timer: Mutex<Option<f64>>,
+    /// The bound on blocking waits in nanoseconds, 0 for none.
+    wait_timeout_ns: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -106,6 +108,7 @@ impl CudaBackend {
             arch,
             modules: Mutex::new(HashMap::new()),
             timer: Mutex::new(None),
+            wait_timeout_ns: 0.into(),
         }))
     }
 
@@ -143,6 +146,18 @@ impl CudaBackend {
                                 BACKEND,
                                 format!(
                                     "compute capability {}.{} (needs 8.0+)",
+                                    self.arch.0, self.arch.1
+                                ),
+                            ));
+                        }
+                        // SAFETY: only opens the library with libloading to see whether it
+                        // exists; cudarc panics on first use where it does not.
+                        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+                            return Err(Error::unsupported(
+                                BACKEND,
+                                format!(
+                                    "{module}: this build has no PTX for sm_{}{} and the NVRTC \
+                                     library (libnvrtc.so) is not installed to compile it",
                                     self.arch.0, self.arch.1
                                 ),
                             ));
@@ -240,8 +255,10 @@ impl CudaBackend {
         })
     }
 
-    /// Copy a device tensor back to the host.
+    /// Copy a device tensor back to the host (after the stream's earlier work, within the
+    /// wait timeout if one is set).
     pub fn download(&self, g: &CuTensor) -> Result<Tensor> {
+        self.synchronize()?;
         let s = &self.stream;
         let n = g.numel();
         match &g.data {
@@ -263,9 +280,55 @@ impl CudaBackend {
         }
     }
 
-    /// Block until the stream is idle.
+    /// Block until the stream is idle, or return [`Error::Timeout`] once the wait timeout
+    /// (if any, [`set_wait_timeout`](Self::set_wait_timeout)) has passed; the work then goes
+    /// on and a later wait can collect it.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(drv)
+        let Some(timeout) = self.wait_timeout() else {
+            return self.stream.synchronize().map_err(drv);
+        };
+        let t0 = std::time::Instant::now();
+        let done = self
+            .stream
+            .record_event(Some(
+                cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING,
+            ))
+            .map_err(drv)?;
+        let mut nap = Duration::from_micros(5);
+        while !done.is_complete() {
+            if t0.elapsed() >= timeout {
+                return Err(Error::Timeout {
+                    backend: BACKEND,
+                    what: format!(
+                        "waiting for the stream on {} took longer than {timeout:?}",
+                        self.describe()
+                    ),
+                });
+            }
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Bound every later blocking wait of this backend (downloads,
+    /// [`synchronize`](Self::synchronize)) to `timeout`, or lift the bound with `None`. A wait
+    /// that runs out returns [`Error::Timeout`]; the backend stays usable.
+    pub fn set_wait_timeout(&self, timeout: Option<Duration>) {
+        let ns = timeout.map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
+        self.wait_timeout_ns
+            .store(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The bound on blocking waits, if any.
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        match self
+            .wait_timeout_ns
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
     }
 
     /// Run `f` and return its result with the GPU time of the kernels it launched (events

@@ -35,6 +35,10 @@ pub struct WgpuOptions {
     /// so the kernels pick the variants that fit any GPU. Where the adapter offers less than a
     /// default, its own value is kept.
     pub webgpu_default_limits: bool,
+    /// Longest a blocking wait for the device (a download, [`WgpuContext::wait`]) may take
+    /// before it returns [`Error::Timeout`]; `None` waits as long as it takes. Can be changed
+    /// later with [`WgpuContext::set_wait_timeout`].
+    pub wait_timeout: Option<Duration>,
 }
 
 impl WgpuOptions {
@@ -83,6 +87,57 @@ pub struct WgpuContext {
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     dummy: wgpu::Buffer,
     timer: Mutex<Option<Timer>>,
+    /// Buffers known to belong to this device (hashes of their wgpu identity).
+    owned: Mutex<std::collections::HashSet<u64>>,
+    /// A one-binding layout used to ask wgpu whether a caller's buffer is this device's.
+    probe_layout: wgpu::BindGroupLayout,
+    /// [`WgpuOptions::wait_timeout`] in nanoseconds, 0 for none.
+    wait_timeout_ns: std::sync::atomic::AtomicU64,
+}
+
+/// The one wgpu instance of the process: every context linrec opens comes from it, so a
+/// buffer of another linrec context is recognised as another device's (wgpu identifies
+/// resources per instance).
+fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+    })
+}
+
+thread_local! {
+    /// The names this thread's latest argument checks gave each buffer (a short list), so a
+    /// buffer refused later, when it is bound, is named as the caller's argument.
+    static ARG_NAMES: std::cell::RefCell<Vec<(u64, &'static str)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn note_arg(buffer: &wgpu::Buffer, arg: &'static str) {
+    ARG_NAMES.with_borrow_mut(|v| {
+        if v.len() >= 64 {
+            v.remove(0);
+        }
+        v.push((buffer_key(buffer), arg));
+    });
+}
+
+/// The argument name a buffer was last checked under on this thread, or `buffer`.
+fn arg_name(buffer: &wgpu::Buffer) -> &'static str {
+    let key = buffer_key(buffer);
+    ARG_NAMES.with_borrow(|v| {
+        v.iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map_or("buffer", |(_, a)| a)
+    })
+}
+
+/// A buffer's identity as a number (wgpu compares and hashes buffers by identity).
+fn buffer_key(b: &wgpu::Buffer) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
 }
 
 impl std::fmt::Debug for WgpuContext {
@@ -116,8 +171,7 @@ impl WgpuContext {
     }
 
     async fn open(opts: &WgpuOptions) -> Result<Arc<Self>> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = instance();
         let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
         if opts.force_fallback_adapter {
             adapters.retain(|a| a.get_info().device_type == wgpu::DeviceType::Cpu);
@@ -182,6 +236,22 @@ impl WgpuContext {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let probe_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("linrec device probe"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        let timeout_ns = opts
+            .wait_timeout
+            .map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
         Ok(Arc::new(WgpuContext {
             device,
             queue,
@@ -191,6 +261,9 @@ impl WgpuContext {
             pipelines: Mutex::new(HashMap::new()),
             dummy,
             timer: Mutex::new(None),
+            owned: Mutex::new(Default::default()),
+            probe_layout,
+            wait_timeout_ns: timeout_ns.into(),
         }))
     }
 
@@ -289,6 +362,7 @@ impl WgpuContext {
                 mapped_at_creation: false,
             }))
         })?;
+        self.remember(&buffer);
         Ok(GpuTensor {
             buffer,
             shape: shape.to_vec(),
@@ -317,6 +391,7 @@ impl WgpuContext {
                     usage: GpuTensor::USAGE,
                 }))
         })?;
+        self.remember(&buffer);
         Ok(GpuTensor {
             buffer,
             shape: t.shape().to_vec(),
@@ -332,6 +407,7 @@ impl WgpuContext {
 
     /// Read `len` bytes at `offset` of a `COPY_SRC` buffer.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.check_owned("buffer", buffer)?;
         let size = len.div_ceil(4).max(1) * 4;
         self.scoped("downloading a buffer", || {
             let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -361,12 +437,101 @@ impl WgpuContext {
         })
     }
 
-    /// Block until all submitted work has finished.
+    /// Block until all submitted work has finished, or return [`Error::Timeout`] once the
+    /// context's wait timeout (if any) has passed; the work then goes on and a later wait
+    /// can collect it.
     pub fn wait(&self) -> Result<()> {
+        let timeout = self.wait_timeout();
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout,
+            })
             .map(|_| ())
-            .map_err(|e| self.err(format!("poll: {e}")))
+            .map_err(|e| match e {
+                wgpu::PollError::Timeout => Error::Timeout {
+                    backend: BACKEND,
+                    what: format!(
+                        "waiting for the device ({}) took longer than {:?}",
+                        self.info.name,
+                        timeout.unwrap_or_default()
+                    ),
+                },
+                e => self.err(format!("poll: {e}")),
+            })
+    }
+
+    /// Bound every later blocking wait on this context (downloads, [`wait`](Self::wait)) to
+    /// `timeout`, or lift the bound with `None`. A wait that runs out returns
+    /// [`Error::Timeout`]; the context stays usable.
+    pub fn set_wait_timeout(&self, timeout: Option<Duration>) {
+        let ns = timeout.map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
+        self.wait_timeout_ns
+            .store(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The bound on blocking waits, if any (see [`set_wait_timeout`](Self::set_wait_timeout)).
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        match self
+            .wait_timeout_ns
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// `Ok` when `buffer` was created on this context's device, else a [`Error::Value`] naming
+    /// `arg`: a buffer of another device is refused before anything is recorded or submitted.
+    /// Buffers seen once are remembered, so the check costs a hash lookup after the first call.
+    pub(crate) fn check_owned(&self, arg: &'static str, buffer: &wgpu::Buffer) -> Result<()> {
+        let key = buffer_key(buffer);
+        if self
+            .owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        // Ask wgpu: a bind group over a buffer of another device fails validation.
+        let size = buffer.size().min(4);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        if size == 4 {
+            let _ = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("linrec device probe"),
+                layout: &self.probe_layout,
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: 0,
+                        size: std::num::NonZeroU64::new(4),
+                    }),
+                }],
+            });
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::value(
+                arg,
+                format!(
+                    "a buffer created on this context's device ({})",
+                    self.info.name
+                ),
+                format!("a buffer wgpu refuses on it: {e}"),
+            ));
+        }
+        self.remember(buffer);
+        Ok(())
+    }
+
+    /// Record `buffer` as this device's (bounded: the set is cleared when it grows large).
+    fn remember(&self, buffer: &wgpu::Buffer) {
+        let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        if owned.len() >= 4096 {
+            owned.clear();
+        }
+        owned.insert(buffer_key(buffer));
     }
 
     fn err(&self, what: String) -> Error {
@@ -495,6 +660,7 @@ impl WgpuContext {
     /// Bind a device range: returns a binding at an offset aligned for the device and the
     /// element offset of `r` inside it (kernels add it to their indices).
     pub(crate) fn bind<'a>(&self, r: &GpuRef<'a>) -> Result<(wgpu::BufferBinding<'a>, u32)> {
+        self.check_owned(arg_name(r.buffer), r.buffer)?;
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         let start = r.offset / align * align;
         let end = r.offset + (r.len * r.dtype.size()) as u64;
@@ -691,7 +857,14 @@ impl<'c> Launch<'c> {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some(&label),
                 });
-            let timer = ctx.timer.lock().unwrap_or_else(PoisonError::into_inner);
+            // the timer's handles are cloned out, so no lock is held while wgpu encodes and
+            // submits (a panic there cannot poison it)
+            let timer = ctx
+                .timer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .map(|t| (t.queries.clone(), t.resolve.clone(), t.readback.clone()));
             let uniforms: Vec<wgpu::Buffer> = self
                 .steps
                 .iter()
@@ -732,7 +905,7 @@ impl<'c> Launch<'c> {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(&label),
                     timestamp_writes: timer.as_ref().map(|t| wgpu::ComputePassTimestampWrites {
-                        query_set: &t.queries,
+                        query_set: &t.0,
                         beginning_of_pass_write_index: Some(0),
                         end_of_pass_write_index: Some(1),
                     }),
@@ -743,15 +916,13 @@ impl<'c> Launch<'c> {
                     pass.dispatch_workgroups(s.groups[0], s.groups[1], 1);
                 }
             }
-            if let Some(t) = timer.as_ref() {
-                enc.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
-                enc.copy_buffer_to_buffer(&t.resolve, 0, &t.readback, 0, 16);
+            if let Some((queries, resolve, readback)) = timer.as_ref() {
+                enc.resolve_query_set(queries, 0..2, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, readback, 0, 16);
             }
             ctx.queue.submit([enc.finish()]);
-            drop(timer);
-            let mut timer = ctx.timer.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(t) = timer.as_mut() {
-                let slice = t.readback.slice(..);
+            if let Some((_, _, readback)) = timer {
+                let slice = readback.slice(..);
                 slice.map_async(wgpu::MapMode::Read, |_| {});
                 ctx.wait()?;
                 let ts: Vec<u64> = {
@@ -760,9 +931,16 @@ impl<'c> Launch<'c> {
                         .map_err(|e| ctx.err(format!("timestamps: {e}")))?;
                     bytemuck::cast_slice(&view).to_vec()
                 };
-                t.readback.unmap();
+                readback.unmap();
                 let period = ctx.queue.get_timestamp_period() as f64;
-                t.total_ns += ts[1].saturating_sub(ts[0]) as f64 * period;
+                if let Some(t) = ctx
+                    .timer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_mut()
+                {
+                    t.total_ns += ts[1].saturating_sub(ts[0]) as f64 * period;
+                }
             }
             Ok(())
         })
@@ -912,6 +1090,7 @@ impl crate::ops::ArgBuf for GpuRef<'_> {
         self.len
     }
     fn check_extent(&self, arg: &'static str) -> Result<()> {
+        note_arg(self.buffer, arg);
         if !self.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
             return Err(Error::value(
                 arg,
