@@ -33,8 +33,6 @@ const HAS_GF: u32 = 8u;
 // needs instead (u, coefficients, per-chunk states).
 const WRITE_OUT: u32 = 16u;
 const ST_SLOTS: u32 = 32u;
-// rec_bwd_rows: the reverse half (dk, dv, dbeta) instead of the forward half (dq)
-const REVERSE_PART: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 

@@ -4,21 +4,31 @@
 //   reverse:  dS += scale q do^T;   dk_t += alpha dS u_t + dkf * dalpha k_t,  dalpha = u_t . w_t
 //             dS = start_t ? 0 : dS - alpha k w^T
 // plus dv_t = alpha w_t and dbeta_t = dalpha * dbf (the first workgroup of each head writes
-// those). The two halves are separate dispatches (flag REVERSE_PART), each walking its steps
-// in one or more dispatches with the row state carried in scratch; the forward half leaves
-// -alpha P w in scratch for the reverse half.
+// those). The two halves are separate variants (define REVERSE), each walking its steps in
+// one or more dispatches with the row state carried in scratch; the forward half leaves
+// -alpha P w in scratch for the reverse half, and its last dispatch leaves the reverse half's
+// starting row state (the final-state gradient, or zero) in the carry, so each half binds at
+// most 8 storage buffers (WebGPU's default limit): forward 7, reverse 8.
 //
 // Threads: one workgroup per (batch row, head, tile of 32 rows of S); virtual thread
 // vid = 8 * row + lane owns columns lane, lane + 8, ... of its row (<= 32 values); the sums
 // over V are added over the 8 lanes of the row (efla/lanes.wgsl).
 //! variant:
+//! variant: REVERSE
 //! variant: SUBGROUP
+//! variant: SUBGROUP REVERSE
 //! variant: F16
+//! variant: F16 REVERSE
 //! variant: F16 SUBGROUP
+//! variant: F16 SUBGROUP REVERSE
 //! variant: F16P
+//! variant: F16P REVERSE
 //! variant: F16P SUBGROUP
+//! variant: F16P SUBGROUP REVERSE
 //! variant: BF16
+//! variant: BF16 REVERSE
 //! variant: BF16 SUBGROUP
+//! variant: BF16 SUBGROUP REVERSE
 #ifdef F16
 enable f16;
 #endif
@@ -30,19 +40,23 @@ enable f16;
 // trip count (unrolled, values in registers).
 override RV: u32 = 32u;
 
-@group(0) @binding(1) var<storage, read> Q: array<SEQ>;
-@group(0) @binding(2) var<storage, read> KK: array<SEQ>;
-@group(0) @binding(3) var<storage, read> GO: array<SEQ>;
-@group(0) @binding(4) var<storage, read> START: array<u32>;
-@group(0) @binding(5) var<storage, read> S0: array<f32>;
-@group(0) @binding(6) var<storage, read> GF: array<f32>;
-@group(0) @binding(7) var<storage, read_write> SCR: array<f32>;
-@group(0) @binding(8) var<storage, read_write> DQ: array<f32>;
-@group(0) @binding(9) var<storage, read_write> DK: array<f32>;
-@group(0) @binding(10) var<storage, read_write> DV: array<f32>;
-@group(0) @binding(11) var<storage, read_write> DBETA: array<f32>;
+@group(0) @binding(1) var<storage, read> KK: array<SEQ>;
+@group(0) @binding(2) var<storage, read> GO: array<SEQ>;
+@group(0) @binding(3) var<storage, read> START: array<u32>;
+@group(0) @binding(4) var<storage, read_write> SCR: array<f32>;
+#ifdef REVERSE
+@group(0) @binding(5) var<storage, read> Q: array<SEQ>;
+@group(0) @binding(6) var<storage, read_write> DK: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DV: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DBETA: array<f32>;
 
 fn ld_q(i: u32) -> f32 { return up(Q[sw(P.off_q + i)], P.off_q + i); }
+#else
+@group(0) @binding(5) var<storage, read> S0: array<f32>;
+@group(0) @binding(6) var<storage, read> GF: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DQ: array<f32>;
+#endif
+
 fn ld_k(i: u32) -> f32 { return up(KK[sw(P.off_k + i)], P.off_k + i); }
 fn ld_go(i: u32) -> f32 { return up(GO[sw(P.off_go + i)], P.off_go + i); }
 
@@ -79,7 +93,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     let cy = P.r_carry + bh * K * V;
     var row: array<f32, 32>;
-    if (P.flags & REVERSE_PART) == 0u {
+#ifndef REVERSE
+    {
         // forward: dq and the -alpha P w part of dk, over steps t_begin .. t_end
         for (var j = 0u; j < RV; j++) {
             let c = lane + 8u * j;
@@ -123,18 +138,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 SCR[P.r_dka + scr_at(bh, t, K) + r] = -alpha * tot.y;
             }
         }
-    } else {
+        // the last forward dispatch hands the reverse half its starting row: dS_T
+        if P.t_end == P.T {
+            for (var j = 0u; j < RV; j++) {
+                let c = lane + 8u * j;
+                var x = 0.0;
+                if live && c < V && (P.flags & HAS_GF) != 0u {
+                    x = GF[P.off_gf + sb + r * V + c];
+                }
+                row[j] = x;
+            }
+        }
+    }
+#else
+    {
         // reverse, over steps t_end - 1 down to t_begin: the alpha dS u part of dk, the rule's
-        // dk term, dbeta and dv
+        // dk term, dbeta and dv; the row starts from the carry (dS_T from the forward half's
+        // last dispatch, or this half's previous dispatch)
         for (var j = 0u; j < RV; j++) {
             let c = lane + 8u * j;
             var x = 0.0;
             if live && c < V {
-                if P.t_end < P.T {
-                    x = SCR[cy + r * V + c];
-                } else if (P.flags & HAS_GF) != 0u {
-                    x = GF[P.off_gf + sb + r * V + c];
-                }
+                x = SCR[cy + r * V + c];
             }
             row[j] = x;
         }
@@ -184,7 +209,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
-    // the row state for the next dispatch of this half
+#endif
+    // the row state for the next dispatch of this half (or, after the forward half, the
+    // reverse half's start)
     if live {
         for (var j = 0u; j < RV; j++) {
             let c = lane + 8u * j;
