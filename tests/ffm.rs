@@ -1386,6 +1386,47 @@ fn long_cuda() -> T {
     long_sequences_on("cuda")
 }
 
+/// A wgpu device opened with WebGPU's default limits (8 storage buffers per stage, 16 KiB of
+/// workgroup memory, 256 invocations), with and without subgroups: every option of the
+/// forward and backward runs there (the backward takes its packed variant) and matches the
+/// reference, whatever `LINREC_WGPU_LIMITS` says.
+fn wgpu_webgpu_default_limits() -> T {
+    let _ = wgpu_ctx()?;
+    for disable_subgroups in [false, true] {
+        let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+            webgpu_default_limits: true,
+            disable_subgroups,
+            ..linrec::WgpuOptions::from_env().unwrap()
+        })?;
+        ensure!(
+            ctx.limits.max_storage_buffers_per_shader_stage == 8,
+            "webgpu_default_limits left {} storage buffers per stage",
+            ctx.limits.max_storage_buffers_per_shader_stage
+        );
+        let dev = Device::Wgpu(ctx);
+        let mut k = 0;
+        for &(b, t, m, c) in &[(3, 301, 5, 3), (2, 200, 4, 4)] {
+            for s0 in [false, true] {
+                for starts in [Starts::None, Starts::Edges] {
+                    for gf in [false, true] {
+                        let mut d = gen(Ffm::new(b, t, m, c), s0, starts, 1700 + k);
+                        k += 1;
+                        if !gf {
+                            d.gf = None;
+                        }
+                        let what = format!(
+                            "webgpu limits (subgroups off: {disable_subgroups}) {}",
+                            name(&d)
+                        );
+                        check_backend(&dev, &d, &what)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A device whose bindings and grids are tiny: the aggregation splits rows across dispatches
 /// (and the backward's dlog reduction across row groups) and grids across two dimensions.
 fn wgpu_split_limits() -> T {
@@ -2036,6 +2077,7 @@ fn main() {
         long_cuda_slow_decay,
         long_cuda,
         wgpu_split_limits,
+        wgpu_webgpu_default_limits,
         wgpu_zero_copy_offsets,
         cuda_every_block_width,
         cuda_layout_choice,

@@ -794,6 +794,41 @@ fn long_wgpu() -> T {
     Ok(())
 }
 
+/// A wgpu device opened with WebGPU's default limits (8 storage buffers per stage, 16 KiB of
+/// workgroup memory, 256 invocations), with and without subgroups: every option of the
+/// forward and backward runs there (the backward takes its packed variant) and matches the
+/// reference, whatever `LINREC_WGPU_LIMITS` says.
+fn wgpu_webgpu_default_limits() -> T {
+    let _ = wgpu_ctx()?;
+    for disable_subgroups in [false, true] {
+        let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+            webgpu_default_limits: true,
+            disable_subgroups,
+            ..linrec::WgpuOptions::from_env().unwrap()
+        })?;
+        ensure!(
+            ctx.limits.max_storage_buffers_per_shader_stage == 8,
+            "webgpu_default_limits left {} storage buffers per stage",
+            ctx.limits.max_storage_buffers_per_shader_stage
+        );
+        let dev = Device::Wgpu(ctx);
+        for (k, p) in variants(3, 301, 5).into_iter().enumerate() {
+            for (h0, st) in [(false, Starts::None), (true, Starts::Edges)] {
+                let mut d = gen(p, h0, st, 1600 + k as u64);
+                if !h0 {
+                    d.gf = None;
+                }
+                let what = format!(
+                    "webgpu limits (subgroups off: {disable_subgroups}) {}",
+                    name(&p)
+                );
+                check_backend(&dev, &d, &what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A device whose bindings and grids are tiny: the scan splits rows across dispatches and
 /// grids across two dimensions, and still matches.
 fn wgpu_split_limits() -> T {
@@ -1312,6 +1347,7 @@ fn main() {
         random_shapes_all_backends,
         long_wgpu,
         wgpu_split_limits,
+        wgpu_webgpu_default_limits,
         wgpu_zero_copy_offsets,
         cpu_each_option,
         cpu_shapes,

@@ -10,8 +10,13 @@
 // over rows by common/reduce_rows.wgsl and split into da, db by ffm/params.wgsl: every sum has
 // a fixed order, no float atomics.
 // With GVEC (grad_s bound at an even float offset) each complex G is one 8-byte load.
+// With PACK (devices with 8 storage bindings per stage, WebGPU's default) a, b and grad_final
+// are read from one buffer the launcher packed them into (scan/pack.wgsl), at off_a, off_b
+// and off_gf.
 //! variant:
 //! variant: GVEC
+//! variant: PACK
+//! variant: GVEC PACK
 #include "ffm/common.wgsl"
 
 struct Params {
@@ -26,6 +31,23 @@ const HAS_START: u32 = 2u;
 const HAS_GF: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> P: Params;
+#ifdef PACK
+@group(0) @binding(1) var<storage, read> X: array<f32>;
+@group(0) @binding(2) var<storage, read> SMALL: array<f32>;
+@group(0) @binding(3) var<storage, read> START: array<u32>;
+@group(0) @binding(4) var<storage, read> CK: array<f32>;
+#ifdef GVEC
+@group(0) @binding(5) var<storage, read> G: array<vec2<f32>>;
+#else
+@group(0) @binding(5) var<storage, read> G: array<f32>;
+#endif
+@group(0) @binding(6) var<storage, read_write> DX: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DS0: array<f32>;
+@group(0) @binding(8) var<storage, read_write> PART: array<f32>;
+fn ld_a(i: u32) -> f32 { return SMALL[P.off_a + i]; }
+fn ld_b(i: u32) -> f32 { return SMALL[P.off_b + i]; }
+fn ld_gf(i: u32) -> f32 { return SMALL[P.off_gf + i]; }
+#else
 @group(0) @binding(1) var<storage, read> X: array<f32>;
 @group(0) @binding(2) var<storage, read> A: array<f32>;
 @group(0) @binding(3) var<storage, read> BF: array<f32>;
@@ -40,6 +62,10 @@ const HAS_GF: u32 = 4u;
 @group(0) @binding(8) var<storage, read_write> DX: array<f32>;
 @group(0) @binding(9) var<storage, read_write> DS0: array<f32>;
 @group(0) @binding(10) var<storage, read_write> PART: array<f32>;
+fn ld_a(i: u32) -> f32 { return A[P.off_a + i]; }
+fn ld_b(i: u32) -> f32 { return BF[P.off_b + i]; }
+fn ld_gf(i: u32) -> f32 { return GF[P.off_gf + i]; }
+#endif
 
 // Complex element i of grad_s (P.off_g counts floats).
 fn load_g(i: u32) -> vec2<f32> {
@@ -80,8 +106,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var la = 0.0;
     var lb = 0.0;
     if ch.live {
-        la = A[P.off_a + ch.m];
-        lb = reduce_angle(BF[P.off_b + ch.c]);
+        la = ld_a(ch.m);
+        lb = reduce_angle(ld_b(ch.c));
     }
     let gam = cpow(la, lb, 1u);
     let cgam = cconj(gam);
@@ -142,8 +168,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if ch.live && t < T {
                 ge = load_g((row * T + t) * MC + q);
                 if t + 1u == T && (P.flags & HAS_GF) != 0u {
-                    let f = P.off_gf + 2u * (row * MC + q);
-                    ge += vec2<f32>(GF[f], GF[f + 1u]);
+                    let f = 2u * (row * MC + q);
+                    ge += vec2<f32>(ld_gf(f), ld_gf(f + 1u));
                 }
             }
             gs[e] = ge;

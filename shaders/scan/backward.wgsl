@@ -4,8 +4,12 @@
 // Thread layout: see scan/chunk.wgsl; one workgroup per (batch row, block of CB channels).
 // For a time-invariant `a`, each workgroup writes its row's partial da[b, d] (lanes summed in
 // a fixed order); common/reduce_rows.wgsl sums the rows, so results are bitwise reproducible.
+// With PACK (devices with 8 storage bindings per stage, WebGPU's default) h0 and grad_final
+// are read from one buffer the launcher packed them into (scan/pack.wgsl), at off_h0 / off_gf.
 //! variant:
 //! variant: COMPLEX
+//! variant: PACK
+//! variant: COMPLEX PACK
 #include "common/complex.wgsl"
 #include "scan/chunk.wgsl"
 
@@ -28,10 +32,25 @@ const HAS_GF: u32 = 16u;
 @group(0) @binding(3) var<storage, read> H0: array<f32>;
 @group(0) @binding(4) var<storage, read> START: array<u32>;
 @group(0) @binding(5) var<storage, read> G: array<f32>;
+#ifdef PACK
+@group(0) @binding(6) var<storage, read_write> DX: array<f32>;
+@group(0) @binding(7) var<storage, read_write> DA: array<f32>;
+@group(0) @binding(8) var<storage, read_write> DH0: array<f32>;
+#else
 @group(0) @binding(6) var<storage, read> GF: array<f32>;
 @group(0) @binding(7) var<storage, read_write> DX: array<f32>;
 @group(0) @binding(8) var<storage, read_write> DA: array<f32>;
 @group(0) @binding(9) var<storage, read_write> DH0: array<f32>;
+#endif
+
+// grad_final, float index i (P.off_gf applied here)
+fn ld_gf(i: u32) -> f32 {
+#ifdef PACK
+    return H0[P.off_gf + i];
+#else
+    return GF[P.off_gf + i];
+#endif
+}
 
 fn ld(buf: u32, i: u32) -> V {
     // buf: 0 = A, 1 = HS, 2 = H0, 3 = G, 4 = GF
@@ -41,7 +60,7 @@ fn ld(buf: u32, i: u32) -> V {
         case 1u: { return V(HS[P.off_h + 2u * i], HS[P.off_h + 2u * i + 1u]); }
         case 2u: { return V(H0[P.off_h0 + 2u * i], H0[P.off_h0 + 2u * i + 1u]); }
         case 3u: { return V(G[P.off_g + 2u * i], G[P.off_g + 2u * i + 1u]); }
-        default: { return V(GF[P.off_gf + 2u * i], GF[P.off_gf + 2u * i + 1u]); }
+        default: { return V(ld_gf(2u * i), ld_gf(2u * i + 1u)); }
     }
 #else
     switch buf {
@@ -49,7 +68,7 @@ fn ld(buf: u32, i: u32) -> V {
         case 1u: { return HS[P.off_h + i]; }
         case 2u: { return H0[P.off_h0 + i]; }
         case 3u: { return G[P.off_g + i]; }
-        default: { return GF[P.off_gf + i]; }
+        default: { return ld_gf(i); }
     }
 #endif
 }

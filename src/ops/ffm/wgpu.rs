@@ -5,9 +5,16 @@
 //! (recomputes the states chunk by chunk, reverse scan, `dx`, `ds0` and each row's `dlog`);
 //! then `common/reduce_rows.wgsl` sums the rows' `dlog` and `ffm/params.wgsl` splits it into
 //! `da` and `db`. All in one compute pass.
+//!
+//! `ffm/backward.wgsl` binds 10 storage buffers. On a device that offers fewer (WebGPU's
+//! default limits: 8 per stage) it takes its `PACK` variant: `a`, `b` and `grad_final` are
+//! first copied bitwise into one scratch buffer per row group (`scan/pack.wgsl`, same compute
+//! pass), which the kernel reads at three offsets. Devices with more bindings keep the direct
+//! variant.
 
 use super::{Arg, Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::{Error, Result};
+use crate::ops::scan::wgpu::pack_words;
 use crate::ops::Problem;
 use crate::runtime::wgpu::{check_u32, GpuRef, GpuTensor, WgpuContext};
 use crate::tensor::DType;
@@ -261,16 +268,6 @@ pub fn backward(
     inp.check(p)?;
     let lay = layout(p, true)?;
     let r = rows(p, &lay)?;
-    let need = 10;
-    if ctx.limits.max_storage_buffers_per_shader_stage < need {
-        return Err(Error::Limit {
-            backend: "wgpu",
-            what: format!(
-                "the ffm backward binds {need} storage buffers; max_storage_buffers_per_shader_stage is {}",
-                ctx.limits.max_storage_buffers_per_shader_stage
-            ),
-        });
-    }
     let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, r.ck]))?;
     let mc2 = r.state;
     let dx = ctx.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
@@ -288,14 +285,35 @@ pub fn backward(
     let dlog = ctx.zeros(&[mc2], DType::F32)?;
     let w = [("W", lay.w as f64)];
     let ckpt = ctx.pipeline("ffm/forward.wgsl", "main", &["CKPT"], &w)?;
-    let pipe = ctx.pipeline("ffm/backward.wgsl", "main", &[], &w)?;
-    let pipe_vec = ctx.pipeline("ffm/backward.wgsl", "main", &["GVEC"], &w)?;
+    // the direct variants where the device has the bindings, else PACK (see the module docs)
+    let (pipe, pipe_vec, pack) = match ctx.pipeline("ffm/backward.wgsl", "main", &[], &w) {
+        Ok(pipe) => (
+            pipe,
+            ctx.pipeline("ffm/backward.wgsl", "main", &["GVEC"], &w)?,
+            false,
+        ),
+        Err(Error::Limit { .. }) => (
+            ctx.pipeline("ffm/backward.wgsl", "main", &["PACK"], &w)?,
+            ctx.pipeline("ffm/backward.wgsl", "main", &["GVEC", "PACK"], &w)?,
+            true,
+        ),
+        Err(e) => return Err(e),
+    };
+    // per row group: [a | b | grad_final rows]
+    let scratch = if pack {
+        groups
+            .iter()
+            .map(|&(_, nb)| ctx.zeros(&[p.memory + p.context + nb * mc2], DType::F32))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let finish = ctx.pipeline("ffm/params.wgsl", "main", &[], &[])?;
     let (dxr, dar, dbr, ds0r) = (dx.as_ref(), da.as_ref(), db.as_ref(), ds0.as_ref());
     let (ckr, partr, dlogr) = (ck.as_ref(), part.as_ref(), dlog.as_ref());
     let midr = mid.as_ref().map(GpuTensor::as_ref);
     let mut launch = ctx.launch("ffm backward");
-    for &(b0, nb) in &groups {
+    for (gi, &(b0, nb)) in groups.iter().enumerate() {
         let s0 = inp.s0.map(|v| v.rows(b0, nb, r.state));
         let start = inp.start.map(|v| v.rows(b0, nb, r.flags));
         let gf = inp.grad_final.map(|v| v.rows(b0, nb, r.state));
@@ -347,7 +365,20 @@ pub fn backward(
         )?;
         // pass 2: the backward proper
         let (bg, off_g) = ctx.bind(&inp.grad_s.rows(b0, nb, r.s))?;
-        let (bgf, off_gf) = ctx.bind_opt(gf.as_ref())?;
+        let (bgf, off_gf, off_a, off_b) = if pack {
+            let sc = scratch[gi].as_ref();
+            let (m, c) = (p.memory, p.context);
+            pack_words(ctx, &mut launch, &inp.a, &sc, 0)?;
+            pack_words(ctx, &mut launch, &inp.b, &sc, m)?;
+            if let Some(gf) = &gf {
+                pack_words(ctx, &mut launch, gf, &sc, m + c)?;
+            }
+            let (bsc, off) = ctx.bind(&sc)?;
+            (bsc, off + (m + c) as u32, off, off + m as u32)
+        } else {
+            let (bgf, off_gf) = ctx.bind_opt(gf.as_ref())?;
+            (bgf, off_gf, off_a, off_b)
+        };
         let (bdx, off_dx) = ctx.bind(&dxr.rows(b0, nb, r.x))?;
         let (bds0, off_ds0) = ctx.bind(&ds0r.rows(b0, nb, r.state))?;
         let (bpart, off_part) = ctx.bind(&partr.rows(b0, nb, mc2))?;
@@ -377,12 +408,12 @@ pub fn backward(
         // complex loads of grad_s when it sits at an even float offset (always, unless a
         // zero-copy caller passed an odd one)
         let pipe = if off_g % 2 == 0 { &pipe_vec } else { &pipe };
-        launch.dispatch(
-            pipe.clone(),
-            &params,
-            vec![bx, ba, bb, bst, bck, bg, bgf, bdx, bds0, bpart],
-            count,
-        )?;
+        let buffers = if pack {
+            vec![bx, bgf, bst, bck, bg, bdx, bds0, bpart]
+        } else {
+            vec![bx, ba, bb, bst, bck, bg, bgf, bdx, bds0, bpart]
+        };
+        launch.dispatch(pipe.clone(), &params, buffers, count)?;
     }
     match &midr {
         None => ctx.reduce_rows(&mut launch, &partr, &dlogr, p.batch, mc2)?,

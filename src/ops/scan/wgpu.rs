@@ -1,9 +1,14 @@
 //! Launch code for the WGSL linear scan (`shaders/scan/`).
+//!
+//! The backward binds 9 storage buffers. On a device that offers fewer (WebGPU's default
+//! limits: 8 per stage) it takes its `PACK` variant instead: `h0` and `grad_final` are first
+//! copied bitwise into one scratch buffer per row group ([`pack_words`], same compute pass),
+//! which the kernel reads at two offsets. Devices with more bindings keep the direct variant.
 
 use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
-use crate::runtime::wgpu::{channel_block, check_u32, GpuRef, GpuTensor, WgpuContext};
+use crate::runtime::wgpu::{channel_block, check_u32, GpuRef, GpuTensor, Launch, WgpuContext};
 use crate::tensor::DType;
 
 const HAS_H0: u32 = 1;
@@ -185,16 +190,36 @@ pub fn backward(
     } else {
         Some(ctx.zeros(&[p.batch, pl.state_row], DType::F32)?)
     };
-    let pipe = ctx.pipeline(
-        "scan/backward.wgsl",
-        "main",
-        pl.defines,
-        &[("CB", pl.cb as f64)],
-    )?;
+    let cb = [("CB", pl.cb as f64)];
+    // the direct variant where the device has the bindings, else PACK (see the module docs)
+    let (pipe, pack) = match ctx.pipeline("scan/backward.wgsl", "main", pl.defines, &cb) {
+        Ok(pipe) => (pipe, false),
+        Err(Error::Limit { .. }) => {
+            let defines: &[&str] = if p.complex {
+                &["COMPLEX", "PACK"]
+            } else {
+                &["PACK"]
+            };
+            (
+                ctx.pipeline("scan/backward.wgsl", "main", defines, &cb)?,
+                true,
+            )
+        }
+        Err(e) => return Err(e),
+    };
+    // per row group: [h0 rows | grad_final rows]
+    let scratch = if pack {
+        pl.groups
+            .iter()
+            .map(|&(_, nb)| ctx.zeros(&[2 * nb * pl.state_row], DType::F32))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let (dxr, dar, dh0r) = (dx.as_ref(), da.as_ref(), dh0.as_ref());
     let partr = partial.as_ref().map(GpuTensor::as_ref);
     let mut launch = ctx.launch("linear_scan backward");
-    for &(b0, nb) in &pl.groups {
+    for (gi, &(b0, nb)) in pl.groups.iter().enumerate() {
         let (sr, str_) = (pl.seq_row, pl.state_row);
         let a = if p.time_varying {
             inp.a.rows(b0, nb, sr)
@@ -210,10 +235,22 @@ pub fn backward(
         let gf = inp.grad_final.map(|r| r.rows(b0, nb, str_));
         let (ba, off_a) = ctx.bind(&a)?;
         let (bh, off_h) = ctx.bind(&inp.h.rows(b0, nb, sr))?;
-        let (bh0, off_h0) = ctx.bind_opt(h0.as_ref())?;
+        let (bh0, off_h0, bgf, off_gf) = if pack {
+            let sc = scratch[gi].as_ref();
+            for (at, src) in [(0, &h0), (nb * str_, &gf)] {
+                if let Some(src) = src {
+                    pack_words(ctx, &mut launch, src, &sc, at)?;
+                }
+            }
+            let (bsc, off) = ctx.bind(&sc)?;
+            (bsc.clone(), off, bsc, off + (nb * str_) as u32)
+        } else {
+            let (bh0, off_h0) = ctx.bind_opt(h0.as_ref())?;
+            let (bgf, off_gf) = ctx.bind_opt(gf.as_ref())?;
+            (bh0, off_h0, bgf, off_gf)
+        };
         let (bs, off_start) = ctx.bind_opt(start.as_ref())?;
         let (bg, off_g) = ctx.bind(&inp.grad_h.rows(b0, nb, sr))?;
-        let (bgf, off_gf) = ctx.bind_opt(gf.as_ref())?;
         let (bdx, off_dx) = ctx.bind(&dxr.rows(b0, nb, sr))?;
         let (bda, off_da) = ctx.bind(&da_out)?;
         let (bdh0, off_dh0) = ctx.bind(&dh0r.rows(b0, nb, str_))?;
@@ -238,16 +275,58 @@ pub fn backward(
             off_dh0,
             ..Default::default()
         };
-        launch.dispatch(
-            pipe.clone(),
-            &params,
-            vec![ba, bh, bh0, bs, bg, bgf, bdx, bda, bdh0],
-            nb as u32 * pl.ncb,
-        )?;
+        let buffers = if pack {
+            vec![ba, bh, bh0, bs, bg, bdx, bda, bdh0]
+        } else {
+            vec![ba, bh, bh0, bs, bg, bgf, bdx, bda, bdh0]
+        };
+        launch.dispatch(pipe.clone(), &params, buffers, nb as u32 * pl.ncb)?;
     }
     if let Some(part) = &partr {
         ctx.reduce_rows(&mut launch, part, &dar, p.batch, pl.state_row)?;
     }
     launch.submit()?;
     Ok(ScanGrads { dx, da, dh0 })
+}
+
+/// Record a bitwise copy of `src` (32-bit elements) into `dst` starting at element `at`
+/// (`shaders/scan/pack.wgsl`): how the scan and FFM backward launchers pack small read-only
+/// arguments into one binding on devices with few storage bindings per stage.
+pub(crate) fn pack_words<'b>(
+    ctx: &WgpuContext,
+    launch: &mut Launch<'b>,
+    src: &GpuRef<'b>,
+    dst: &GpuRef<'b>,
+    at: usize,
+) -> Result<()> {
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Params {
+        n: u32,
+        off_in: u32,
+        off_out: u32,
+        _p: u32,
+    }
+    if src.dtype.size() != 4 || dst.dtype.size() != 4 || at + src.len > dst.len {
+        return Err(Error::Device {
+            backend: "wgpu",
+            what: format!(
+                "pack_words: {} {} elements at {at} into {} {}",
+                src.len, src.dtype, dst.len, dst.dtype
+            ),
+        });
+    }
+    if src.len == 0 {
+        return Ok(());
+    }
+    let pipe = ctx.pipeline("scan/pack.wgsl", "main", &[], &[])?;
+    let (bi, off_in) = ctx.bind(src)?;
+    let (bo, off_out) = ctx.bind(dst)?;
+    let params = Params {
+        n: check_u32("packed words", src.len)?,
+        off_in,
+        off_out: off_out + check_u32("packed words", at)?,
+        _p: 0,
+    };
+    launch.dispatch(pipe, &params, vec![bi, bo], src.len.div_ceil(256) as u32)
 }
