@@ -2022,6 +2022,89 @@ fn cpu_non_finite_isolation() -> T {
     Ok(())
 }
 
+/// Non-finite values against the reference: every non-finite value of the backend sits where
+/// the reference has one, and the finite values match within `tol`; with `nan`, NaN positions
+/// must be equal too (infinities are compared as non-finite only: complex products of
+/// infinities give NaN or infinity depending on the order of the operations).
+fn nonfinite_close(what: &str, out: &[f64], reference: &[f64], tol: f64, nan: bool) -> T {
+    ensure!(
+        out.len() == reference.len(),
+        "{what}: {} values, reference has {}",
+        out.len(),
+        reference.len()
+    );
+    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
+        ensure!(
+            o.is_finite() == r.is_finite() && (!nan || o.is_nan() == r.is_nan()),
+            "{what}: element {i} is {o}, the reference has {r}"
+        );
+    }
+    let (o, r): (Vec<f64>, Vec<f64>) = out
+        .iter()
+        .zip(reference)
+        .filter(|(_, r)| r.is_finite())
+        .map(|(&o, &r)| (o, r))
+        .unzip();
+    close(what, &o, &r, tol)
+}
+
+/// Resets isolate non-finite values (docs/ffm.md): NaN (then, separately, infinities) in `x`
+/// before a reset, in `s0` (dropped by a reset at t = 0 in row 0, carried in row 1), and in
+/// the parameters (`a[0]`, `a[1] = -inf`, the last `b`) propagate within their segments and
+/// never across a reset, on `bk`, against the reference: non-finite (and NaN) positions equal,
+/// finite values within the usual bounds. Rows of one chunk and rows across many chunks.
+fn nonfinite_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    let mut seed = 0;
+    for (tn, m, c) in [(45, 3, 4), (1500, 3, 2)] {
+        for params in [false, true] {
+            for nan in [true, false] {
+                seed += 1;
+                let mut d = gen(Ffm::new(2, tn, m, c), true, Starts::None, 2000 + seed);
+                let cut = tn / 2 + 3;
+                let mut st = vec![0u8; 2 * tn];
+                st[0] = 1;
+                st[cut] = 1;
+                st[tn + cut - 7] = 1;
+                d.start = Some(st);
+                let bad = if nan { f64::NAN } else { f64::INFINITY };
+                if params {
+                    d.a[0] = bad;
+                    d.a[1] = f64::NEG_INFINITY;
+                    d.b[c - 1] = bad;
+                } else {
+                    d.x[(cut - 5) * m] = bad;
+                    d.x[(tn + cut - 9) * m + 1] = -bad;
+                    let s0 = d.s0.as_mut().unwrap();
+                    s0[0] = bad; // row 0 (reset at t = 0)
+                    s0[m * c * 2 + 3] = bad; // row 1
+                }
+                let out = run(Some(&dev), &d)?;
+                let r = run(None, &d)?;
+                let what = format!(
+                    "{bk} {bad} in {} {}",
+                    if params { "a, b" } else { "x, s0" },
+                    name(&d)
+                );
+                for ((n, o), (_, rv)) in out.fields().into_iter().zip(r.fields()) {
+                    let tol = if n.starts_with('s') { 1e-5 } else { 1e-4 };
+                    nonfinite_close(&format!("{what} {n}"), o, rv, tol, nan)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+fn nonfinite_wgpu() -> T {
+    nonfinite_on("wgpu")
+}
+fn nonfinite_cuda() -> T {
+    nonfinite_on("cuda")
+}
+fn nonfinite_cpu() -> T {
+    nonfinite_on("cpu")
+}
+
 /// The reinforcement-learning step (B = 8, T = 1, M = 32, C = 4, with a state): forward and
 /// backward match the reference (it runs on the calling thread; `benches/cpu.rs` times it).
 fn cpu_rl_step() -> T {
@@ -2094,6 +2177,9 @@ fn main() {
         cpu_slow_decay,
         cpu_threads_bitwise,
         cpu_non_finite_isolation,
+        nonfinite_wgpu,
+        nonfinite_cuda,
+        nonfinite_cpu,
         cpu_rl_step,
         cpu_ill_conditioned_da,
         long_cpu,

@@ -1303,6 +1303,134 @@ fn cpu_non_finite_isolation() -> T {
     Ok(())
 }
 
+/// Non-finite values against the reference: every non-finite value of the backend sits where
+/// the reference has one, and the finite values match within `tol`. With `nan`, NaN positions
+/// must be equal too. (Infinities are compared as non-finite only: the reference does a real
+/// scan in complex arithmetic, where `(a + 0i)(inf + 0i)` has imaginary part `0 * inf = NaN`,
+/// so it turns some infinities of a real scan into NaN.)
+fn nonfinite_close(what: &str, out: &[f64], reference: &[f64], tol: f64, nan: bool) -> T {
+    ensure!(
+        out.len() == reference.len(),
+        "{what}: {} values, reference has {}",
+        out.len(),
+        reference.len()
+    );
+    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
+        ensure!(
+            o.is_finite() == r.is_finite() && (!nan || o.is_nan() == r.is_nan()),
+            "{what}: element {i} is {o}, the reference has {r}"
+        );
+    }
+    let (o, r): (Vec<f64>, Vec<f64>) = out
+        .iter()
+        .zip(reference)
+        .filter(|(_, r)| r.is_finite())
+        .map(|(&o, &r)| (o, r))
+        .unzip();
+    close(what, &o, &r, tol)
+}
+
+/// Resets isolate non-finite values (docs/scan.md): NaN (then, separately, infinities) in
+/// `x`, in `a` (time-varying, and one time-invariant channel) and in `h0` (with and without a
+/// reset at the first step) propagate within their segment and never across a reset, on `bk`
+/// in every storage dtype it has, every option, against the reference (non-finite and NaN
+/// positions equal, finite values within the usual bounds). Rows of one chunk and rows across
+/// many chunks.
+fn nonfinite_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    let dtypes: &[DType] = if bk.starts_with("wgpu") {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::F16, DType::BF16]
+    };
+    let mut seed = 0;
+    for &dt in dtypes {
+        for (tn, dd) in [(37, 5), (1500, 5)] {
+            for p in variants(2, tn, dd) {
+                for nan in [true, false] {
+                    seed += 1;
+                    let p = p.with_dtype(dt);
+                    let mut d = rounded(gen(p, true, Starts::None, 1900 + seed));
+                    let (w, row) = (p.width(), dd * p.width());
+                    let cut = tn / 2;
+                    let mut st = vec![0u8; 2 * tn];
+                    st[cut] = 1;
+                    st[0] = 1; // row 0: h0 dropped at once (forward problem)
+                    st[tn + cut + 1] = 1;
+                    d.start = Some(st);
+                    let bad = if nan { f64::NAN } else { f64::INFINITY };
+                    // before the reset at `cut` in scan order
+                    let tp = if p.reverse { cut + 3 } else { cut - 4 };
+                    d.x[tp * row] = bad;
+                    d.x[(tn + tp - 1) * row + w] = -bad;
+                    if p.time_varying {
+                        d.a[(tp + 1) * row + row - 1] = bad;
+                        d.a[(tn + tp) * row + 2 * w] = -bad;
+                    } else {
+                        d.a[3 * w] = bad;
+                    }
+                    let h0 = d.h0.as_mut().unwrap();
+                    h0[0] = bad; // row 0, channel 0
+                    h0[row + w] = bad; // row 1, channel 1
+                    let (tf, tb) = if dt == DType::F32 {
+                        (1e-5, 1e-4)
+                    } else {
+                        (1e-2, 1e-2)
+                    };
+                    let what = format!("{bk} {bad} {} {dt}", name(&p));
+                    let (x, a, h0, st, g, gf) = tensors(&d);
+                    let out = scan::forward(
+                        &dev,
+                        &p,
+                        &ScanInputs {
+                            x: &x,
+                            a: &a,
+                            h0: h0.as_ref(),
+                            start: st.as_ref(),
+                        },
+                    )?;
+                    let rf = fwd_ref(&d);
+                    let h = out.h.to_f64_vec();
+                    nonfinite_close(&format!("{what} h"), &h, &rf.h, tf, nan)?;
+                    let hf = out.h_final.to_f64_vec();
+                    nonfinite_close(&format!("{what} h_final"), &hf, &rf.h_final, tf, nan)?;
+                    let gr = scan::backward(
+                        &dev,
+                        &p,
+                        &ScanBackwardInputs {
+                            a: &a,
+                            h: &out.h,
+                            h0: h0.as_ref(),
+                            start: st.as_ref(),
+                            grad_h: &g,
+                            grad_final: gf.as_ref(),
+                        },
+                    )?;
+                    // the reference backward from the backend's h (as a framework would)
+                    let rb = bwd_ref(&d, &h);
+                    for (n, o, r) in [
+                        ("dx", &gr.dx, &rb.dx),
+                        ("da", &gr.da, &rb.da),
+                        ("dh0", &gr.dh0, &rb.dh0),
+                    ] {
+                        nonfinite_close(&format!("{what} {n}"), &o.to_f64_vec(), r, tb, nan)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+fn nonfinite_wgpu() -> T {
+    nonfinite_on("wgpu")
+}
+fn nonfinite_cuda() -> T {
+    nonfinite_on("cuda")
+}
+fn nonfinite_cpu() -> T {
+    nonfinite_on("cpu")
+}
+
 /// Property-based: random shapes and options on the CPU kernels against the reference.
 fn cpu_random_shapes() -> T {
     use proptest::prelude::*;
@@ -1356,6 +1484,9 @@ fn main() {
         cpu_random_shapes,
         cpu_threads_bitwise,
         cpu_non_finite_isolation,
+        nonfinite_wgpu,
+        nonfinite_cuda,
+        nonfinite_cpu,
         long_cpu,
         long_cpu_slow_decay,
     ]);

@@ -74,7 +74,13 @@ __device__ __forceinline__ float reduce_angle(float th) {
 }
 
 // exp(x): x = k ln2 + r (ln2 split so k * hi is exact), |r| <= ln2 / 2, Taylor to r^8.
+// Non-finite and out-of-range arguments as IEEE exp (NaN stays NaN, tested on the bits;
+// overflow +inf, underflow 0), so a non-finite `a` gives the reference's non-finite powers
+// instead of being clamped into finite ones.
 __device__ __forceinline__ float exp_acc(float x) {
+    if ((__float_as_uint(x) & 0x7fffffffu) > 0x7f800000u) return x;
+    if (x > 88.72f) return __uint_as_float(0x7f800000u);
+    if (x < -104.f) return 0.f;
     x = fminf(fmaxf(x, -100.f), 88.f);
     const float k = rintf(x * 1.4426950408889634f);
     const float r = (x - k * 0.693145751953125f) - k * 1.4286068202862268e-6f;
@@ -110,6 +116,7 @@ __device__ __forceinline__ Cx cis_acc(float th) {
 // keeping 12 significant bits, so n hi is exact (n <= E * 32 = 256 here) and reduced exactly;
 // n lo is small. The angle is good to a few ulps of pi, not to an ulp of n b.
 __device__ __forceinline__ Cx cpow(float a, float b, int n) {
+    if (n == 0) return {1.f, 0.f};  // exactly, whatever gamma (0 * inf would be NaN)
     const float nf = (float)n;
     const float hi = __uint_as_float(__float_as_uint(b) & 0xfffff000u);
     const float lo = b - hi;

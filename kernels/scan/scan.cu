@@ -4,7 +4,7 @@
 // Thread layout (the same as shaders/scan/chunk.wgsl): one block of 256 threads per
 // (batch row, block of CB channels); thread (c = tid % CB, j = tid / CB) owns channel c and
 // E consecutive steps of each chunk of L = (256 / CB) * E steps. Per chunk: each thread
-// composes its E steps into one affine map (state -> m * state + x), the 256 / CB lanes of a
+// composes its E steps into one map (state -> r ? x : m * state + x, r: a reset replaces), the 256 / CB lanes of a
 // channel scan those maps in shared memory, each lane applies the prefix to the carried
 // state and replays its steps, and the last lane carries the state into the next chunk.
 // Blocks never wait on each other, so any T works. Warps read 32 consecutive channels at one
@@ -22,39 +22,57 @@ template <bool C> struct Shared {
     V<C> m[WG];
     V<C> x[WG];
     V<C> carry[32];
+    unsigned char r[WG];
+};
+
+// state -> r ? x : m * state + x. A reset is the flag r, never a zero multiplier: it
+// *replaces* the state (select), so a NaN or infinity before it stays there (NaN * 0 = NaN).
+template <bool C> struct Map {
+    V<C> m, x;
+    bool r;
+    __device__ static Map id() { return {V<C>::one(), V<C>::zero(), false}; }
+    // one more step: reset ? replace by xe : multiply by me, add xe
+    __device__ Map step(V<C> me, V<C> xe, bool reset) const {
+        if (reset) return {V<C>::one(), xe, true};
+        return {me * m, me * x + xe, r};
+    }
+    // this map after `e`
+    __device__ Map after(const Map& e) const {
+        if (r) return *this;
+        return {m * e.m, m * e.x + x, e.r};
+    }
+    __device__ V<C> apply(V<C> s) const { return r ? x : m * s + x; }
 };
 
 // Exclusive prefix (over lanes 0..j-1 of channel c) of the composed maps; all threads call it.
 template <bool C>
-__device__ __forceinline__ void lane_prefix(Shared<C>& sh, int tid, int j, int cb, V<C> m, V<C> x,
-                                            V<C>& pm, V<C>& px) {
+__device__ __forceinline__ Map<C> lane_prefix(Shared<C>& sh, int tid, int j, int cb, Map<C> f) {
     const int tl = WG / cb;
-    sh.m[tid] = m;
-    sh.x[tid] = x;
+    sh.m[tid] = f.m;
+    sh.x[tid] = f.x;
+    sh.r[tid] = f.r;
     __syncthreads();
     for (int off = 1; off < tl; off <<= 1) {
-        V<C> qm = V<C>::one(), qx = V<C>::zero();
+        Map<C> q = Map<C>::id();
         const bool has = j >= off;
         if (has) {
-            qm = sh.m[tid - off * cb];
-            qx = sh.x[tid - off * cb];
+            const int n = tid - off * cb;
+            q = {sh.m[n], sh.x[n], sh.r[n] != 0};
         }
         __syncthreads();
         if (has) {
-            x = m * qx + x;
-            m = m * qm;
-            sh.m[tid] = m;
-            sh.x[tid] = x;
+            f = f.after(q);
+            sh.m[tid] = f.m;
+            sh.x[tid] = f.x;
+            sh.r[tid] = f.r;
         }
         __syncthreads();
     }
     if (j > 0) {
-        pm = sh.m[tid - cb];
-        px = sh.x[tid - cb];
-    } else {
-        pm = V<C>::one();
-        px = V<C>::zero();
+        const int n = tid - cb;
+        return {sh.m[n], sh.x[n], sh.r[n] != 0};
     }
+    return Map<C>::id();
 }
 
 __device__ __forceinline__ bool started(const unsigned char* start, unsigned flags, int b, int t,
@@ -84,30 +102,30 @@ __device__ void scan_fwd(const S* __restrict__ x, const S* __restrict__ a_tv,
     const int L = (WG / cb) * E;
     for (int k0 = 0; k0 < T; k0 += L) {
         V<C> mm[E], xx[E];
-        V<C> m = V<C>::one(), xs = V<C>::zero();
+        bool rr[E];
+        Map<C> f = Map<C>::id();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
             const int s = k0 + j * E + e;
             V<C> me = V<C>::one(), xe = V<C>::zero();
+            bool re = false;
             if (live && s < T) {
                 const int t = rev ? T - 1 - s : s;
                 const size_t i = ((size_t)b * T + t) * D + d;
                 me = tv ? load_v<C>(a_tv, i) : ati;
-                if (started(start, flags, b, rev ? t + 1 : t, T)) me = V<C>::zero();
+                re = started(start, flags, b, rev ? t + 1 : t, T);
                 xe = load_v<C>(x, i);
             }
             mm[e] = me;
             xx[e] = xe;
-            xs = me * xs + xe;
-            m = me * m;
+            rr[e] = re;
+            f = f.step(me, xe, re);
         }
-        V<C> pm, px;
-        lane_prefix<C>(sh, tid, j, cb, m, xs, pm, px);
-        V<C> st = pm * sh.carry[c] + px;
+        V<C> st = lane_prefix<C>(sh, tid, j, cb, f).apply(sh.carry[c]);
         __syncthreads();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            st = mm[e] * st + xx[e];
+            st = rr[e] ? xx[e] : mm[e] * st + xx[e];
             const int s = k0 + j * E + e;
             if (live && s < T) {
                 const int t = rev ? T - 1 - s : s;
@@ -145,33 +163,33 @@ __device__ void scan_bwd(const S* __restrict__ a_tv, const float* __restrict__ a
     const int L = (WG / cb) * E;
     for (int k0 = 0; k0 < T; k0 += L) {
         V<C> mm[E], gg[E];
-        V<C> m = V<C>::one(), xs = V<C>::zero();
+        bool rr[E];
+        Map<C> f = Map<C>::id();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
             const int s = k0 + j * E + e;
             V<C> me = V<C>::one(), ge = V<C>::zero();
+            bool re = false;
             if (live && s < T) {
                 // the adjoint runs t descending (forward problem) or ascending (reversed)
                 const int t = rev ? s : T - 1 - s;
                 if (s > 0) {
                     const int pred = rev ? t - 1 : t + 1;
                     me = (tv ? load_v<C>(a_tv, ((size_t)b * T + pred) * D + d) : ati).conj();
-                    if (started(start, flags, b, t > pred ? t : pred, T)) me = V<C>::zero();
+                    re = started(start, flags, b, t > pred ? t : pred, T);
                 }
                 ge = load_v<C>(gr, ((size_t)b * T + t) * D + d);
             }
             mm[e] = me;
             gg[e] = ge;
-            xs = me * xs + ge;
-            m = me * m;
+            rr[e] = re;
+            f = f.step(me, ge, re);
         }
-        V<C> pm, px;
-        lane_prefix<C>(sh, tid, j, cb, m, xs, pm, px);
-        V<C> hh = pm * sh.carry[c] + px;
+        V<C> hh = lane_prefix<C>(sh, tid, j, cb, f).apply(sh.carry[c]);
         __syncthreads();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            hh = mm[e] * hh + gg[e];
+            hh = rr[e] ? gg[e] : mm[e] * hh + gg[e];
             const int s = k0 + j * E + e;
             if (live && s < T) {
                 const int t = rev ? s : T - 1 - s;

@@ -38,7 +38,20 @@ fn reduce_angle(th: f32) -> f32 {
 
 // exp(x), to about an ulp whatever the driver's exp: x = k ln2 + r (Cody-Waite, ln2 split so
 // k * hi is exact), |r| <= ln2 / 2, Taylor series of e^r to r^8 (remainder < 2^-32).
+// Non-finite and out-of-range arguments as IEEE exp: NaN stays NaN (tested on the bits, which
+// no compiler folds away), overflow gives +inf, underflow 0, so a non-finite `a` makes the
+// same non-finite powers as the reference's instead of being clamped into finite ones.
 fn exp_acc(x_in: f32) -> f32 {
+    if (bitcast<u32>(x_in) & 0x7fffffffu) > 0x7f800000u {
+        return x_in;
+    }
+    if x_in > 88.72 {
+        // +inf (a runtime overflow: an infinite literal is not valid WGSL)
+        return x_in * 3.0e38;
+    }
+    if x_in < -104.0 {
+        return 0.0;
+    }
     let x = clamp(x_in, -100.0, 88.0);
     let k = round(x * 1.4426950408889634);
     let r = (x - k * 0.693145751953125) - k * 1.4286068202862268e-6;
@@ -81,6 +94,10 @@ fn cis_acc(th: f32) -> vec2<f32> {
 // slowly decaying sequence is the drift of these powers, and drivers' transcendentals can be
 // far less accurate than an ulp.
 fn cpow(a: f32, b: f32, n: u32) -> vec2<f32> {
+    // gamma^0 = 1 exactly, whatever gamma (0 * inf would make it NaN)
+    if n == 0u {
+        return vec2<f32>(1.0, 0.0);
+    }
     let nf = f32(n);
     let hi = bitcast<f32>(bitcast<u32>(b) & 0xfffff000u);
     let lo = b - hi;

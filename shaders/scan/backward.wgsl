@@ -123,34 +123,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var k = 0u; k < nchunks; k++) {
         var mm: array<V, E>;
         var gg: array<V, E>;
-        var m = vone();
-        var x = vzero();
+        var rr: array<bool, E>;
+        var f = map_id();
         for (var e = 0u; e < E; e++) {
             let s = k * L + j * E + e;
             var me = vone();
             var ge = vzero();
+            var re = false;
             if live && s < T {
                 // backward scan order: t descending (forward problem) or ascending (reversed)
                 let t = select(T - 1u - s, s, rev);
                 if s > 0u {
                     let pred = select(t + 1u, t - 1u, rev);
                     me = vconj(ld(0u, select(d, (b * T + pred) * P.D + d, tv)));
-                    if started(b, max(t, pred)) {
-                        me = vzero();
-                    }
+                    re = started(b, max(t, pred));
                 }
                 ge = ld(3u, (b * T + t) * P.D + d);
             }
             mm[e] = me;
             gg[e] = ge;
-            x = vmul(me, x) + ge;
-            m = vmul(me, m);
+            rr[e] = re;
+            f = map_step(f, me, ge, re);
         }
-        let pre = lane_prefix(lid, j, m, x);
-        var hh = vmul(pre[0], carry[c]) + pre[1];
+        var hh = map_apply(lane_prefix(lid, j, f), carry[c]);
         workgroupBarrier();
         for (var e = 0u; e < E; e++) {
-            hh = vmul(mm[e], hh) + gg[e];
+            hh = select(vmul(mm[e], hh) + gg[e], gg[e], rr[e]);
             let s = k * L + j * E + e;
             if live && s < T {
                 let t = select(T - 1u - s, s, rev);

@@ -1,5 +1,5 @@
 // docs/scan.md, diagonal linear scan, forward: h_t = (reset ? 0 : a_t h_prev) + x_t, in scan
-// order (t ascending, or descending when reversed). Thread layout: see scan/chunk.wgsl; one
+// order (a reset selects x_t: the carried state is dropped, not multiplied by 0) (t ascending, or descending when reversed). Thread layout: see scan/chunk.wgsl; one
 // workgroup per (batch row, block of CB channels).
 //! variant:
 //! variant: COMPLEX
@@ -86,34 +86,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var k = 0u; k < nchunks; k++) {
         var mm: array<V, E>;
         var xx: array<V, E>;
-        var m = vone();
-        var x = vzero();
+        var rr: array<bool, E>;
+        var f = map_id();
         for (var e = 0u; e < E; e++) {
             let s = k * L + j * E + e;
             var me = vone();
             var xe = vzero();
+            var re = false;
             if live && s < T {
                 let t = select(s, T - 1u - s, rev);
                 let i = (b * T + t) * P.D + d;
                 me = ld(1u, select(d, i, (P.flags & TIME_VARYING) != 0u));
                 if (P.flags & HAS_START) != 0u {
                     let tr = select(t, t + 1u, rev);
-                    if tr < T && START[P.off_start + b * T + tr] != 0u {
-                        me = vzero();
-                    }
+                    re = tr < T && START[P.off_start + b * T + tr] != 0u;
                 }
                 xe = ld(0u, i);
             }
             mm[e] = me;
             xx[e] = xe;
-            x = vmul(me, x) + xe;
-            m = vmul(me, m);
+            rr[e] = re;
+            f = map_step(f, me, xe, re);
         }
-        let pre = lane_prefix(lid, j, m, x);
-        var h = vmul(pre[0], carry[c]) + pre[1];
+        var h = map_apply(lane_prefix(lid, j, f), carry[c]);
         workgroupBarrier();
         for (var e = 0u; e < E; e++) {
-            h = vmul(mm[e], h) + xx[e];
+            h = select(vmul(mm[e], h) + xx[e], xx[e], rr[e]);
             let s = k * L + j * E + e;
             if live && s < T {
                 let t = select(s, T - 1u - s, rev);
