@@ -132,6 +132,38 @@ fn arg_name(buffer: &wgpu::Buffer) -> &'static str {
     })
 }
 
+/// wgpu's GL backend has one GL context per adapter, which a thread may hold for at most 6 s
+/// while another waits for it (wgpu then panics): linrec serialises its own work on GL devices
+/// through this lock (re-entrant per thread), so parallel callers queue here instead.
+static GL_LOCK: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    static GL_HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Holds linrec's GL lock (see [`WgpuContext::gl_guard`]) for one GL operation (nothing on other backends or when this thread
+/// already holds it).
+pub struct GlGuard(Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for GlGuard {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            GL_HELD.with(|h| h.set(false));
+        }
+    }
+}
+
+/// The adapters of [`instance`], enumerated once: contexts on one adapter share it (on wgpu's
+/// GL backend the adapter owns the GL context, whose lock then serialises every device on it).
+async fn adapters() -> &'static [wgpu::Adapter] {
+    static ADAPTERS: std::sync::OnceLock<Vec<wgpu::Adapter>> = std::sync::OnceLock::new();
+    if let Some(a) = ADAPTERS.get() {
+        return a;
+    }
+    let found = instance().enumerate_adapters(wgpu::Backends::all()).await;
+    ADAPTERS.get_or_init(|| found)
+}
+
 /// A buffer's identity as a number (wgpu compares and hashes buffers by identity).
 fn buffer_key(b: &wgpu::Buffer) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -171,8 +203,15 @@ impl WgpuContext {
     }
 
     async fn open(opts: &WgpuOptions) -> Result<Arc<Self>> {
-        let instance = instance();
-        let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        // (opening may touch a GL context other threads use: serialised like GL work)
+        let _gl = if GL_HELD.with(|h| h.get()) {
+            GlGuard(None)
+        } else {
+            let g = GL_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            GL_HELD.with(|h| h.set(true));
+            GlGuard(Some(g))
+        };
+        let mut adapters = adapters().await.to_vec();
         if opts.force_fallback_adapter {
             adapters.retain(|a| a.get_info().device_type == wgpu::DeviceType::Cpu);
         }
@@ -311,9 +350,25 @@ impl WgpuContext {
         self.features.contains(wgpu::Features::SHADER_F16)
     }
 
+    /// On wgpu's GL backend, take linrec's GL lock (re-entrant per thread) until the guard
+    /// is dropped; elsewhere nothing. wgpu's GL backend shares one GL context per adapter and
+    /// panics when a thread waits more than 6 s for it, so linrec runs its own GL work under
+    /// this lock; hold it too while you use [`device`](Self::device) or
+    /// [`queue`](Self::queue) directly on a GL device from several threads, and drop GL
+    /// contexts while no other thread uses one.
+    pub fn gl_guard(&self) -> GlGuard {
+        if self.info.backend != wgpu::Backend::Gl || GL_HELD.with(|h| h.get()) {
+            return GlGuard(None);
+        }
+        let g = GL_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        GL_HELD.with(|h| h.set(true));
+        GlGuard(Some(g))
+    }
+
     /// Run `f` inside validation and out-of-memory error scopes, turning what they catch into
     /// [`Error`]s.
     pub(crate) fn scoped<R>(&self, what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let _gl = self.gl_guard();
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let r = f();
@@ -441,6 +496,7 @@ impl WgpuContext {
     /// context's wait timeout (if any) has passed; the work then goes on and a later wait
     /// can collect it.
     pub fn wait(&self) -> Result<()> {
+        let _gl = self.gl_guard();
         let timeout = self.wait_timeout();
         self.device
             .poll(wgpu::PollType::Wait {
@@ -495,6 +551,7 @@ impl WgpuContext {
             return Ok(());
         }
         // Ask wgpu: a bind group over a buffer of another device fails validation.
+        let _gl = self.gl_guard();
         let size = buffer.size().min(4);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         if size == 4 {
@@ -593,12 +650,43 @@ impl WgpuContext {
                     cache: None,
                 }))
         })?;
+        self.log_pipeline(shader, entry, defines, constants);
         let p = Arc::new(pipeline);
         self.pipelines
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, p.clone());
         Ok(p)
+    }
+
+    /// With `LINREC_WGPU_PIPELINE_LOG=<file>`, append one line per pipeline built (shader,
+    /// entry point, defines, override constants, and `webgpu` or `adapter` for the limits the
+    /// device was opened with), tab-separated: CI hands that file to `tools/shader-check`,
+    /// which translates each kernel to SPIR-V, MSL, HLSL and GLSL with the constants it ran
+    /// with. Logging is best effort: an unwritable file is ignored.
+    fn log_pipeline(&self, shader: &str, entry: &str, defines: &[&str], constants: &[(&str, f64)]) {
+        let Some(path) = std::env::var_os("LINREC_WGPU_PIPELINE_LOG") else {
+            return;
+        };
+        let constants: Vec<String> = constants.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let limits = if self.small_limits() {
+            "webgpu"
+        } else {
+            "adapter"
+        };
+        let line = format!(
+            "{shader}\t{entry}\t{}\t{}\t{limits}\n",
+            defines.join(" "),
+            constants.join(",")
+        );
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
     }
 
     /// A typed [`Error::Limit`] when a kernel needs more than this device offers (checked
