@@ -1608,13 +1608,24 @@ fn cpu_threads_bitwise() -> T {
     Ok(())
 }
 
-/// Non-finite isolation on the CPU: NaN and infinity in the inputs (and `s0`, and `grad_o`)
-/// before a reset leave every per-step result from the reset on, the final state and its
-/// gradient bitwise equal to a run with finite inputs.
-fn cpu_nonfinite_isolated_by_resets() -> T {
+/// Non-finite isolation (docs/efla.md): NaN and infinity in the inputs (and `s0`, and
+/// `grad_o`) before a reset leave every per-step result from the reset on, the final state
+/// and its gradient bitwise equal to a run with finite inputs, on `dev` for every rule,
+/// algorithm (chunks that straddle the reset included) and storage dtype in `dtypes`.
+/// `chunked: false` keeps the recurrent algorithm only (the chunked GPU kernels do not
+/// isolate yet: docs/efla.md, "Non-finite values and resets").
+fn nonfinite_isolated_by_resets(dev: &Device, dtypes: &[DType], chunked: bool) -> T {
     let (bn, tn, hn, kd, vd, tr) = (2, 40, 2, 6, 5, 20);
-    for p in variants(bn, tn, hn, kd, vd, &[16]) {
-        let mut d = gen(p, true, Starts::None, 3500);
+    let mut ps = variants(bn, tn, hn, kd, vd, &[16]);
+    if !chunked {
+        ps.retain(|p| p.algorithm == Algorithm::Recurrent);
+    }
+    for (i, p) in ps
+        .iter()
+        .flat_map(|p| dtypes.iter().map(|&dt| p.with_dtype(dt)))
+        .enumerate()
+    {
+        let mut d = gen(p, true, Starts::None, 3500 + i as u64);
         let mut s = vec![0u8; bn * tn];
         for b in 0..bn {
             s[b * tn + tr] = 1;
@@ -1631,8 +1642,8 @@ fn cpu_nonfinite_isolated_by_resets() -> T {
         d.s0.as_mut().unwrap()[0] = f64::NAN;
         let run = |d: &Data| -> Result<Vec<(Vec<f32>, usize)>, Stop> {
             let a = host_args(d);
-            let f = run_forward(&Device::Cpu, &d.p, &a)?;
-            let g = run_backward(&Device::Cpu, &d.p, &a)?;
+            let f = run_forward(dev, &d.p, &a)?;
+            let g = run_backward(dev, &d.p, &a)?;
             Ok(vec![
                 (f.o.to_f32_vec(), vd),
                 (g.dq.to_f32_vec(), kd),
@@ -1666,6 +1677,25 @@ fn cpu_nonfinite_isolated_by_resets() -> T {
         }
     }
     Ok(())
+}
+
+fn cpu_nonfinite_isolated_by_resets() -> T {
+    nonfinite_isolated_by_resets(&Device::Cpu, &[DType::F32, DType::F16, DType::BF16], true)
+}
+
+fn wgpu_nonfinite_isolated_by_resets() -> T {
+    let dev = wgpu()?;
+    let mut dts = vec![DType::F32, DType::BF16];
+    if let Device::Wgpu(c) = &dev {
+        if c.has_f16() {
+            dts.push(DType::F16);
+        }
+    }
+    nonfinite_isolated_by_resets(&dev, &dts, false)
+}
+
+fn cuda_nonfinite_isolated_by_resets() -> T {
+    nonfinite_isolated_by_resets(&cuda_dev()?, &[DType::F32, DType::F16, DType::BF16], false)
 }
 
 fn main() {
@@ -1706,5 +1736,7 @@ fn main() {
         cpu_long,
         cpu_threads_bitwise,
         cpu_nonfinite_isolated_by_resets,
+        wgpu_nonfinite_isolated_by_resets,
+        cuda_nonfinite_isolated_by_resets,
     ]);
 }
