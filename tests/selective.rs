@@ -1868,6 +1868,143 @@ fn nonfinite_isolated_by_resets() -> T {
     Ok(())
 }
 
+/// Compare `out` with the reference `r` where either may hold non-finite values: NaN exactly
+/// where the reference has NaN, infinities where it has them, and the finite values to `tol`.
+fn close_nonfinite(what: &str, out: &[f64], r: &[f64], tol: f64) -> T {
+    ensure!(
+        out.len() == r.len(),
+        "{what}: {} values, reference has {}",
+        out.len(),
+        r.len()
+    );
+    for (i, (o, e)) in out.iter().zip(r).enumerate() {
+        ensure!(
+            o.is_nan() == e.is_nan() && o.is_finite() == e.is_finite(),
+            "{what}: {o} at {i}, the reference has {e}"
+        );
+        if e.is_infinite() && !o.is_nan() {
+            ensure!(o == e, "{what}: {o} at {i}, the reference has {e}");
+        }
+    }
+    let (fo, fr): (Vec<f64>, Vec<f64>) = out
+        .iter()
+        .zip(r)
+        .filter(|(_, e)| e.is_finite())
+        .map(|(o, e)| (*o, *e))
+        .unzip();
+    close(what, &fo, &fr, tol)
+}
+
+/// The cases of [`nonfinite_vs_reference_on`] for one problem: NaN / infinity in the inputs
+/// (`u`, `delta`, `z`, input-dependent `Bm`, `grad_out`) before resets; NaN in `h0` with a
+/// reset at t = 0 (row 0) and without (row 1); NaN / infinity in parameters (`A`, `Dskip`,
+/// `delta_bias`, fixed `Bm`) and in `grad_final`.
+fn nonfinite_cases(p: SelectiveScan) -> Vec<(&'static str, Data)> {
+    let (bn, tn, dn, ns) = (p.batch, p.len, p.dim, p.state);
+    let mut base = gen(p, ALL, 904);
+    let mut s = vec![0u8; bn * tn];
+    for b in 0..bn {
+        s[b * tn + 20] = 1;
+        s[b * tn + 33] = 1;
+    }
+    s[0] = 1; // row 0 starts an episode at t = 0, row 1 does not
+    base.start = Some(s);
+    let at = |b: usize, t: usize, c: usize| (b * tn + t) * dn + c;
+    let mut v = Vec::new();
+    let mut d = base.clone();
+    d.u[at(0, 19, 0)] = f64::NAN;
+    d.u[at(1, 18, 3)] = f64::INFINITY;
+    d.delta[at(0, 5, 1)] = f64::NAN;
+    d.delta[at(1, 32, 2)] = f64::NAN;
+    d.g[at(0, 19, 2)] = f64::NAN;
+    d.g[at(1, 30, 1)] = f64::NEG_INFINITY;
+    if let Some(z) = d.z.as_mut() {
+        z[at(1, 10, 0)] = f64::NAN;
+    }
+    if p.input_dependent() {
+        d.bm[(tn + 19) * p.num_groups() * ns + 1] = f64::INFINITY; // row 1, t = 19
+        d.cm[25 * p.num_groups() * ns] = f64::NAN; // row 0, t = 25
+    }
+    v.push(("inputs before resets", d));
+    let mut d = base.clone();
+    if let Some(h0) = d.h0.as_mut() {
+        h0[0] = f64::NAN; // row 0 (reset at t = 0), channel 0
+        h0[dn * ns + ns + 1] = f64::NAN; // row 1 (no reset at t = 0), channel 1
+    }
+    v.push(("h0", d));
+    let mut d = base.clone();
+    d.a[ns + 2] = f64::NAN;
+    if let Some(x) = d.dskip.as_mut() {
+        x[2] = f64::INFINITY;
+    }
+    if let Some(x) = d.bias.as_mut() {
+        x[3] = f64::NAN;
+    }
+    if !p.input_dependent() {
+        d.bm[1] = f64::NAN;
+    }
+    if let Some(x) = d.gf.as_mut() {
+        x[dn * ns] = f64::NAN;
+    }
+    v.push(("parameters", d));
+    v
+}
+
+/// Non-finite values on a GPU backend, every storage dtype, against the f64 reference: NaN
+/// positions match the reference's (nothing leaks past a reset, nothing is swallowed) and the
+/// finite values are within the usual bounds.
+fn nonfinite_vs_reference_on(bk: &str) -> T {
+    let dev = backend(bk)?;
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        if dt == DType::F16 && matches!(&dev, Device::Wgpu(c) if !c.has_f16()) {
+            continue;
+        }
+        let (tf, tb) = if dt == DType::F32 {
+            (1e-5, 1e-3)
+        } else {
+            (1e-2, 2e-2)
+        };
+        for p in [
+            SelectiveScan::new(2, 40, 4, 5).groups(2).softplus(),
+            SelectiveScan::new(2, 40, 4, 5).fixed_bc(),
+        ] {
+            let p = p.with_dtype(dt);
+            for (case, d) in nonfinite_cases(p) {
+                let tag = format!("{bk} {} {case}", name(&p));
+                let ts = tensors(&d);
+                let f = selective::forward(&dev, &d.p, &ts.inputs())?;
+                let r = fwd_ref(&d);
+                ensure!(
+                    r.out.iter().any(|v| v.is_nan()),
+                    "{tag}: no NaN in the reference"
+                );
+                close_nonfinite(&format!("{tag} out"), &f.out.to_f64_vec(), &r.out, tf)?;
+                close_nonfinite(
+                    &format!("{tag} h_final"),
+                    &f.h_final.to_f64_vec(),
+                    &r.h_final,
+                    tf,
+                )?;
+                let g = selective::backward(&dev, &d.p, &ts.backward_inputs())?;
+                let rg = bwd_ref(&d);
+                for ((n, x), (_, y)) in grads_named(&g).into_iter().zip(grads_named(&rg)) {
+                    close_nonfinite(&format!("{tag} {n}"), &x.to_f64_vec(), y, tb)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+fn wgpu_nonfinite_vs_reference() -> T {
+    nonfinite_vs_reference_on("wgpu")
+}
+fn wgpu_nonfinite_vs_reference_without_subgroups() -> T {
+    nonfinite_vs_reference_on("wgpu-no-subgroups")
+}
+fn cuda_nonfinite_vs_reference() -> T {
+    nonfinite_vs_reference_on("cuda")
+}
+
 fn main() {
     common::main(trials![
         ill_conditioned_shared_grads,
@@ -1903,5 +2040,8 @@ fn main() {
         cpu_decode_chain,
         cpu_threads_bitwise,
         nonfinite_isolated_by_resets,
+        wgpu_nonfinite_vs_reference,
+        wgpu_nonfinite_vs_reference_without_subgroups,
+        cuda_nonfinite_vs_reference,
     ]);
 }

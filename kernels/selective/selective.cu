@@ -225,27 +225,38 @@ __device__ __forceinline__ void stage_dt(float* tile, float* fac, const S* __res
 
 // ------------------------------------------------------------------ warp scans and sums
 // Inclusive scan of affine maps x -> pa x + pb over the lanes, lane 0 first (the later map
-// applied last).
-__device__ __forceinline__ void scan_up(float& pa, float& pb, int lane) {
+// applied last). rl: the lanes whose steps hold a reset. A map that contains a reset ignores
+// its input (a select, not pa = 0: NaN * 0 would be NaN), so it is not composed with the
+// maps before it: in round o a lane's map covers lanes lane-o+1 .. lane.
+__device__ __forceinline__ void scan_up(float& pa, float& pb, int lane, unsigned rl) {
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
         const float qa = __shfl_up_sync(FULL, pa, o), qb = __shfl_up_sync(FULL, pb, o);
-        if (lane >= o) {
+        if (lane >= o && ((rl >> (lane - o + 1)) & ((1u << o) - 1)) == 0) {
             pb = fmaf(pa, qb, pb);
             pa *= qa;
         }
     }
 }
-// The same from lane 31 down (the adjoint runs backwards in time).
-__device__ __forceinline__ void scan_down(float& pa, float& pb, int lane) {
+// The same from lane 31 down (the adjoint runs backwards in time; a lane's map covers lanes
+// lane .. lane+o-1 in round o).
+__device__ __forceinline__ void scan_down(float& pa, float& pb, int lane, unsigned rl) {
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
         const float qa = __shfl_down_sync(FULL, pa, o), qb = __shfl_down_sync(FULL, pb, o);
-        if (lane + o < 32) {
+        if (lane + o < 32 && ((rl >> lane) & ((1u << o) - 1)) == 0) {
             pb = fmaf(pa, qb, pb);
             pa *= qa;
         }
     }
+}
+// The lanes of the warp whose steps hold a reset (rm: this lane's reset bits), as a mask;
+// every lane of the warp calls this.
+__device__ __forceinline__ unsigned reset_lanes(unsigned rm, int lane) {
+    unsigned m = rm != 0 ? 1u << lane : 0u;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m |= __shfl_xor_sync(FULL, m, o);
+    return m;
 }
 // Sum over the warp by a butterfly (every lane gets the same value: a fixed order).
 __device__ __forceinline__ float warp_sum(float v) {
@@ -369,6 +380,10 @@ __device__ void sel_fwd(const S* __restrict__ u, const S* __restrict__ delta,
             y[i] = dsk * uu;
             rm |= (unsigned)fl[lane * E + i] << i;
         }
+        // a reset replaces the carried state (selects below, never a multiply by 0)
+        const unsigned rl = reset_lanes(rm, lane);
+        const int live_e = T - t0 - lane * E;  // this lane's steps before T (may be <= 0)
+        const bool cut = (rl & ((2u << lane) - 1)) != 0;  // a reset in lanes 0 .. lane
 #pragma unroll 1
         for (int n0 = 0; n0 < N; n0 += k.nbs) {
             const int nb = min(k.nbs, N - n0);
@@ -393,21 +408,24 @@ __device__ void sel_fwd(const S* __restrict__ u, const S* __restrict__ delta,
 #pragma unroll
                 for (int i = 0; i < E; ++i) {
                     const float bv = FIXED ? bfix : tb[nn * LP + i];
-                    a[i] = exp2f(dt[i] * a2);
+                    // steps past T are identities (dt = 0 there, but 0 * A is NaN for
+                    // a non-finite A)
+                    a[i] = i < live_e ? exp2f(dt[i] * a2) : 1.f;
                     if (rm & (1u << i)) a[i] = 0.f;
                     bb[i] = dtu[i] * bv;
-                    pb = fmaf(a[i], pb, bb[i]);
+                    pb = (rm & (1u << i)) ? bb[i] : fmaf(a[i], pb, bb[i]);
                     pa *= a[i];
                 }
-                scan_up(pa, pb, lane);
-                const float hend = fmaf(pa, c_in, pb);  // the state after this lane's steps
+                scan_up(pa, pb, lane, rl);
+                // the state after this lane's steps
+                const float hend = cut ? pb : fmaf(pa, c_in, pb);
                 if constexpr (NEEDY) {
                     float h = __shfl_up_sync(FULL, hend, 1);
                     if (lane == 0) h = c_in;
 #pragma unroll
                     for (int i = 0; i < E; ++i) {
                         const float cv = FIXED ? cfix : tb[(k.nbs + nn) * LP + i];
-                        h = fmaf(a[i], h, bb[i]);
+                        h = (rm & (1u << i)) ? bb[i] : fmaf(a[i], h, bb[i]);
                         y[i] = fmaf(cv, h, y[i]);
                     }
                 }
@@ -563,6 +581,11 @@ __device__ void sel_bwd(const S* __restrict__ u, const S* __restrict__ delta,
             sum_dsk = fmaf(dy[i], uu, sum_dsk);
             rm |= (unsigned)fl[lane * E + i] << i;
         }
+        // across a reset nothing flows either way (selects below, never a multiply by 0)
+        const unsigned rl = reset_lanes(rm, lane);
+        const int live_e = T - t0 - lane * E;  // this lane's steps before T (may be <= 0)
+        const bool cut_up = (rl & ((2u << lane) - 1)) != 0;  // a reset in lanes 0 .. lane
+        const bool cut_down = (rl >> lane) != 0;              // a reset in lanes lane .. 31
 #pragma unroll 1
         for (int n0 = 0; n0 < N; n0 += k.nbs) {
             const int nb = min(k.nbs, N - n0);
@@ -591,20 +614,20 @@ __device__ void sel_bwd(const S* __restrict__ u, const S* __restrict__ delta,
 #pragma unroll
                         for (int i = 0; i < E; ++i) {
                             const float bv = FIXED ? bfix : tb[nn * LP + i];
-                            a[i] = exp2f(dt[i] * a2);
+                            a[i] = i < live_e ? exp2f(dt[i] * a2) : 1.f;
                             if (rm & (1u << i)) a[i] = 0.f;
                             bb[i] = dtu[i] * bv;
-                            pb = fmaf(a[i], pb, bb[i]);
+                            pb = (rm & (1u << i)) ? bb[i] : fmaf(a[i], pb, bb[i]);
                             pa *= a[i];
                         }
-                        scan_up(pa, pb, lane);
-                        const float hend = fmaf(pa, h_in0, pb);
+                        scan_up(pa, pb, lane, rl);
+                        const float hend = cut_up ? pb : fmaf(pa, h_in0, pb);
                         hin = __shfl_up_sync(FULL, hend, 1);
                         if (lane == 0) hin = h_in0;
                         float h = hin;
 #pragma unroll
                         for (int i = 0; i < E; ++i) {
-                            h = fmaf(a[i], h, bb[i]);
+                            h = (rm & (1u << i)) ? bb[i] : fmaf(a[i], h, bb[i]);
                             hs[i] = h;
                         }
                     }
@@ -614,11 +637,12 @@ __device__ void sel_bwd(const S* __restrict__ u, const S* __restrict__ delta,
 #pragma unroll
                     for (int i = E - 1; i >= 0; --i) {
                         const float cv = FIXED ? cfix : tb[(k.nbs + nn) * LP + i];
-                        rb = a[i] * fmaf(dy[i], cv, rb);
+                        rb = (rm & (1u << i)) ? 0.f : a[i] * fmaf(dy[i], cv, rb);
                         ra *= a[i];
                     }
-                    scan_down(ra, rb, lane);
-                    const float xend = fmaf(ra, x_in0, rb);  // X leaving this lane's first step
+                    scan_down(ra, rb, lane, rl);
+                    // X leaving this lane's first step
+                    const float xend = cut_down ? rb : fmaf(ra, x_in0, rb);
                     float x = __shfl_down_sync(FULL, xend, 1);
                     if (lane == 31) x = x_in0;
                     reload_barrier();
@@ -629,10 +653,13 @@ __device__ void sel_bwd(const S* __restrict__ u, const S* __restrict__ delta,
                         const float cv = FIXED ? cfix : tb[(k.nbs + nn) * LP + i];
                         const float hh = fmaf(dy[i], cv, x);
                         const float hp = i > 0 ? hs[i - 1] : hin;
+                        const bool r = rm & (1u << i);
                         const float wv = a[i] * hp * hh;
                         sbh[i] = fmaf(bv, hh, sbh[i]);
-                        sah[i] = fmaf(an, wv, sah[i]);
-                        sa = fmaf(dt[i], wv, sa);
+                        if (!r) {
+                            sah[i] = fmaf(an, wv, sah[i]);
+                            sa = fmaf(dt[i], wv, sa);
+                        }
                         const float vb = dtu[i] * hh, vc = dy[i] * hs[i];
                         if (FIXED) {
                             sb += vb;
@@ -641,7 +668,7 @@ __device__ void sel_bwd(const S* __restrict__ u, const S* __restrict__ delta,
                             red[w * LP + lane * (E + 1) + i] = vb;
                             red[(NW + w) * LP + lane * (E + 1) + i] = vc;
                         }
-                        x = a[i] * hh;
+                        x = r ? 0.f : a[i] * hh;
                     }
                     sa = warp_sum(sa);
                     if (FIXED) {

@@ -243,8 +243,7 @@ struct Acc {
 // Step e of a chunk without outputs (the checkpoint sweeps).
 fn adv_step(e: u32, th: Th, h: ptr<function, f32>) {
     if th.live && e < th.len {
-        let ad = decay_at(th, e);
-        *h = ad.x * *h + ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+        *h = step_state(th, e, *h);
     }
 }
 
@@ -275,10 +274,9 @@ fn rec_step(e: u32, th: Th, h: ptr<function, f32>, hs: ptr<function, array<f32, 
     }
     var v = 0.0;
     if th.live {
-        let ad = decay_at(th, e);
-        *h = ad.x * *h + ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+        *h = step_state(th, e, *h);
         (*hs)[e] = *h;
-        (*as_)[e] = ad.x;
+        (*as_)[e] = decay_at(th, e).x;
         v = bc_at(th, e, 1u) * *h;
     }
     put_n(e, th, v, 0u);
@@ -304,17 +302,21 @@ fn rev_step(e: u32, th: Th, h_start: f32, hs: ptr<function, array<f32, L>>,
         if e > 0u {
             hprev = (*hs)[e - 1u];
         }
+        // across a reset nothing flows either way (selects: NaN * 0 would be NaN)
+        let rs = reset_at(e);
         let a = (*as_)[e];
-        let w = a * hprev * hg;
         v1 = bc_at(th, e, 0u) * hg;
-        v2 = th.an * w;
-        (*acc).da += dt * w;
+        if !rs {
+            let w = a * hprev * hg;
+            v2 = th.an * w;
+            (*acc).da += dt * w;
+        }
 #ifdef FIXED_BC
         (*acc).db += dt * s_u[j] * hg;
         (*acc).dc += dy * (*hs)[e];
 #endif
         (*hadj)[e] = hg;
-        (*acc).hc = a * hg;
+        (*acc).hc = select(a * hg, 0.0, rs);
     }
     put_n(e, th, v1, 0u);
     put_n(e, th, v2, 1u);

@@ -253,12 +253,21 @@ fn bc_at(th: Th, e: u32, which: u32) -> f32 {
 #endif
 }
 
-// The decay exp(dt A) of step e of the chunk (0 at an episode start) and dt
+// The decay exp(dt A) of step e of the chunk and dt (callers select on s_rs: see step_state)
 fn decay_at(th: Th, e: u32) -> vec2<f32> {
     let dt = s_dt[e * CB + th.c];
-    var a = exp(dt * th.an);
-    if s_rs[e] != 0u {
-        a = 0.0;
-    }
-    return vec2<f32>(a, dt);
+    return vec2<f32>(exp(dt * th.an), dt);
+}
+
+// Whether step e of the chunk starts an episode
+fn reset_at(e: u32) -> bool {
+    return s_rs[e] != 0u;
+}
+
+// The state after step e from the state h before it. A reset replaces the carried state (a
+// select, not a multiply by 0: a NaN or infinity before the reset must not survive as NaN * 0).
+fn step_state(th: Th, e: u32, h: f32) -> f32 {
+    let ad = decay_at(th, e);
+    let fresh = ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+    return select(ad.x * h + fresh, fresh, reset_at(e));
 }

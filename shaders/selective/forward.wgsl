@@ -94,8 +94,7 @@ fn fwd_step(e: u32, th: Th, h: ptr<function, f32>) {
     }
     var v = 0.0;
     if th.live {
-        let ad = decay_at(th, e);
-        *h = ad.x * *h + ad.y * bc_at(th, e, 0u) * s_u[e * CB + th.c];
+        *h = step_state(th, e, *h);
         v = bc_at(th, e, 1u) * *h;
     }
 #ifdef SUBGROUPS
