@@ -1691,7 +1691,7 @@ fn wgpu_nonfinite_isolated_by_resets() -> T {
             dts.push(DType::F16);
         }
     }
-    nonfinite_isolated_by_resets(&dev, &dts, false)
+    nonfinite_isolated_by_resets(&dev, &dts, true)
 }
 
 fn cuda_nonfinite_isolated_by_resets() -> T {

@@ -32,6 +32,14 @@ var<private> cbh: u32;
 var<private> ct0: u32;
 var<private> clen: u32;
 
+// Every product exists (reductions over features; the masks are applied to the results).
+fn keep_a(term: u32, m: u32, r: u32) -> bool {
+    return true;
+}
+fn keep_b(term: u32, m: u32, r: u32) -> bool {
+    return true;
+}
+
 // terms: 0 = dO delta^T, 1 = d(delta) V^T, 2 = dW K^T (reduction over V, V, K)
 fn opa(term: u32, m: u32, r: u32) -> f32 {
     if m >= clen {
@@ -104,7 +112,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let valid = i < clen && j < clen;
                 let lower = valid && j <= i && same_seg(i, j);
                 SCR[P.r_dpm + cc_at(cbh, n, i, j)] = select(0.0, P.scale * dpm[4u * a + b], lower);
-                SCR[P.r_dt + cc_at(cbh, n, i, j)] = select(0.0, dt[4u * a + b], valid);
+                // T = X diag(alpha) is causal within the segment: only those entries of dT
+                // reach dL and dalpha, and a zero elsewhere keeps an earlier segment's NaN out
+                SCR[P.r_dt + cc_at(cbh, n, i, j)] = select(0.0, dt[4u * a + b], lower);
             }
         }
     }

@@ -16,6 +16,21 @@ var<private> cn: u32;
 var<private> ct0: u32;
 var<private> clen: u32;
 
+// Which products exist (efla/mm.wgsl): dT and X are causal within the segment, and so N
+// lives on the segments' diagonal blocks.
+fn keep_a(term: u32, m: u32, r: u32) -> bool {
+    if term == 0u {
+        return causal(m, r);
+    }
+    return causal(r, m);
+}
+fn keep_b(term: u32, m: u32, r: u32) -> bool {
+    if term == 0u {
+        return causal(m, r);
+    }
+    return select(same_seg(m, r), same_seg(r, m), m <= r);
+}
+
 // term 0: A(i, j) = dT[i][j] alpha_j, term 1: A(m, i) = X[i][m]
 fn opa(term: u32, m: u32, r: u32) -> f32 {
     if m >= clen || r >= clen {

@@ -16,6 +16,7 @@ enable f16;
 #include "efla/params.wgsl"
 #include "efla/storage.wgsl"
 #include "efla/mm.wgsl"
+#include "efla/segs.wgsl"
 
 @group(0) @binding(1) var<storage, read> Q: array<SEQ>;
 @group(0) @binding(2) var<storage, read> KK: array<SEQ>;
@@ -24,6 +25,7 @@ enable f16;
 @group(0) @binding(5) var<storage, read_write> DK: array<f32>;
 @group(0) @binding(6) var<storage, read_write> DV: array<f32>;
 @group(0) @binding(7) var<storage, read_write> DBETA: array<f32>;
+@group(0) @binding(8) var<storage, read> START: array<u32>;
 
 fn ld_q(i: u32) -> f32 { return up(Q[sw(P.off_q + i)], P.off_q + i); }
 fn ld_k(i: u32) -> f32 { return up(KK[sw(P.off_k + i)], P.off_k + i); }
@@ -55,6 +57,19 @@ fn opa(term: u32, i: u32, j: u32) -> f32 {
         }
         default: { return alpha(i) * SCR[P.r_x + cc_at(cbh, cn, j, i)]; }
     }
+}
+
+// Which products exist (efla/mm.wgsl): dPm and X are causal within the segment, dGm lives on
+// the segments' diagonal blocks.
+fn keep_a(term: u32, i: u32, j: u32) -> bool {
+    switch term {
+        case 0u: { return causal(i, j); }
+        case 3u: { return select(same_seg(j, i), same_seg(i, j), j <= i); }
+        default: { return causal(j, i); }
+    }
+}
+fn keep_b(term: u32, m: u32, j: u32) -> bool {
+    return true;
 }
 
 // B(col, j): 0, 3 = K, 1 = Q, 2 = dW (width K), 4 = d(delta) (width V); columns c0 + col
@@ -103,6 +118,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         which = 1u;
         c0 = (tile - nk) * 64u;
     }
+    load_segs(vid, cb, ct0, clen);
     var acc: array<f32, 16>;
     mm_zero(&acc);
     switch which {

@@ -44,6 +44,21 @@ fn opa(term: u32, m: u32, c: u32) -> f32 {
     }
 }
 
+// Which products exist (efla/mm.wgsl): the diag(c) rows (terms 0, 1) only where the carried
+// state reaches, the diag(e) rows (term 2) only in the chunk's last segment.
+fn keep_a(term: u32, m: u32, c: u32) -> bool {
+    if m >= clen {
+        return false;
+    }
+    if term == 2u {
+        return in_last(m, clen);
+    }
+    return carried(m);
+}
+fn keep_b(term: u32, m: u32, c: u32) -> bool {
+    return true;
+}
+
 // rows k0 + m of S_in (terms 0, 1) or dS_end (term 2)
 fn opb(term: u32, m: u32, c: u32) -> f32 {
     if k0 + m >= P.K || c >= P.V {
@@ -87,9 +102,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let at = scr_at(cbh, ct0 + i, P.K) + r;
                     let x = acc[4u * a + b];
                     switch term {
-                        case 0u: { SCR[P.r_dqa + at] = P.scale * c_flag(i) * x; }
-                        case 1u: { SCR[P.r_dw + at] = -c_flag(i) * x; }
-                        default: { SCR[P.r_dka + at] = e_flag(i, clen) * x; }
+                        case 0u: { SCR[P.r_dqa + at] = P.scale * x; }
+                        case 1u: { SCR[P.r_dw + at] = -x; }
+                        default: { SCR[P.r_dka + at] = x; }
                     }
                 }
             }

@@ -54,17 +54,31 @@ fn opa(term: u32, m: u32, r: u32) -> f32 {
         }
         case 1u: {
             if m >= clen || r >= P.K { return 0.0; }
-            return e_flag(m, clen) * ld_k(seq_at(cb, ct0 + m, ch, P.K) + r);
+            return ld_k(seq_at(cb, ct0 + m, ch, P.K) + r);
         }
         case 2u: {
             if r >= clen || r0 + m >= P.K { return 0.0; }
-            return P.scale * c_flag(r) * ld_q(seq_at(cb, ct0 + r, ch, P.K) + r0 + m);
+            return P.scale * ld_q(seq_at(cb, ct0 + r, ch, P.K) + r0 + m);
         }
         default: {
             if r >= clen || r0 + m >= P.K { return 0.0; }
-            return -c_flag(r) * SCR[P.r_w + scr_at(cbh, ct0 + r, P.K) + r0 + m];
+            return -SCR[P.r_w + scr_at(cbh, ct0 + r, P.K) + r0 + m];
         }
     }
+}
+
+// Which products exist (efla/mm.wgsl): Pm^T causal within the segment; the diag(e) rows
+// (term 1) in the chunk's last segment; the diag(c) steps (terms 2, 3) where the carried
+// state reaches.
+fn keep_a(term: u32, m: u32, r: u32) -> bool {
+    switch term {
+        case 0u: { return causal(r, m); }
+        case 1u: { return m < clen && in_last(m, clen); }
+        default: { return r < clen && carried(r); }
+    }
+}
+fn keep_b(term: u32, m: u32, r: u32) -> bool {
+    return true;
 }
 
 fn opb(term: u32, m: u32, r: u32) -> f32 {
@@ -141,7 +155,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         storageBarrier();
         // dS_in = c_last dS_end + scale (diag(c) Q)^T dO - (diag(c) W)^T d(delta)
-        let c_last = c_flag(clen - 1u);
+        let c_last = carried(clen - 1u);
         for (r0 = 0u; r0 < K; r0 += 64u) {
             mm_zero(&acc);
             mm(2u, clen, vid, true, true, &acc);
@@ -151,7 +165,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let r = r0 + ty + 16u * a;
                     let c = c0 + tx + 16u * b;
                     if r < K && c < V {
-                        let x = c_last * DST[cur + r * V + c] + acc[4u * a + b];
+                        // a reset in the chunk drops dS_end (select: NaN * 0 would be NaN)
+                        let x = select(0.0, DST[cur + r * V + c], c_last) + acc[4u * a + b];
                         if n > 0u {
                             DST[dst_base(n - 1u) + r * V + c] = x;
                         } else {

@@ -33,6 +33,14 @@ var<private> ch: u32;
 var<private> ct0: u32;
 var<private> clen: u32;
 
+// Every product exists (reductions over features; the masks are applied to the results).
+fn keep_a(term: u32, m: u32, r: u32) -> bool {
+    return true;
+}
+fn keep_b(term: u32, m: u32, r: u32) -> bool {
+    return true;
+}
+
 fn opa(term: u32, m: u32, r: u32) -> f32 {
     if m >= clen || r >= P.K {
         return 0.0;

@@ -48,7 +48,8 @@ fn st_base(slot: u32) -> u32 {
     return P.off_st + state_at(cb, ch);
 }
 
-// terms: 0 = W S, 1 = diag(c) Q S, 2 = Pm delta, 3 = (diag(e) K)^T delta (rows r0 + m)
+// terms: 0 = W S, 1 = diag(c) Q S, 2 = Pm delta, 3 = (diag(e) K)^T delta (rows r0 + m); the
+// diag(c) / diag(e) factors are keep_a below
 fn opa(term: u32, m: u32, r: u32) -> f32 {
     switch term {
         case 0u: {
@@ -57,7 +58,7 @@ fn opa(term: u32, m: u32, r: u32) -> f32 {
         }
         case 1u: {
             if m >= clen || r >= P.K { return 0.0; }
-            return c_flag(m) * ld_q(seq_at(cb, ct0 + m, ch, P.K) + r);
+            return ld_q(seq_at(cb, ct0 + m, ch, P.K) + r);
         }
         case 2u: {
             if m >= clen || r >= clen { return 0.0; }
@@ -65,9 +66,22 @@ fn opa(term: u32, m: u32, r: u32) -> f32 {
         }
         default: {
             if r >= clen || r0 + m >= P.K { return 0.0; }
-            return e_flag(r, clen) * ld_k(seq_at(cb, ct0 + r, ch, P.K) + r0 + m);
+            return ld_k(seq_at(cb, ct0 + r, ch, P.K) + r0 + m);
         }
     }
+}
+
+// Which products exist (efla/mm.wgsl): terms 0 and 1 only for steps the carried state
+// reaches, term 2 causal within the segment, term 3 for the chunk's last segment.
+fn keep_a(term: u32, m: u32, r: u32) -> bool {
+    switch term {
+        case 0u, 1u: { return m < clen && carried(m); }
+        case 2u: { return causal(m, r); }
+        default: { return r < clen && in_last(r, clen); }
+    }
+}
+fn keep_b(term: u32, m: u32, r: u32) -> bool {
+    return true;
 }
 
 fn opb(term: u32, m: u32, r: u32) -> f32 {
@@ -130,7 +144,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let c = c0 + tx + 16u * b;
                 if i < clen && c < V {
                     let ui = P.r_u + scr_at(cbh, ct0 + i, V) + c;
-                    SCR[ui] = SCR[ui] - c_flag(i) * acc[4u * a + b];
+                    SCR[ui] = SCR[ui] - acc[4u * a + b];
                 }
             }
         }
@@ -151,7 +165,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         // S_out = c_last S_in + K^T diag(e) delta, 64 rows at a time
-        let c_last = c_flag(clen - 1u);
+        let c_last = carried(clen - 1u);
         let next = st_base(n + 1u);
         for (r0 = 0u; r0 < K; r0 += 64u) {
             mm_zero(&acc);
@@ -161,7 +175,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let r = r0 + ty + 16u * a;
                     let c = c0 + tx + 16u * b;
                     if r < K && c < V {
-                        ST[next + r * V + c] = c_last * ST[cur + r * V + c] + acc[4u * a + b];
+                        // a reset in the chunk drops S_in (select: NaN * 0 would be NaN)
+                        ST[next + r * V + c] = select(0.0, ST[cur + r * V + c], c_last) + acc[4u * a + b];
                     }
                 }
             }

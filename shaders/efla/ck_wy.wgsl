@@ -12,10 +12,12 @@ enable f16;
 #include "efla/params.wgsl"
 #include "efla/storage.wgsl"
 #include "efla/mm.wgsl"
+#include "efla/segs.wgsl"
 
 @group(0) @binding(1) var<storage, read> KK: array<SEQ>;
 @group(0) @binding(2) var<storage, read> VV: array<SEQ>;
-@group(0) @binding(3) var<storage, read_write> SCR: array<f32>;
+@group(0) @binding(3) var<storage, read> START: array<u32>;
+@group(0) @binding(4) var<storage, read_write> SCR: array<f32>;
 
 fn ld_k(i: u32) -> f32 { return up(KK[sw(P.off_k + i)], P.off_k + i); }
 fn ld_v(i: u32) -> f32 { return up(VV[sw(P.off_v + i)], P.off_v + i); }
@@ -34,6 +36,14 @@ fn opa(term: u32, m: u32, j: u32) -> f32 {
         return 0.0;
     }
     return SCR[P.r_x + cc_at(cbh, cn, m, j)] * SCR[P.r_coef + scr_at(cbh, ct0 + j, 4u)];
+}
+
+// X is causal and block diagonal by segment: only those products exist.
+fn keep_a(term: u32, i: u32, j: u32) -> bool {
+    return causal(i, j);
+}
+fn keep_b(term: u32, m: u32, j: u32) -> bool {
+    return true;
 }
 
 // B(col, j) = K[j][c0 + col] (term 0) or V[j][c0 + col] (term 1)
@@ -79,6 +89,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         region = P.r_u;
         c0 = (tile - nk) * 64u;
     }
+    load_segs(vid, cb, ct0, clen);
     var acc: array<f32, 16>;
     mm_zero(&acc);
     mm(term, clen, vid, false, true, &acc);

@@ -8,6 +8,10 @@
 // an operand is contiguous in memory (true: the row/column index, false: r), which only picks
 // the thread -> element mapping of the loads. The sum runs over r in increasing order, so
 // results are bitwise reproducible. Every thread of the workgroup must call mm (barriers).
+// keep_a(term, row, r) / keep_b(term, col, r), also the including kernel's, say which
+// products exist: a product whose operand is a structural zero (a step of another segment, a
+// later step, a step the carried state does not reach) is skipped rather than multiplied by
+// zero, so a NaN or infinity there cannot cross a reset (0 * NaN is NaN).
 const RS: u32 = 16u;
 var<workgroup> ta: array<f32, 1024>;
 var<workgroup> tb: array<f32, 1024>;
@@ -45,13 +49,17 @@ fn mm(term: u32, n: u32, vid: u32, am: bool, bm: bool, acc: ptr<function, array<
         for (var rr = 0u; rr < RS; rr++) {
             var av: array<f32, 4>;
             var bv: array<f32, 4>;
+            var ka: array<bool, 4>;
+            var kb: array<bool, 4>;
             for (var a = 0u; a < 4u; a++) {
                 av[a] = ta[(ty + 16u * a) * RS + rr];
                 bv[a] = tb[(tx + 16u * a) * RS + rr];
+                ka[a] = keep_a(term, ty + 16u * a, r0 + rr);
+                kb[a] = keep_b(term, tx + 16u * a, r0 + rr);
             }
             for (var a = 0u; a < 4u; a++) {
                 for (var b = 0u; b < 4u; b++) {
-                    (*acc)[4u * a + b] += av[a] * bv[b];
+                    (*acc)[4u * a + b] += select(0.0, av[a] * bv[b], ka[a] && kb[b]);
                 }
             }
         }

@@ -635,11 +635,11 @@ fn chunk_prep<'a>(
     let bufs = [q, k, beta, start, sc].map(|i| bd.get(i));
     launch.dispatch(pipe, &pr, bufs.to_vec(), nbh * nc)?;
     let pipe = ctx.pipeline("efla/ck_solve.wgsl", "main", &[], &[])?;
-    launch.dispatch(pipe, &pr, vec![bd.get(sc)], nbh * nc)?;
+    launch.dispatch(pipe, &pr, vec![bd.get(start), bd.get(sc)], nbh * nc)?;
     let nt = p.key_dim.div_ceil(64) + p.value_dim.div_ceil(64);
     let pr = fill(pl.params(p, g, base, nt));
     let pipe = ctx.pipeline("efla/ck_wy.wgsl", "main", &pl.storage, &[])?;
-    let bufs = [k, v, sc].map(|i| bd.get(i));
+    let bufs = [k, v, start, sc].map(|i| bd.get(i));
     launch.dispatch(pipe, &pr, bufs.to_vec(), nbh * nc * nt as u32)?;
     Ok(())
 }
@@ -788,7 +788,7 @@ pub fn backward(
                 let nt = 2 * ntk + ntv;
                 let pr = fill(pl.params(p, g, base, nt));
                 let pipe = ctx.pipeline("efla/ck_dout.wgsl", "main", &pl.storage, &[])?;
-                let b = bufs(&[q, k, sc, dqb, dkb, dvb, dbb]);
+                let b = bufs(&[q, k, sc, dqb, dkb, dvb, dbb, start]);
                 launch.dispatch(pipe, &pr, b, nbh * nc * nt as u32)?;
             }
         }
