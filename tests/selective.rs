@@ -2005,6 +2005,61 @@ fn cuda_nonfinite_vs_reference() -> T {
     nonfinite_vs_reference_on("cuda")
 }
 
+/// WebGPU's default limits (8 storage buffers per stage, 16 KiB of workgroup memory), opened
+/// here whatever the environment says: the selective kernels take their PACKED variants and
+/// every option (fixed and input-dependent Bm/Cm, groups inside and across channel blocks,
+/// Dskip, z, delta_bias, softplus, h0, grad_final, resets, N = 256, every storage dtype the
+/// device has), with subgroups on and off, matches the reference, bitwise reproducibly.
+fn wgpu_webgpu_default_limits() -> T {
+    let _ = wgpu_ctx()?;
+    for disable_subgroups in [false, true] {
+        let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+            webgpu_default_limits: true,
+            disable_subgroups,
+            ..linrec::WgpuOptions::from_env().unwrap()
+        })?;
+        ensure!(
+            ctx.max_storage_buffers() <= 8 && ctx.max_workgroup_memory() <= 16384,
+            "webgpu_default_limits left {} storage buffers, {} bytes of workgroup memory",
+            ctx.max_storage_buffers(),
+            ctx.max_workgroup_memory()
+        );
+        let has_f16 = ctx.has_f16();
+        let dev = Device::Wgpu(ctx);
+        let mut k = 0;
+        let mut run = |p: SelectiveScan, o: Opts| -> T {
+            k += 1;
+            let what = format!(
+                "webgpu limits (subgroups off: {disable_subgroups}) {} {o:?}",
+                name(&p)
+            );
+            check_backend(&dev, &gen(p, o, 1900 + k), &what)
+        };
+        for p in variants(3, 150, 9, 5, 3) {
+            for o in option_sets() {
+                run(p, o)?;
+            }
+        }
+        // a group across several channel blocks (partials), N = 256, N = 1
+        for p in [
+            SelectiveScan::new(2, 70, 96, 16).softplus(),
+            SelectiveScan::new(1, 5, 2, 256).groups(2),
+            SelectiveScan::new(2, 9, 40, 1).fixed_bc(),
+        ] {
+            run(p, ALL)?;
+        }
+        for dt in [DType::F16, DType::BF16] {
+            if dt == DType::F16 && !has_f16 {
+                continue;
+            }
+            for p in variants(2, 77, 33, 5, 3) {
+                run(p.with_dtype(dt), ALL)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     common::main(trials![
         ill_conditioned_shared_grads,
@@ -2043,5 +2098,6 @@ fn main() {
         wgpu_nonfinite_vs_reference,
         wgpu_nonfinite_vs_reference_without_subgroups,
         cuda_nonfinite_vs_reference,
+        wgpu_webgpu_default_limits,
     ]);
 }

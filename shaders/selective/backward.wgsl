@@ -17,6 +17,12 @@
 // selective/reduce_groups.wgsl adds when a group spans several blocks. dA, fixed dBm / dCm,
 // dDskip and dbias are per-thread / per-channel sums written as per-row partials (PP) that
 // common/reduce_rows.wgsl adds over rows. No float atomics.
+// PACKED (WebGPU's default limits): 4-step chunks, 16 per checkpoint interval (14 KiB of
+// workgroup memory instead of 25) and 7 storage buffers: u, delta, Bm, Cm, the packed small
+// arguments SM, a f32 workspace WS and PP. The launcher's passes around this one
+// (selective/gate.wgsl, selective/cast.wgsl) put dy = dout silu(z) into WS before it, and
+// turn what it leaves in WS (y before the gate, du, ddelta, dBm / dCm, dh0) into dz and the
+// outputs after it.
 //! variant:
 //! variant: FIXED_BC
 //! variant: F16
@@ -29,19 +35,44 @@
 //! variant: SUBGROUPS F16 FIXED_BC
 //! variant: SUBGROUPS BF16
 //! variant: SUBGROUPS BF16 FIXED_BC
+//! variant: PACKED
+//! variant: PACKED FIXED_BC
+//! variant: PACKED F16
+//! variant: PACKED F16 FIXED_BC
+//! variant: PACKED BF16
+//! variant: PACKED BF16 FIXED_BC
+//! variant: PACKED SUBGROUPS
+//! variant: PACKED SUBGROUPS FIXED_BC
+//! variant: PACKED SUBGROUPS F16
+//! variant: PACKED SUBGROUPS F16 FIXED_BC
+//! variant: PACKED SUBGROUPS BF16
+//! variant: PACKED SUBGROUPS BF16 FIXED_BC
 #ifdef F16
 enable f16;
 #endif
 #include "selective/common.wgsl"
 
 // steps per chunk, chunks per checkpoint interval (CK = CHECKPOINT in wgpu.rs)
+#ifdef PACKED
+const L: u32 = 4u;
+const S: u32 = 16u;
+#else
 const L: u32 = 8u;
 const S: u32 = 8u;
+#endif
 const CK: u32 = L * S;
 const LC: u32 = L * CBMAX;
 // channels of one group inside a block (input-dependent Bm / Cm; set by the launcher)
 override CW: u32 = 1u;
 
+#ifdef PACKED
+@group(0) @binding(5) var<storage, read> SM: array<u32>;
+// this dispatch's rows: dy at off_o, y (with z) at off_dz, du at off_du, ddelta at off_ddelta,
+// dBm / dCm (f32) at off_dbm / off_dcm or their per-block partials at off_rs, checkpoints at
+// off_ck, dh0 at off_dh0
+@group(0) @binding(6) var<storage, read_write> WS: array<f32>;
+@group(0) @binding(7) var<storage, read_write> PP: array<f32>;
+#else
 @group(0) @binding(11) var<storage, read> GOUT: array<SEQ>;
 @group(0) @binding(12) var<storage, read> GF: array<f32>;
 @group(0) @binding(13) var<storage, read_write> DU: array<SEQ_OUT>;
@@ -58,6 +89,7 @@ override CW: u32 = 1u;
 @group(0) @binding(19) var<storage, read_write> DBM: array<SEQ_OUT>;
 @group(0) @binding(20) var<storage, read_write> DCM: array<SEQ_OUT>;
 #endif
+#endif
 
 // dy, ddelta, and the two sums over n, of (step e, channel c) at e * CB + c
 var<workgroup> s_dy: array<f32, LC>;
@@ -66,12 +98,13 @@ var<workgroup> s_y: array<f32, LC>;
 var<workgroup> s_y2: array<f32, LC>;
 // per (e, c, n) values at (e * CB + c) * NP + n: the terms of the sums over n, then the
 // terms of dBm / dCm for the sums over channels
-var<workgroup> s_r: array<f32, 2048>;
-var<workgroup> s_r2: array<f32, 2048>;
+var<workgroup> s_r: array<f32, L * WG>;
+var<workgroup> s_r2: array<f32, L * WG>;
 var<workgroup> s_part: array<f32, WG>;
 var<workgroup> s_part2: array<f32, WG>;
 var<workgroup> s_sgw: u32;
 
+#ifndef PACKED
 fn rd_gout(i: u32) -> f32 {
     let j = P.off_o + i;
 #ifdef BF16
@@ -81,24 +114,84 @@ fn rd_gout(i: u32) -> f32 {
 #endif
 }
 
+fn rd_z(i: u32) -> f32 {
+    let j = P.off_z + i;
+#ifdef BF16
+    return bf16_at(Z[j >> 1u], j);
+#else
+    return f32(Z[j]);
+#endif
+}
+#endif
+
+// checkpoint i of this dispatch's rows
+fn ck_st(i: u32, v: f32) {
+#ifdef PACKED
+    WS[P.off_ck + i] = v;
+#else
+    RS[i] = v;
+#endif
+}
+fn ck_ld(i: u32) -> f32 {
+#ifdef PACKED
+    return WS[P.off_ck + i];
+#else
+    return RS[i];
+#endif
+}
+
+// element i of the per-block partials of dBm / dCm
+fn part_st(i: u32, v: f32) {
+#ifdef PACKED
+    WS[P.off_rs + i] = v;
+#else
+    RS[P.off_rs + i] = v;
+#endif
+}
+
+fn wr_dh0(i: u32, v: f32) {
+#ifdef PACKED
+    WS[P.off_dh0 + i] = v;
+#else
+    DH0[P.off_dh0 + i] = v;
+#endif
+}
+
+fn ld_gf(i: u32) -> f32 {
+#ifdef PACKED
+    return bitcast<f32>(SM[P.off_f + i]);
+#else
+    return GF[P.off_f + i];
+#endif
+}
+
 fn wr_du(i: u32, v: f32) {
     let j = P.off_du + i;
+#ifdef PACKED
+    WS[j] = v;
+#else
 #ifdef BF16
     atomicOr(&DU[j >> 1u], bf16_word(v, j));
 #else
     DU[j] = SEQ(v);
 #endif
+#endif
 }
 
 fn wr_ddelta(i: u32, v: f32) {
     let j = P.off_ddelta + i;
+#ifdef PACKED
+    WS[j] = v;
+#else
 #ifdef BF16
     atomicOr(&DDELTA[j >> 1u], bf16_word(v, j));
 #else
     DDELTA[j] = SEQ(v);
 #endif
+#endif
 }
 
+#ifndef PACKED
 fn wr_dz(i: u32, v: f32) {
     let j = P.off_dz + i;
 #ifdef BF16
@@ -107,17 +200,23 @@ fn wr_dz(i: u32, v: f32) {
     DZ[j] = SEQ(v);
 #endif
 }
+#endif
 
 #ifndef FIXED_BC
 fn wr_dbc(i: u32, vb: f32, vc: f32) {
     let jb = P.off_dbm + i;
     let jc = P.off_dcm + i;
+#ifdef PACKED
+    WS[jb] = vb;
+    WS[jc] = vc;
+#else
 #ifdef BF16
     atomicOr(&DBM[jb >> 1u], bf16_word(vb, jb));
     atomicOr(&DCM[jc >> 1u], bf16_word(vc, jc));
 #else
     DBM[jb] = SEQ(vb);
     DCM[jc] = SEQ(vc);
+#endif
 #endif
 }
 #endif
@@ -157,14 +256,14 @@ fn reduce_n(lid: u32, len: u32, sgw: u32, two: bool) {
     if sgw == 0u {
         let q = parts_per_pair(pairs);
         let w = NP / q;
-        for (var r = 0u; r < LC / WG; r++) {
+        for (var r = 0u; r < (LC + WG - 1u) / WG; r++) {
             let idx = lid + r * WG;
             if idx < pairs * q {
                 let p = idx / q;
                 let n0 = (idx % q) * w;
                 var s = 0.0;
                 var s2 = 0.0;
-                for (var j = 0u; j < 2u * L; j++) {
+                for (var j = 0u; j < max(2u * L, QMAX); j++) {
                     if j < w && n0 + j < P.N {
                         s += s_r[p * NP + n0 + j];
                         if two {
@@ -222,8 +321,8 @@ fn reduce_c(lid: u32, b: u32, t0: u32, len: u32, d0: u32, blk: u32) {
                 wr_dbc(((b * P.T + t) * P.G + dfirst / P.dg) * P.N + n, sb, sc);
             } else {
                 let o = ((b * P.T + t) * P.nb + blk) * P.N + n;
-                RS[P.off_rs + o] = sb;
-                RS[P.off_rs + P.rows * P.T * P.nb * P.N + o] = sc;
+                part_st(o, sb);
+                part_st(P.rows * P.T * P.nb * P.N + o, sc);
             }
         }
     }
@@ -254,15 +353,19 @@ fn advance(lid: u32, d0: u32, th_in: Th, t0: u32, h: ptr<function, f32>) {
     th.len = L;
     stage(lid, th.b, t0, L, d0);
     workgroupBarrier();
-    const_assert L == 8u;
     adv_step(0u, th, h);
     adv_step(1u, th, h);
     adv_step(2u, th, h);
     adv_step(3u, th, h);
+#ifdef PACKED
+    const_assert L == 4u;
+#else
+    const_assert L == 8u;
     adv_step(4u, th, h);
     adv_step(5u, th, h);
     adv_step(6u, th, h);
     adv_step(7u, th, h);
+#endif
     workgroupBarrier();
 }
 
@@ -384,10 +487,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc = Acc(0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     if th.live {
         if (P.flags & HAS_H0) != 0u {
-            h = H0[P.off_h0 + (b * P.D + d) * P.N + th.n];
+            h = ld_h0((b * P.D + d) * P.N + th.n);
         }
         if (P.flags & HAS_GF) != 0u {
-            acc.hc = GF[P.off_f + (b * P.D + d) * P.N + th.n];
+            acc.hc = ld_gf((b * P.D + d) * P.N + th.n);
         }
     }
     let ck = (b * KC * P.D + d) * P.N + th.n;
@@ -395,14 +498,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // sweep forward: the state entering each checkpoint interval
     for (var kc = 0u; kc + 1u < KC; kc++) {
         if th.live {
-            RS[ck + kc * DN] = h;
+            ck_st(ck + kc * DN, h);
         }
         for (var s = 0u; s < S; s++) {
             advance(lid, d0, th, kc * CK + s * L, &h);
         }
     }
     if th.live {
-        RS[ck + (KC - 1u) * DN] = h;
+        ck_st(ck + (KC - 1u) * DN, h);
     }
 
     for (var kr = 0u; kr < KC; kr++) {
@@ -413,7 +516,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var sub: array<f32, S>;
         var hk = 0.0;
         if th.live {
-            hk = RS[ck + kc * DN];
+            hk = ck_ld(ck + kc * DN);
         }
         for (var s = 0u; s + 1u < ns; s++) {
             sub[s] = hk;
@@ -439,32 +542,46 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             rec_step(1u, th, &hh, &hs, &as_);
             rec_step(2u, th, &hh, &hs, &as_);
             rec_step(3u, th, &hh, &hs, &as_);
+#ifndef PACKED
             rec_step(4u, th, &hh, &hs, &as_);
             rec_step(5u, th, &hh, &hs, &as_);
             rec_step(6u, th, &hh, &hs, &as_);
             rec_step(7u, th, &hh, &hs, &as_);
+#endif
             workgroupBarrier();
             reduce_n(lid, len, th.sgw, false);
             workgroupBarrier();
 
             // y, dz and dy of each (step, channel)
-            for (var r = 0u; r < LC / WG; r++) {
+            for (var r = 0u; r < (LC + WG - 1u) / WG; r++) {
                 let idx = lid + r * WG;
                 let dd = d0 + idx % CB;
                 if idx < len * CB && dd < P.D {
                     let i = (b * T + t0 + idx / CB) * P.D + dd;
+#ifdef PACKED
+                    // dy from selective/gate.wgsl; y for its dz pass
+                    let dy = WS[P.off_o + i];
+                    if (P.flags & HAS_Z) != 0u {
+                        var y = s_y[idx];
+                        if (P.flags & HAS_DSKIP) != 0u {
+                            y += ld_dskip(dd) * s_u[idx];
+                        }
+                        WS[P.off_dz + i] = y;
+                    }
+#else
                     let go = rd_gout(i);
                     var dy = go;
                     if (P.flags & HAS_Z) != 0u {
                         var y = s_y[idx];
                         if (P.flags & HAS_DSKIP) != 0u {
-                            y += DSKIP[P.off_dskip + dd] * s_u[idx];
+                            y += ld_dskip(dd) * s_u[idx];
                         }
                         let zz = rd_z(i);
                         let sg = sigmoid(zz);
                         wr_dz(i, go * y * sg * (1.0 + zz * (1.0 - sg)));
                         dy = go * zz * sg;
                     }
+#endif
                     s_dy[idx] = dy;
                 }
             }
@@ -472,10 +589,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
             // the adjoint, backwards through the chunk
             var hadj: array<f32, L>;
+#ifndef PACKED
             rev_step(7u, th, h_start, &hs, &as_, &hadj, &acc);
             rev_step(6u, th, h_start, &hs, &as_, &hadj, &acc);
             rev_step(5u, th, h_start, &hs, &as_, &hadj, &acc);
             rev_step(4u, th, h_start, &hs, &as_, &hadj, &acc);
+#endif
             rev_step(3u, th, h_start, &hs, &as_, &hadj, &acc);
             rev_step(2u, th, h_start, &hs, &as_, &hadj, &acc);
             rev_step(1u, th, h_start, &hs, &as_, &hadj, &acc);
@@ -485,14 +604,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             workgroupBarrier();
 
             // du and ddelta of each (step, channel)
-            for (var r = 0u; r < LC / WG; r++) {
+            for (var r = 0u; r < (LC + WG - 1u) / WG; r++) {
                 let idx = lid + r * WG;
                 let dd = d0 + idx % CB;
                 if idx < len * CB && dd < P.D {
                     let i = (b * T + t0 + idx / CB) * P.D + dd;
                     var dsk = 0.0;
                     if (P.flags & HAS_DSKIP) != 0u {
-                        dsk = DSKIP[P.off_dskip + dd];
+                        dsk = ld_dskip(dd);
                     }
                     wr_du(i, s_dt[idx] * s_y[idx] + dsk * s_dy[idx]);
                     let ddl = (s_u[idx] * s_y[idx] + s_y2[idx]) * s_fac[idx];
@@ -506,10 +625,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             dbc_step(1u, th, &hs, &hadj);
             dbc_step(2u, th, &hs, &hadj);
             dbc_step(3u, th, &hs, &hadj);
+#ifndef PACKED
             dbc_step(4u, th, &hs, &hadj);
             dbc_step(5u, th, &hs, &hadj);
             dbc_step(6u, th, &hs, &hadj);
             dbc_step(7u, th, &hs, &hadj);
+#endif
             workgroupBarrier();
             reduce_c(lid, b, t0, len, d0, blk);
 #else
@@ -520,10 +641,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             chan_step(1u, lid, len, &acc);
             chan_step(2u, lid, len, &acc);
             chan_step(3u, lid, len, &acc);
+#ifndef PACKED
             chan_step(4u, lid, len, &acc);
             chan_step(5u, lid, len, &acc);
             chan_step(6u, lid, len, &acc);
             chan_step(7u, lid, len, &acc);
+#endif
             workgroupBarrier();
         }
     }
@@ -531,7 +654,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row = P.row0 + b;
     let bdn = P.B * DN;
     if th.live {
-        DH0[P.off_dh0 + (b * P.D + d) * P.N + th.n] = acc.hc;
+        wr_dh0((b * P.D + d) * P.N + th.n, acc.hc);
         PP[P.off_pp + row * DN + d * P.N + th.n] = acc.da;
 #ifdef FIXED_BC
         PP[P.off_pp + bdn + 2u * P.B * P.D + row * DN + d * P.N + th.n] = acc.db;

@@ -28,6 +28,21 @@ override CB: u32 = 1u;
 override NP: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> P: Params;
+#ifdef PACKED
+// PACKED (devices with WebGPU's default limits: 8 storage buffers, 16 KiB of workgroup
+// memory): u, delta, Bm, Cm bound here; the small f32 / u32 arguments (A, Dskip, delta_bias,
+// h0, start, and in the backward grad_final) packed by the launcher into one buffer SM
+// (declared by each kernel), each at its element offset in P.
+@group(0) @binding(1) var<storage, read> U: array<SEQ>;
+@group(0) @binding(2) var<storage, read> DELTA: array<SEQ>;
+#ifdef FIXED_BC
+@group(0) @binding(3) var<storage, read> BM: array<f32>;
+@group(0) @binding(4) var<storage, read> CM: array<f32>;
+#else
+@group(0) @binding(3) var<storage, read> BM: array<SEQ>;
+@group(0) @binding(4) var<storage, read> CM: array<SEQ>;
+#endif
+#else
 @group(0) @binding(1) var<storage, read> U: array<SEQ>;
 @group(0) @binding(2) var<storage, read> DELTA: array<SEQ>;
 @group(0) @binding(3) var<storage, read> A: array<f32>;
@@ -43,6 +58,44 @@ override NP: u32 = 1u;
 @group(0) @binding(8) var<storage, read> BIAS: array<f32>;
 @group(0) @binding(9) var<storage, read> H0: array<f32>;
 @group(0) @binding(10) var<storage, read> START: array<u32>;
+#endif
+
+// The small arguments at element i (P's offset added here), bound or packed
+fn ld_a(i: u32) -> f32 {
+#ifdef PACKED
+    return bitcast<f32>(SM[P.off_a + i]);
+#else
+    return A[P.off_a + i];
+#endif
+}
+fn ld_dskip(i: u32) -> f32 {
+#ifdef PACKED
+    return bitcast<f32>(SM[P.off_dskip + i]);
+#else
+    return DSKIP[P.off_dskip + i];
+#endif
+}
+fn ld_bias(i: u32) -> f32 {
+#ifdef PACKED
+    return bitcast<f32>(SM[P.off_bias + i]);
+#else
+    return BIAS[P.off_bias + i];
+#endif
+}
+fn ld_h0(i: u32) -> f32 {
+#ifdef PACKED
+    return bitcast<f32>(SM[P.off_h0 + i]);
+#else
+    return H0[P.off_h0 + i];
+#endif
+}
+fn ld_start(i: u32) -> u32 {
+#ifdef PACKED
+    return SM[P.off_start + i];
+#else
+    return START[P.off_start + i];
+#endif
+}
 
 // dt, u and d(dt)/d(delta) of the chunk's (step e, channel c) at e * CB + c; reset flags by e
 var<workgroup> s_dt: array<f32, LC>;
@@ -68,14 +121,6 @@ fn rd_delta(i: u32) -> f32 {
 #endif
 }
 
-fn rd_z(i: u32) -> f32 {
-    let j = P.off_z + i;
-#ifdef BF16
-    return bf16_at(Z[j >> 1u], j);
-#else
-    return f32(Z[j]);
-#endif
-}
 
 // Bm / Cm at element i (input-dependent: [B, T, G, N] in SEQ; fixed: [D, N] f32)
 fn rd_b(i: u32) -> f32 {
@@ -125,14 +170,14 @@ fn sigmoid(x: f32) -> f32 {
 // Stage steps t0 .. t0 + len of row b for channels d0 .. d0 + CB: dt, u, d(dt)/d(delta) and
 // the reset flags. Every thread calls this; a barrier must follow before the values are read.
 fn stage(lid: u32, b: u32, t0: u32, len: u32, d0: u32) {
-    for (var r = 0u; r < LC / WG; r++) {
+    for (var r = 0u; r < (LC + WG - 1u) / WG; r++) {
         let idx = lid + r * WG;
         let d = d0 + idx % CB;
         if idx < len * CB && d < P.D {
             let i = (b * P.T + t0 + idx / CB) * P.D + d;
             var x = rd_delta(i);
             if (P.flags & HAS_BIAS) != 0u {
-                x += BIAS[P.off_bias + d];
+                x += ld_bias(d);
             }
             var dt = x;
             var fac = 1.0;
@@ -148,7 +193,7 @@ fn stage(lid: u32, b: u32, t0: u32, len: u32, d0: u32) {
     if lid < len {
         var r = 0u;
         if (P.flags & HAS_START) != 0u {
-            r = START[P.off_start + b * P.T + t0 + lid];
+            r = ld_start(b * P.T + t0 + lid);
         }
         s_rs[lid] = r;
     }
@@ -229,7 +274,7 @@ fn thread_of(b: u32, d0: u32, li: u32, sgw: u32) -> Th {
     th.bfix = 0.0;
     th.cfix = 0.0;
     if th.live {
-        th.an = A[P.off_a + d * P.N + th.n];
+        th.an = ld_a(d * P.N + th.n);
 #ifdef FIXED_BC
         th.bfix = rd_b(d * P.N + th.n);
         th.cfix = rd_c(d * P.N + th.n);

@@ -7,6 +7,8 @@
 // the reduction over n; the sums over n are formed in a fixed order (workgroup memory, or a
 // subgroup butterfly with SUBGROUPS when whole subgroups are available and N fits one); then
 // one thread per (step, channel) adds the skip term, applies the gate and writes out.
+// PACKED (WebGPU's default limits): 8-step chunks (13 KiB of workgroup memory instead of 25)
+// and 8 storage buffers: u, delta, Bm, Cm, z, the packed small arguments, out, h_final.
 //! variant:
 //! variant: FIXED_BC
 //! variant: F16
@@ -19,25 +21,57 @@
 //! variant: SUBGROUPS F16 FIXED_BC
 //! variant: SUBGROUPS BF16
 //! variant: SUBGROUPS BF16 FIXED_BC
+//! variant: PACKED
+//! variant: PACKED FIXED_BC
+//! variant: PACKED F16
+//! variant: PACKED F16 FIXED_BC
+//! variant: PACKED BF16
+//! variant: PACKED BF16 FIXED_BC
+//! variant: PACKED SUBGROUPS
+//! variant: PACKED SUBGROUPS FIXED_BC
+//! variant: PACKED SUBGROUPS F16
+//! variant: PACKED SUBGROUPS F16 FIXED_BC
+//! variant: PACKED SUBGROUPS BF16
+//! variant: PACKED SUBGROUPS BF16 FIXED_BC
 #ifdef F16
 enable f16;
 #endif
 #include "selective/common.wgsl"
 
 // steps per chunk
+#ifdef PACKED
+const L: u32 = 8u;
+#else
 const L: u32 = 16u;
+#endif
 const LC: u32 = L * CBMAX;
 
+#ifdef PACKED
+@group(0) @binding(5) var<storage, read> Z: array<SEQ>;
+@group(0) @binding(6) var<storage, read> SM: array<u32>;
+@group(0) @binding(7) var<storage, read_write> OUT: array<SEQ_OUT>;
+@group(0) @binding(8) var<storage, read_write> HF: array<f32>;
+#else
 @group(0) @binding(11) var<storage, read_write> OUT: array<SEQ_OUT>;
 @group(0) @binding(12) var<storage, read_write> HF: array<f32>;
+#endif
 
 // Cm h of (step e, channel c, state n) at (e * CB + c) * NP + n (subgroup partials: fewer)
-var<workgroup> s_r: array<f32, 4096>;
+var<workgroup> s_r: array<f32, L * WG>;
 // y without the skip term, at e * CB + c
 var<workgroup> s_y: array<f32, LC>;
 var<workgroup> s_part: array<f32, WG>;
 // 0: workgroup-memory sums over n; NP: subgroup butterflies (whole subgroups, NP <= size)
 var<workgroup> s_sgw: u32;
+
+fn rd_z(i: u32) -> f32 {
+    let j = P.off_z + i;
+#ifdef BF16
+    return bf16_at(Z[j >> 1u], j);
+#else
+    return f32(Z[j]);
+#endif
+}
 
 fn wr_out(i: u32, v: f32) {
     let j = P.off_o + i;
@@ -56,13 +90,13 @@ fn finish_n(lid: u32, len: u32, sgw: u32) {
     if sgw == 0u {
         let q = parts_per_pair(pairs);
         let w = NP / q;
-        for (var r = 0u; r < LC / WG; r++) {
+        for (var r = 0u; r < (LC + WG - 1u) / WG; r++) {
             let idx = lid + r * WG;
             if idx < pairs * q {
                 let p = idx / q;
                 let n0 = (idx % q) * w;
                 var s = 0.0;
-                for (var j = 0u; j < 2u * L; j++) {
+                for (var j = 0u; j < max(2u * L, QMAX); j++) {
                     if j < w && n0 + j < P.N {
                         s += s_r[p * NP + n0 + j];
                     }
@@ -146,7 +180,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let T = P.T;
     var h = 0.0;
     if th.live && (P.flags & HAS_H0) != 0u {
-        h = H0[P.off_h0 + (b * P.D + d) * P.N + th.n];
+        h = ld_h0((b * P.D + d) * P.N + th.n);
     }
     let nk = (T + L - 1u) / L;
     for (var k = 0u; k < nk; k++) {
@@ -156,7 +190,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         th.len = len;
         stage(lid, b, t0, len, d0);
         workgroupBarrier();
-        const_assert L == 16u;
         fwd_step(0u, th, &h);
         fwd_step(1u, th, &h);
         fwd_step(2u, th, &h);
@@ -165,6 +198,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         fwd_step(5u, th, &h);
         fwd_step(6u, th, &h);
         fwd_step(7u, th, &h);
+#ifdef PACKED
+        const_assert L == 8u;
+#else
+        const_assert L == 16u;
         fwd_step(8u, th, &h);
         fwd_step(9u, th, &h);
         fwd_step(10u, th, &h);
@@ -173,17 +210,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         fwd_step(13u, th, &h);
         fwd_step(14u, th, &h);
         fwd_step(15u, th, &h);
+#endif
         workgroupBarrier();
         finish_n(lid, len, th.sgw);
         workgroupBarrier();
-        for (var r = 0u; r < LC / WG; r++) {
+        for (var r = 0u; r < (LC + WG - 1u) / WG; r++) {
             let idx = lid + r * WG;
             let dd = d0 + idx % CB;
             if idx < len * CB && dd < P.D {
                 let i = (b * T + t0 + idx / CB) * P.D + dd;
                 var y = s_y[idx];
                 if (P.flags & HAS_DSKIP) != 0u {
-                    y += DSKIP[P.off_dskip + dd] * s_u[idx];
+                    y += ld_dskip(dd) * s_u[idx];
                 }
                 if (P.flags & HAS_Z) != 0u {
                     let zz = rd_z(i);

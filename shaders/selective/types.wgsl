@@ -27,6 +27,7 @@ struct Params {
     off_h0: u32, off_start: u32, off_o: u32, off_f: u32,
     off_du: u32, off_ddelta: u32, off_dz: u32, off_dbm: u32,
     off_dcm: u32, off_dh0: u32, off_pp: u32, off_rs: u32,
+    off_ck: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 const HAS_DSKIP: u32 = 1u;
 const HAS_Z: u32 = 2u;
