@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what linrec's test suite needs on a fresh Debian/Ubuntu machine and prints the
 # environment to use (source it: `source scripts/setup.sh`):
-#   - lavapipe (Mesa's Vulkan driver on the CPU), so every WGSL kernel runs without a GPU;
+#   - lavapipe (Mesa's Vulkan driver on the CPU), so every WGSL kernel runs without a GPU, and
+#     Mesa's EGL with llvmpipe, so they run on wgpu's GL backend too;
 #   - nvcc / ptxas from pinned pip packages (CUDA 13.0.x) in .tools/nvcc, so the CUDA kernels
 #     compile to PTX for sm_80 / sm_90 at build time and can be checked for register spills;
 #   - where no NVIDIA driver exists, linrec's CUDA emulator (tools/cuda-emu), so the CUDA
@@ -12,16 +13,18 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 say() { echo "setup: $*" >&2; }
 
-# --- lavapipe
-if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libvulkan.so.1'; then
-  say "installing lavapipe (mesa-vulkan-drivers libvulkan1)"
+# --- lavapipe (Vulkan) and llvmpipe through EGL (wgpu's GL backend), both Mesa on the CPU
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libvulkan.so.1' \
+  || ! ldconfig -p | grep -q 'libEGL_mesa.so.0'; then
+  say "installing lavapipe and Mesa's EGL (mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri)"
   sudo=""
   if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null; then sudo=sudo; else
-      say "please run as root or install mesa-vulkan-drivers and libvulkan1"; exit 1; fi
+      say "please run as root or install mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri"; exit 1; fi
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 \
+    libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
 fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/linrec-xdg-$(id -u)}
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"

@@ -10,7 +10,13 @@
 #      and without feature `cuda`, nvcc hidden (the NVRTC path a user without a toolkit gets);
 #   4. every test: WGSL kernels on the best wgpu adapter (lavapipe without a GPU), CUDA kernels
 #      on the GPU, or on linrec's CPU emulator where there is none (the long-sequence cases are
-#      the `long_*` tests: `cargo test -- long_` runs that group alone).
+#      the `long_*` tests: `cargo test -- long_` runs that group alone);
+#   5. the WGSL tests again (long ones aside) on lavapipe opened with WebGPU's default limits
+#      (LINREC_WGPU_LIMITS=webgpu: 8 storage buffers per stage, 16 KiB workgroup memory), and
+#      on wgpu's GL backend (WGPU_BACKEND=gl: llvmpipe through EGL, no subgroups, no f16);
+#   6. every WGSL kernel translated by naga to SPIR-V, MSL, HLSL and GLSL (tools/shader-check):
+#      each declared variant, and each pipeline the tests above built with its run-time
+#      constants, whose storage buffers and workgroup memory it counts again.
 # Each stage prints its wall time. `LINREC_CI_SKIP=package` skips the package stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +35,18 @@ end_stage() {
   stage_name=""
 }
 skip() { [[ ",${LINREC_CI_SKIP:-}," == *",$1,"* ]] && echo "== $1: skipped (LINREC_CI_SKIP)"; }
+# Run a command with its output in $quiet_log: print the summary lines on success, the whole
+# log on failure (and fail).
+quiet_log=$(mktemp)
+quiet() {
+  if "$@" >"$quiet_log" 2>&1; then
+    grep -E "^test result|tests run on|tests skipped|kernels \(|^error" "$quiet_log" || true
+  else
+    cat "$quiet_log"
+    echo "== failed: $*"
+    exit 1
+  fi
+}
 
 begin "set-up (lavapipe, nvcc, CUDA emulator)"
 source scripts/setup.sh
@@ -62,8 +80,27 @@ for line in sys.stdin:
 begin "CUDA kernels: sm_80 / sm_90 assemble and spill check"
 scripts/check-cuda.sh --ptx "$out_dir"
 
+# every pipeline the tests build is logged for the translation check (stage 6)
+export LINREC_WGPU_PIPELINE_LOG="$root/target/wgpu-pipelines.log"
+rm -f "$LINREC_WGPU_PIPELINE_LOG"
+
 begin "tests"
 cargo test --features "$features" "$@"
+
+if [ $# -eq 0 ]; then
+  begin "WGSL tests on WebGPU's default limits (lavapipe)"
+  quiet env LINREC_WGPU_LIMITS=webgpu cargo test --features "$features" -- wgpu --skip long_
+  grep -q "WebGPU default limits" "$quiet_log" || { echo "the limits were not applied"; exit 1; }
+
+  begin "WGSL tests on wgpu's GL backend (llvmpipe through EGL)"
+  quiet env WGPU_BACKEND=gl cargo test --features "$features" -- wgpu --skip long_
+  grep -q "(Gl, " "$quiet_log" || { echo "no GL adapter: the GL stage tested nothing"; exit 1; }
+fi
+
+begin "WGSL translation to SPIR-V, MSL, HLSL, GLSL (tools/shader-check)"
+quiet env CARGO_TARGET_DIR="$root/target/shader-check" cargo run -q --release \
+  --manifest-path tools/shader-check/Cargo.toml -- shaders "$LINREC_WGPU_PIPELINE_LOG"
+grep -E "^kernel variant|WebGPU defaults" "$quiet_log" | head -60
 
 if ! skip package; then
   begin "package: publish dry run, unpacked crate with and without cuda (no nvcc)"
