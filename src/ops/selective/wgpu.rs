@@ -328,6 +328,8 @@ impl Plan {
 /// unit test below pins these figures). A device that offers less runs the PACKED variants.
 const WIDE_FORWARD: (u32, u32) = (12, 25680);
 const WIDE_BACKWARD: (u32, u32) = (20, 25648);
+/// The storage buffers of the wide backward with fixed `Bm` / `Cm` (no dBm / dCm bindings).
+const WIDE_BACKWARD_FIXED_BUFFERS: u32 = 18;
 
 /// The pipeline of `shader`: its wide variant where the device offers `wide` (storage
 /// buffers, workgroup bytes), else (or where the device refuses the wide one with
@@ -647,7 +649,11 @@ pub fn backward(
         "selective/backward.wgsl",
         &pl.defines,
         &pl.backward_constants(p),
-        WIDE_BACKWARD,
+        if p.input_dependent() {
+            WIDE_BACKWARD
+        } else {
+            (WIDE_BACKWARD_FIXED_BUFFERS, WIDE_BACKWARD.1)
+        },
     )?;
     pl.packed = packed;
     // per-block partials of input-dependent dBm / dCm when a group spans several blocks
@@ -1044,15 +1050,21 @@ mod tests {
                     .unwrap()
                     .source;
                 // the constants of the largest block: CB = 32 channels of NP = 8 states
-                let n = crate::runtime::wgpu::needs(
-                    &src,
-                    "main",
-                    &[("CB", 32.0), ("NP", 8.0), ("CW", 1.0)],
-                )
-                .unwrap();
+                let constants: &[(&str, f64)] = if shader.contains("backward") {
+                    &[("CB", 32.0), ("NP", 8.0), ("CW", 1.0)]
+                } else {
+                    &[("CB", 32.0), ("NP", 8.0)]
+                };
+                let n = crate::runtime::wgpu::needs(&src, "main", constants).unwrap();
+                eprintln!(
+                    "{shader} {defines:?}: {} storage buffers, {} bytes of workgroup memory",
+                    n.storage_buffers, n.workgroup_bytes
+                );
                 if defines.contains(&"PACKED") {
                     assert!(n.storage_buffers <= d.max_storage_buffers_per_shader_stage);
                     assert!(n.workgroup_bytes <= d.max_compute_workgroup_storage_size as u64);
+                } else if defines.contains(&"FIXED_BC") && shader.contains("backward") {
+                    assert_eq!(n.storage_buffers, WIDE_BACKWARD_FIXED_BUFFERS);
                 } else {
                     bufs = bufs.max(n.storage_buffers);
                     bytes = bytes.max(n.workgroup_bytes as u32);
