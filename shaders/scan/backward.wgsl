@@ -145,7 +145,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             rr[e] = re;
             f = map_step(f, me, ge, re);
         }
-        var hh = map_apply(lane_prefix(lid, j, f), carry[c]);
+        let pf = lane_prefix(lid, j, f);
+        var hh = map_apply(pf.enter, carry[c]);
         workgroupBarrier();
         for (var e = 0u; e < E; e++) {
             hh = select(vmul(mm[e], hh) + gg[e], gg[e], rr[e]);
@@ -177,7 +178,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         if j == WG / CB - 1u {
-            carry[c] = hh;
+            // the chunk's whole map (its multiplier in hi + lo) applied to the carried state
+            carry[c] = map_apply(pf.leave, carry[c]);
         }
         workgroupBarrier();
     }

@@ -17,27 +17,79 @@ const E: u32 = 4u;
 override CB: u32 = 32u;
 
 var<workgroup> sm: array<V, 256>;
+var<workgroup> sml: array<V, 256>;
 var<workgroup> sx: array<V, 256>;
 var<workgroup> sr: array<u32, 256>;
 var<workgroup> carry: array<V, 32>;
 
-// state -> r ? x : m * state + x
+// Exact products without relying on fma (WGSL's fma may be evaluated unfused, as on lavapipe):
+// Dekker's product with operands split by masking (hi keeps 12 significant bits, lo the rest,
+// both exact), so a * b = p + e exactly: p the rounded product, e its error. The split is a
+// bit mask, not Veltkamp's c - (c - a), which a compiler may simplify to a.
+fn split12(a: f32) -> vec2<f32> {
+    let hi = bitcast<f32>(bitcast<u32>(a) & 0xfffff000u);
+    return vec2<f32>(hi, a - hi);
+}
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let p = a * b;
+    let x = split12(a);
+    let y = split12(b);
+    return vec2<f32>(p, ((x.x * y.x - p) + x.x * y.y + x.y * y.x) + x.y * y.y);
+}
+
+// a + b = s + e exactly (Knuth). `op` returns its argument unchanged; it hides from the
+// compiler that s - b came from (a + b) so the expression is not simplified to a.
+fn op(v: f32) -> f32 {
+    return select(v, -v, P.flags == 0xffffffffu);
+}
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = a + b;
+    let bb = s - op(a);
+    return vec2<f32>(s, (a - (s - bb)) + (op(b) - bb));
+}
+
+// (ah + al)(bh + bl) as hi + lo (unnormalized, |lo| about an ulp of hi), to about 2^-44
+// relative: the products of the high parts exactly, the terms with a low part in f32.
+fn ff_mul(ah: V, al: V, bh: V, bl: V) -> array<V, 2> {
+#ifdef COMPLEX
+    let p1 = two_prod(ah.x, bh.x);
+    let p2 = two_prod(ah.y, bh.y);
+    let q1 = two_prod(ah.x, bh.y);
+    let q2 = two_prod(ah.y, bh.x);
+    let re = two_sum(p1.x, -p2.x);
+    let im = two_sum(q1.x, q2.x);
+    let cross = vmul(ah, bl) + vmul(al, bh);
+    let lo = V(re.y + (p1.y - p2.y), im.y + (q1.y + q2.y)) + cross;
+    return array<V, 2>(V(re.x, im.x), lo);
+#else
+    let p = two_prod(ah, bh);
+    return array<V, 2>(p.x, p.y + (ah * bl + al * bh));
+#endif
+}
+
+// state -> r ? x : (m + ml) * state + x. The multiplier is kept as an unevaluated sum
+// m + ml (about 44 bits): it is a product of up to L transitions, and its f32 roundings
+// are the same in every chunk of a time-invariant scan (and biased for transitions near 1),
+// an error the carried state accumulates over the whole sequence (rel 5e-5 at T = 2^20 with
+// a within 1e-4 of 1). x and the replayed steps are f32: their roundings do not accumulate.
 struct Map {
     m: V,
+    ml: V,
     x: V,
     r: bool,
 }
 
 fn map_id() -> Map {
-    return Map(vone(), vzero(), false);
+    return Map(vone(), vzero(), vzero(), false);
 }
 
 // One step appended to f: (reset ? replace by xe : multiply by me, add xe).
 fn map_step(f: Map, me: V, xe: V, reset: bool) -> Map {
     if reset {
-        return Map(vone(), xe, true);
+        return Map(vone(), vzero(), xe, true);
     }
-    return Map(vmul(me, f.m), vmul(me, f.x) + xe, f.r);
+    let m = ff_mul(me, vzero(), f.m, f.ml);
+    return Map(m[0], m[1], vmul(me, f.x) + xe, f.r);
 }
 
 // `later` after `earlier`.
@@ -45,22 +97,31 @@ fn map_then(earlier: Map, later: Map) -> Map {
     if later.r {
         return later;
     }
-    return Map(vmul(later.m, earlier.m), vmul(later.m, earlier.x) + later.x, earlier.r);
+    let m = ff_mul(later.m, later.ml, earlier.m, earlier.ml);
+    let x = vmul(later.m, earlier.x) + (vmul(later.ml, earlier.x) + later.x);
+    return Map(m[0], m[1], x, earlier.r);
 }
 
 fn map_apply(f: Map, s: V) -> V {
     if f.r {
         return f.x;
     }
-    return vmul(f.m, s) + f.x;
+    return vmul(f.m, s) + (vmul(f.ml, s) + f.x);
 }
 
-// The map entering lane j of channel c: the composition of lanes 0..j-1 (identity for j = 0).
+// The maps entering lane j of channel c (the composition of lanes 0..j-1, identity for
+// j = 0) and leaving it (lanes 0..j).
+struct Prefix {
+    enter: Map,
+    leave: Map,
+}
+
 // Every thread of the workgroup must call this (it has barriers).
-fn lane_prefix(lid: u32, j: u32, own: Map) -> Map {
+fn lane_prefix(lid: u32, j: u32, own: Map) -> Prefix {
     let tl = WG / CB;
     var f = own;
     sm[lid] = f.m;
+    sml[lid] = f.ml;
     sx[lid] = f.x;
     sr[lid] = u32(f.r);
     workgroupBarrier();
@@ -69,12 +130,13 @@ fn lane_prefix(lid: u32, j: u32, own: Map) -> Map {
         let has = j >= off;
         if has {
             let n = lid - off * CB;
-            p = Map(sm[n], sx[n], sr[n] != 0u);
+            p = Map(sm[n], sml[n], sx[n], sr[n] != 0u);
         }
         workgroupBarrier();
         if has {
             f = map_then(p, f);
             sm[lid] = f.m;
+            sml[lid] = f.ml;
             sx[lid] = f.x;
             sr[lid] = u32(f.r);
         }
@@ -83,7 +145,7 @@ fn lane_prefix(lid: u32, j: u32, own: Map) -> Map {
     var r = map_id();
     if j > 0u {
         let n = lid - CB;
-        r = Map(sm[n], sx[n], sr[n] != 0u);
+        r = Map(sm[n], sml[n], sx[n], sr[n] != 0u);
     }
-    return r;
+    return Prefix(r, f);
 }

@@ -108,7 +108,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             rr[e] = re;
             f = map_step(f, me, xe, re);
         }
-        var h = map_apply(lane_prefix(lid, j, f), carry[c]);
+        let pf = lane_prefix(lid, j, f);
+        var h = map_apply(pf.enter, carry[c]);
         workgroupBarrier();
         for (var e = 0u; e < E; e++) {
             h = select(vmul(mm[e], h) + xx[e], xx[e], rr[e]);
@@ -119,7 +120,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         if j == WG / CB - 1u {
-            carry[c] = h;
+            // the chunk's whole map (its multiplier in hi + lo) applied to the carried state
+            carry[c] = map_apply(pf.leave, carry[c]);
         }
         workgroupBarrier();
     }
