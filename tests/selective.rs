@@ -2057,6 +2057,29 @@ fn wgpu_webgpu_default_limits() -> T {
             }
         }
     }
+    // decode-like rows (T = 1) split over dispatches by small bindings: the packed buffer's
+    // per-row part (h0, start) is the forward's widest row and shares its binding with A,
+    // Dskip and delta_bias (the backward's per-row parameter partials are bound whole, so the
+    // forward only)
+    let ctx = linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+        webgpu_default_limits: true,
+        max_storage_buffer_binding_size: Some(8192),
+        ..linrec::WgpuOptions::from_env().unwrap()
+    })?;
+    let dev = Device::Wgpu(ctx);
+    for (k, p) in variants(25, 1, 12, 16, 3).into_iter().enumerate() {
+        let d = gen(p, ALL, 1950 + k as u64);
+        let out = selective::forward(&dev, &d.p, &tensors(&d).inputs())?;
+        let r = fwd_ref(&d);
+        let what = format!("webgpu limits, 8 KiB bindings, {}", name(&p));
+        close(&format!("{what} out"), &out.out.to_f64_vec(), &r.out, 1e-5)?;
+        close(
+            &format!("{what} h_final"),
+            &out.h_final.to_f64_vec(),
+            &r.h_final,
+            1e-5,
+        )?;
+    }
     Ok(())
 }
 

@@ -433,6 +433,27 @@ impl SmLayout {
     fn row(pl: &Plan, gf: bool) -> usize {
         pl.state_row * (1 + usize::from(gf)) + pl.flag_row
     }
+    /// The bytes per row to give the row split for the packed buffer: its fixed part (A,
+    /// Dskip, delta_bias) shares each dispatch's binding with the rows, so a row counts as
+    /// `row * limit / (limit - fixed)` bytes and the rows of one dispatch leave room for it.
+    fn split_bytes(ctx: &WgpuContext, pl: &Plan, p: &SelectiveScan, gf: bool) -> Result<u64> {
+        let fixed = (pl.state_row + 2 * p.dim) as u64 * 4;
+        let row = Self::row(pl, gf) as u64 * 4;
+        // the split's own slack (offset alignment and rounding), with a margin
+        let slack = ctx.limits.min_storage_buffer_offset_alignment as u64 + 260;
+        let limit = ctx.max_binding().saturating_sub(slack);
+        if fixed >= limit {
+            return Err(Error::Limit {
+                backend: "wgpu",
+                what: format!(
+                    "A, Dskip and delta_bias ({fixed} bytes) need a larger binding than \
+                     max_storage_buffer_binding_size {}",
+                    ctx.max_binding()
+                ),
+            });
+        }
+        Ok((row * limit).div_ceil(limit - fixed))
+    }
 }
 
 /// Record the copies of the small arguments of rows `b0 .. b0 + nb` into `sm`.
@@ -482,7 +503,7 @@ pub fn forward(
     )?;
     pl.packed = packed;
     let extra = if packed {
-        (SmLayout::row(&pl, false) * 4) as u64
+        SmLayout::split_bytes(ctx, &pl, p, false)?
     } else {
         0
     };
@@ -673,7 +694,11 @@ pub fn backward(
             pl.kc * pl.state_row + part_row(pl)
         }
     };
-    let extra = (rs_row(&pl).max(if packed { SmLayout::row(&pl, true) } else { 0 }) * 4) as u64;
+    let extra = (rs_row(&pl) as u64 * 4).max(if packed {
+        SmLayout::split_bytes(ctx, &pl, p, inp.grad_final.is_some())?
+    } else {
+        0
+    });
     pl.split(ctx, p, extra)?;
     let max_rows = pl.max_rows();
     check_u32("scratch of the backward", max_rows * rs_row(&pl))?;
