@@ -269,6 +269,36 @@ impl WgpuContext {
         device.on_uncaptured_error(Arc::new(|e| {
             eprintln!("linrec: uncaptured wgpu error: {e}")
         }));
+        let timeout_ns = opts
+            .wait_timeout
+            .map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
+        Ok(Self::assemble(
+            device, queue, info, features, limits, timeout_ns,
+        ))
+    }
+
+    /// A context on a device and queue that another library opened (burn, an application's
+    /// renderer): linrec records and submits its work on `queue`, so it is ordered after
+    /// whatever was submitted there before and before what is submitted after. The features
+    /// and limits are the device's own; linrec uses subgroups and f16 where the device has
+    /// them enabled. The device's uncaptured-error handler is left as it is.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Arc<Self> {
+        let (features, limits) = (device.features(), device.limits());
+        Self::assemble(device, queue, info, features, limits, 0)
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        features: wgpu::Features,
+        limits: wgpu::Limits,
+        timeout_ns: u64,
+    ) -> Arc<Self> {
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("linrec dummy"),
             size: 16,
@@ -288,10 +318,7 @@ impl WgpuContext {
                 count: None,
             }],
         });
-        let timeout_ns = opts
-            .wait_timeout
-            .map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
-        Ok(Arc::new(WgpuContext {
+        Arc::new(WgpuContext {
             device,
             queue,
             info,
@@ -303,7 +330,7 @@ impl WgpuContext {
             owned: Mutex::new(Default::default()),
             probe_layout,
             wait_timeout_ns: timeout_ns.into(),
-        }))
+        })
     }
 
     /// `name (backend, device type)`, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`,
