@@ -2,7 +2,7 @@
 //!
 //! The backward binds 9 storage buffers. On a device that offers fewer (WebGPU's default
 //! limits: 8 per stage) it takes its `PACK` variant instead: `h0` and `grad_final` are first
-//! copied bitwise into one scratch buffer per row group ([`pack_words`], same compute pass),
+//! copied bitwise into one scratch buffer per row group (`pack_words`, same compute pass),
 //! which the kernel reads at two offsets. Devices with more bindings keep the direct variant.
 
 use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
