@@ -35,6 +35,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "burn")]
+pub mod burn;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod device;
