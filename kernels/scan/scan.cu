@@ -155,7 +155,7 @@ __device__ void scan_fwd(const S* __restrict__ x, const S* __restrict__ a_tv,
     const int L = (WG / cb) * E;
     for (int k0 = 0; k0 < T; k0 += L) {
         V<C> mm[E], xx[E];
-        bool rr[E];
+        unsigned rr = 0;  // bit e: step e resets
         Map<C> f = Map<C>::id();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
@@ -171,7 +171,7 @@ __device__ void scan_fwd(const S* __restrict__ x, const S* __restrict__ a_tv,
             }
             mm[e] = me;
             xx[e] = xe;
-            rr[e] = re;
+            rr |= (unsigned)re << e;
             f = f.step(me, xe, re);
         }
         Map<C> enter, leave;
@@ -180,7 +180,7 @@ __device__ void scan_fwd(const S* __restrict__ x, const S* __restrict__ a_tv,
         __syncthreads();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            st = rr[e] ? xx[e] : mm[e] * st + xx[e];
+            st = (rr >> e & 1u) ? xx[e] : mm[e] * st + xx[e];
             const int s = k0 + j * E + e;
             if (live && s < T) {
                 const int t = rev ? T - 1 - s : s;
@@ -219,7 +219,7 @@ __device__ void scan_bwd(const S* __restrict__ a_tv, const float* __restrict__ a
     const int L = (WG / cb) * E;
     for (int k0 = 0; k0 < T; k0 += L) {
         V<C> mm[E], gg[E];
-        bool rr[E];
+        unsigned rr = 0;  // bit e: step e resets
         Map<C> f = Map<C>::id();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
@@ -238,7 +238,7 @@ __device__ void scan_bwd(const S* __restrict__ a_tv, const float* __restrict__ a
             }
             mm[e] = me;
             gg[e] = ge;
-            rr[e] = re;
+            rr |= (unsigned)re << e;
             f = f.step(me, ge, re);
         }
         Map<C> enter, leave;
@@ -247,7 +247,7 @@ __device__ void scan_bwd(const S* __restrict__ a_tv, const float* __restrict__ a
         __syncthreads();
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-            hh = rr[e] ? gg[e] : mm[e] * hh + gg[e];
+            hh = (rr >> e & 1u) ? gg[e] : mm[e] * hh + gg[e];
             const int s = k0 + j * E + e;
             if (live && s < T) {
                 const int t = rev ? s : T - 1 - s;
