@@ -1338,32 +1338,63 @@ fn slow_decay_on(bk: &str) -> T {
         1e-4,
     )
 }
-/// T = 65536 (sixteen times the f32 bounds' longest) with the same slow and absent decays:
-/// the errors are reported and bounded. CUDA applies the carried state once per chunk (one
-/// closed-form power of the whole chunk) and meets the T <= 4096 targets here (rel ~2e-6);
-/// the WGSL kernels pass it through one power per group of lanes, whose roundings drift the
-/// undamped state (rel ~3e-5), so they get ten times looser bounds.
+/// T = 2^20 with the same slow and absent decays (a = 0, -1e-4, -1e-3, -1e-2, high
+/// frequencies), at the f32 bounds (1e-5 forward, 1e-4 gradients): the anchored carry meets
+/// each power's rounding once, not once per chunk (errors printed). The WGSL backward is
+/// checked at T = 65536 only: on lavapipe it leaves the first chunks of `dx` unwritten from
+/// T = 2^18 on (a fault seen before the anchored carry too, not yet understood).
 fn slow_decay_long_on(bk: &str) -> T {
     let dev = backend(bk)?;
-    let mut d = gen(Ffm::new(1, 65536, 4, 2), true, Starts::None, 960);
-    d.a = f32_exact(&[0.0, -1e-4, -1e-3, -1e-2]);
-    d.b = f32_exact(&[2.9, -2.47]);
-    let out = run(Some(&dev), &d)?;
-    let r = run(None, &d)?;
-    report(bk, &d, &out, &r);
-    let (tf, tg) = if bk == "cuda" {
-        (1e-5, 1e-4)
-    } else {
-        (1e-4, 1e-3)
-    };
-    close_all(
-        &format!("{bk} slow decay {}", name(&d)),
-        Some(&d),
-        &out,
-        &r,
-        tf,
-        tg,
-    )
+    for tn in [1 << 16, 1 << 20] {
+        let mut d = gen(Ffm::new(1, tn, 4, 2), true, Starts::None, 960);
+        d.a = f32_exact(&[0.0, -1e-4, -1e-3, -1e-2]);
+        d.b = f32_exact(&[2.9, -2.47]);
+        let what = format!("{bk} slow decay {}", name(&d));
+        if bk == "wgpu" && tn > 1 << 16 {
+            let (out, r) = (forward_only(&dev, &d)?, fwd_ref(&d));
+            eprintln!(
+                "{what}: rel s {:.2e}, s_final {:.2e} (forward only)",
+                rel(&out.0, &r.s),
+                rel(&out.1, &r.s_final)
+            );
+            close(&format!("{what} s"), &out.0, &r.s, 1e-5)?;
+            close(&format!("{what} s_final"), &out.1, &r.s_final, 1e-5)?;
+            continue;
+        }
+        let out = run(Some(&dev), &d)?;
+        let r = run(None, &d)?;
+        report(bk, &d, &out, &r);
+        close_all(&what, Some(&d), &out, &r, 1e-5, 1e-4)?;
+    }
+    Ok(())
+}
+
+/// The forward alone on `dev`: (S, s_final).
+fn forward_only(dev: &Device, d: &Data) -> Result<(Vec<f64>, Vec<f64>), Stop> {
+    let p = &d.p;
+    let t = |n, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
+    let (x, a, b) = (
+        t(ffm::Arg::X, &d.x),
+        t(ffm::Arg::A, &d.a),
+        t(ffm::Arg::B, &d.b),
+    );
+    let s0 = d.s0.as_ref().map(|v| t(ffm::Arg::S0, v));
+    let st = d
+        .start
+        .as_ref()
+        .map(|s| Tensor::new(p.spec(ffm::Arg::Start).shape, s.clone()).unwrap());
+    let out = ffm::forward(
+        dev,
+        p,
+        &FfmInputs {
+            x: &x,
+            a: &a,
+            b: &b,
+            s0: s0.as_ref(),
+            start: st.as_ref(),
+        },
+    )?;
+    Ok((out.s.to_f64_vec(), out.s_final.to_f64_vec()))
 }
 fn long_wgpu_slow_decay() -> T {
     slow_decay_long_on("wgpu")

@@ -20,10 +20,9 @@
 // it (cols < 32) run a Hillis-Steele scan with warp shuffles (__shfl_up_sync by cols * 2^k);
 // (2) the ng = TL / spw warp-groups' totals go through shared memory, and every thread
 // composes the groups before its own from a zero state in a fixed order, then applies the
-// chunk's carried state with one power (thread j = 0 does the same over all groups for the
-// next chunk's carry, kept in shared memory). So the carried state is multiplied by one
-// power per chunk (gamma^L), not one per group or lane: each power's rounding would drift
-// an undamped state once per multiplication (T = 65536, a = 0: rel 2e-6 instead of 3e-5).
+// chunk's carried state with one power (thread j = 0 composes all groups, and the chunk's
+// result from a zero state enters the next chunk's carry, kept in shared memory, through the
+// anchored carry below: no power's rounding is repeated once per chunk or group).
 // The multiplier of a reset-free span of n steps is gamma^n in closed form,
 // exp(n a) (cos n b, sin n b) with n b formed in two parts (b = hi + lo, n hi exact), never
 // a product of per-step multipliers; the powers a block needs (gamma, gamma^{E s} for
@@ -124,6 +123,66 @@ __device__ __forceinline__ Cx cpow(float a, float b, int n) {
     const float r = exp_acc(nf * a);
     const Cx c = cis_acc(th);
     return {r * c.re, r * c.im};
+}
+
+// ------------------------------------------------------------------ the anchored carry
+// The same as shaders/ffm/common.wgsl: the chunk-to-chunk carry is kept relative to an anchor
+// chunk, state = gamma^n (u + ul), u + ul += gamma^-(n + L) X per chunk (X the chunk's result
+// from a zero state), both powers in closed form for any n, so no power's rounding is
+// repeated once per chunk (multiplying by gamma^L every chunk drifted an undamped state to
+// rel 3e-5 at T = 2^20). A reset in the chunk, or |n a| past 40, moves the anchor.
+
+struct F2s {
+    float x, y;
+};
+// a * b = p + e exactly (fma).
+__device__ __forceinline__ F2s two_prod(float a, float b) {
+    const float p = a * b;
+    return {p, fmaf(a, b, -p)};
+}
+// a + b = s + e exactly (Knuth).
+__device__ __forceinline__ F2s two_sum(float a, float b) {
+    const float s = a + b;
+    const float bb = s - a;
+    return {s, (a - (s - bb)) + (b - bb)};
+}
+
+// gamma^n for any n < 2^24 (b in [-pi, pi]): n b = p + e exactly, reduced by
+// 2 pi = 6.25 + C2 + C3 (k 6.25 exact, k C2 exact as a pair): the angle to about 1e-10.
+__device__ __forceinline__ Cx cpow_far(float a, float b, int n) {
+    if (n == 0) return {1.f, 0.f};
+    const float nf = (float)n;
+    const F2s p = two_prod(nf, b);
+    const float k = rintf(p.x * 0.15915494309189535f);
+    const F2s q = two_prod(k, 0.03318530693650246f);
+    const float th = ((p.x - k * 6.25f) - q.x) + ((p.y - q.y) - k * 2.430837753308879e-10f);
+    const F2s pa = two_prod(nf, a);
+    // (the error term is NaN when n a is infinite: then exp alone decides)
+    const bool fin = (__float_as_uint(pa.y) & 0x7fffffffu) < 0x7f800000u;
+    const float r = exp_acc(pa.x) * (fin ? 1.f + pa.y : 1.f);
+    const Cx c = cis_acc(th);
+    return {r * c.re, r * c.im};
+}
+
+struct Anchor {
+    Cx u, ul;
+    int n;
+};
+__device__ __forceinline__ Anchor anchor_at(Cx s) { return {s, Cx::zero(), 0}; }
+__device__ __forceinline__ Cx anchor_state(const Anchor& an, float a, float b) {
+    return cpow_far(a, b, an.n) * (an.u + an.ul);
+}
+// The anchor after one more chunk of L steps whose map from a zero state is (any, x).
+__device__ __forceinline__ Anchor anchor_next(const Anchor& an, bool any, Cx x, float a, float b,
+                                              int L) {
+    if (any) return anchor_at(x);
+    const int n = an.n + L;
+    if (fabsf((float)n * a) > 40.f || n >= (1 << 23)) {
+        return anchor_at(cpow_far(a, b, n) * (an.u + an.ul) + x);
+    }
+    const Cx y = cpow_far(-a, -b, n) * x;
+    const F2s re = two_sum(an.u.re, y.re + an.ul.re), im = two_sum(an.u.im, y.im + an.ul.im);
+    return {{re.x, im.x}, {re.y, im.y}, n};
 }
 
 // ------------------------------------------------------------------ layout
@@ -351,12 +410,16 @@ __device__ void ffm_fwd(const float* __restrict__ x, const float* __restrict__ a
     Cx gam[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) gam[v] = pw(tab, 0, cols, col, V, v);
+    // the anchored carry of each unit (updated by thread j = 0 of its column), in shared
+    // memory: registers are the forward's limit
+    __shared__ Anchor ash[NT * V];
     if (j == 0) {
 #pragma unroll
         for (int v = 0; v < V; ++v) {
             Cx c = Cx::zero();
             if (live && (P.flags & HAS_S0)) c = load_v<true>(s0, (size_t)row * MC + q + v);
             csh[0][col * V + v] = c;
+            ash[col * V + v] = anchor_at(c);
         }
     }
     const int L = tl * E;
@@ -413,9 +476,14 @@ __device__ void ffm_fwd(const float* __restrict__ x, const float* __restrict__ a
                 ex[v] = sig == 0 ? ex[v] + s[v] : cfma(pw(tab, sig, cols, col, V, v), s[v], ex[v]);
         if (j == 0) {
             compose_groups<V, false>(tany[buf], tot[buf], tab, 0, ng, spw, cols, col, za, z);
-            enter<V, false>(tab, ng, spw, cols, col, za, z, c, s);
+            const float la = live ? a[m] : 0.f;
 #pragma unroll
-            for (int v = 0; v < V; ++v) csh[buf ^ 1][col * V + v] = s[v];
+            for (int v = 0; v < V; ++v) {
+                const float lb = live ? reduce_angle(b[u * V + v]) : 0.f;
+                const Anchor an = anchor_next(ash[col * V + v], za, z[v], la, lb, L);
+                ash[col * V + v] = an;
+                csh[buf ^ 1][col * V + v] = anchor_state(an, la, lb);
+            }
         }
 #pragma unroll
         for (int v = 0; v < V; ++v) s[v] = ex[v];
@@ -489,6 +557,13 @@ __device__ void ffm_bwd(const float* __restrict__ x, const float* __restrict__ a
         acc[v] = Cx::zero();
         if (j == 0) hsh[0][col * V + v] = Cx::zero();
     }
+    // the anchored carry of H of each unit (thread j = 0 of its column), powers of
+    // conj(gamma), in shared memory
+    __shared__ Anchor ash[NT * V];
+    if (j == 0) {
+#pragma unroll
+        for (int v = 0; v < V; ++v) ash[col * V + v] = anchor_at(Cx::zero());
+    }
     // dx: the units of a memory channel in this block (cnt), summed by R lanes each
     const int nm = P.ncb == 1 ? P.mb : 1;
     const int cnt = P.ncb == 1 ? CU : min(P.cwu, CU - cb * P.cwu);
@@ -552,9 +627,14 @@ __device__ void ffm_bwd(const float* __restrict__ x, const float* __restrict__ a
         enter<V, true>(tab, ng - 1 - grp, spw, cols, col, za, z, c, w);
         if (j == 0) {
             compose_groups<V, true>(rany, rtot, tab, 0, ng, spw, cols, col, za, z);
-            enter<V, true>(tab, ng, spw, cols, col, za, z, c, c);
+            const float la = live ? a[m] : 0.f;
 #pragma unroll
-            for (int v = 0; v < V; ++v) hsh[(kk & 1) ^ 1][col * V + v] = c[v];
+            for (int v = 0; v < V; ++v) {
+                const float lb = live ? -reduce_angle(b[u * V + v]) : 0.f;
+                const Anchor an = anchor_next(ash[col * V + v], za, z[v], la, lb, L);
+                ash[col * V + v] = an;
+                hsh[(kk & 1) ^ 1][col * V + v] = anchor_state(an, la, lb);
+            }
         }
         const int above = spw - 1 - sig;  // lanes of the group after this one
 #pragma unroll

@@ -117,6 +117,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if j == 0u {
         carry[ql] = vec2<f32>(0.0);
     }
+    // the carry of H, anchored (ffm/common.wgsl), kept by lane 0 (the last in reverse order)
+    var anr = anchor_at(vec2<f32>(0.0));
+    let pe = cpow(la, lb, E);
     var acc = vec2<f32>(0.0);
     let L = tl * E;
     for (var kk = 0u; kk < P.K; kk++) {
@@ -223,7 +226,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             red[ei * WG + lid] = hr;
         }
         if j == 0u {
-            carry[ql] = h;
+            // the chunk's result from a zero state (reverse order: this lane's span after
+            // the later lanes), into the anchored carry of conj(gamma)
+            var xk = hl;
+            if !anyr {
+                xk = cmul(cconj(pe), su.x) + hl;
+            }
+            anr = anchor_next(anr, anyr || su.any, xk, la, -lb, L);
+            carry[ql] = anchor_state(anr, la, -lb);
         }
         workgroupBarrier();
         // ---- dx over this chunk's steps: item (step s, memory column ml), ml fastest

@@ -182,3 +182,89 @@ fn lane_powers(a: f32, b: f32) -> array<vec2<f32>, 8> {
     }
     return pw;
 }
+
+// ------------------------------------------------------------------ the anchored carry
+//
+// The state carried from chunk to chunk over a long sequence. Multiplying it by gamma^L once
+// per chunk repeats that power's rounding (a few ulps, the same every chunk) once per chunk:
+// an undamped or slowly decaying state drifts by that much per chunk (rel 1e-4 at T = 2^18).
+// Instead the carry is kept relative to an anchor chunk: state = gamma^n (u + ul), n the steps
+// since the anchor, u + ul an f32 pair updated by u += gamma^-(n + L) X per chunk (X the
+// chunk's result from a zero state), both powers in closed form for any n (cpow_far): every
+// power carries its own rounding once, none is repeated. A reset in the chunk, or a decay
+// that would take gamma^-n past f32's range, moves the anchor to the chunk's end (state
+// computed directly; only decayed errors are dropped there).
+
+// a * b = p + e exactly without relying on fma (WGSL's fma may be evaluated unfused, as on
+// lavapipe): Dekker's product with operands split by a bit mask (hi: 12 significant bits).
+fn split12(a: f32) -> vec2<f32> {
+    let hi = bitcast<f32>(bitcast<u32>(a) & 0xfffff000u);
+    return vec2<f32>(hi, a - hi);
+}
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let p = a * b;
+    let x = split12(a);
+    let y = split12(b);
+    return vec2<f32>(p, ((x.x * y.x - p) + x.x * y.y + x.y * y.x) + x.y * y.y);
+}
+
+// a + b = s + e exactly (Knuth), per component. `op` returns its argument: it hides from the
+// compiler that s - b came from (a + b), so the expression is not simplified away.
+fn op(v: vec2<f32>) -> vec2<f32> {
+    return select(v, -v, P.flags == 0xffffffffu);
+}
+fn two_sum2(a: vec2<f32>, b: vec2<f32>) -> array<vec2<f32>, 2> {
+    let s = a + b;
+    let bb = s - op(a);
+    return array<vec2<f32>, 2>(s, (a - (s - bb)) + (op(b) - bb));
+}
+
+// gamma^n for any n < 2^24 (b reduced to [-pi, pi]): n b = p + e exactly, reduced by
+// 2 pi = 6.25 + C2 + C3 (k 6.25 exact for k < 2^21, k C2 exact as a pair), so the angle is
+// good to about 1e-10 radians; exp(n a) = exp(p) (1 + e).
+fn cpow_far(a: f32, b: f32, n: u32) -> vec2<f32> {
+    if n == 0u {
+        return vec2<f32>(1.0, 0.0);
+    }
+    let nf = f32(n);
+    let p = two_prod(nf, b);
+    let k = round(p.x * 0.15915494309189535);
+    let q = two_prod(k, 0.03318530693650246);
+    let th = ((p.x - k * 6.25) - q.x) + ((p.y - q.y) - k * 2.430837753308879e-10);
+    let pa = two_prod(nf, a);
+    // (the error term is NaN when n a is infinite: then exp alone decides)
+    let corr = select(1.0 + pa.y, 1.0, (bitcast<u32>(pa.y) & 0x7fffffffu) >= 0x7f800000u);
+    return (exp_acc(pa.x) * corr) * cis_acc(th);
+}
+
+// The anchored carry of one column (private to the one thread that updates it).
+struct Anchor {
+    u: vec2<f32>,
+    ul: vec2<f32>,
+    n: u32,
+}
+
+fn anchor_at(s: vec2<f32>) -> Anchor {
+    return Anchor(s, vec2<f32>(0.0), 0u);
+}
+
+// The state gamma^n (u + ul), gamma = exp(a + i b).
+fn anchor_state(an: Anchor, a: f32, b: f32) -> vec2<f32> {
+    return cmul(cpow_far(a, b, an.n), an.u + an.ul);
+}
+
+// The anchor after one more chunk of L steps whose map from a zero state is (any, x): a
+// reset in the chunk (any) replaces the state by x.
+fn anchor_next(an: Anchor, any: bool, x: vec2<f32>, a: f32, b: f32, L: u32) -> Anchor {
+    if any {
+        return anchor_at(x);
+    }
+    let n = an.n + L;
+    // gamma^-n stays within e^+-40 (far inside f32's range); past that the anchor moves
+    if abs(f32(n) * a) > 40.0 || n >= (1u << 23u) {
+        return anchor_at(cmul(cpow_far(a, b, n), an.u + an.ul) + x);
+    }
+    let y = cmul(cpow_far(-a, -b, n), x);
+    let s = two_sum2(an.u, y + an.ul);
+    return Anchor(s[0], s[1], n);
+}

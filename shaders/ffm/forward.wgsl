@@ -57,14 +57,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let gam = cpow(la, lb, 1u);
     let pw = lane_powers(la, lb);
     let pre = cpow(la, lb, E * j);
+    var s0 = vec2<f32>(0.0);
+    if ch.live && (P.flags & HAS_S0) != 0u {
+        let i = P.off_s0 + 2u * (row * MC + q);
+        s0 = vec2<f32>(S0[i], S0[i + 1u]);
+    }
     if j == 0u {
-        var s0 = vec2<f32>(0.0);
-        if ch.live && (P.flags & HAS_S0) != 0u {
-            let i = P.off_s0 + 2u * (row * MC + q);
-            s0 = vec2<f32>(S0[i], S0[i + 1u]);
-        }
         carry[ql] = s0;
     }
+    // the carry, anchored (ffm/common.wgsl), kept by the last lane
+    var an = anchor_at(s0);
+    let pe = cpow(la, lb, E);
     let L = (WG / W) * E;
     for (var k = 0u; k < P.K; k++) {
 #ifdef CKPT
@@ -121,7 +124,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
         }
         if j == WG / W - 1u {
-            carry[ql] = s;
+            // the chunk's result from a zero state: this lane's span after its prefix
+            var xk = xl;
+            if !any {
+                xk = cmul(pe, sp.x) + xl;
+            }
+            an = anchor_next(an, any || sp.any, xk, la, lb, L);
+            carry[ql] = anchor_state(an, la, lb);
         }
         workgroupBarrier();
     }
