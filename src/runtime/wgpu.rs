@@ -828,6 +828,51 @@ impl WgpuContext {
         }
     }
 
+    /// Record on `launch` a bitwise copy of `n` 32-bit elements from element `src_at` of
+    /// `src` to element `dst_at` of `dst` (`shaders/common/words.wgsl`, in the launch's
+    /// compute pass): how launchers pack small read-only arguments into one binding where the
+    /// device has few storage bindings per stage, and copy f32 results out of a workspace.
+    pub(crate) fn copy_words<'a>(
+        &self,
+        launch: &mut Launch<'a>,
+        src: &GpuRef<'a>,
+        src_at: usize,
+        dst: &GpuRef<'a>,
+        dst_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct Params {
+            n: u32,
+            off_in: u32,
+            off_out: u32,
+            _p: u32,
+        }
+        let fits = |r: &GpuRef<'_>, at: usize| {
+            r.dtype.size() == 4 && at.checked_add(n).is_some_and(|e| e <= r.len)
+        };
+        if !fits(src, src_at) || !fits(dst, dst_at) {
+            return Err(self.err(format!(
+                "copy_words: {n} words from {src_at} of {} {} to {dst_at} of {} {}",
+                src.len, src.dtype, dst.len, dst.dtype
+            )));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let pipe = self.pipeline("common/words.wgsl", "main", &[], &[])?;
+        let (bi, off_in) = self.bind(src)?;
+        let (bo, off_out) = self.bind(dst)?;
+        let params = Params {
+            n: check_u32("copied words", n)?,
+            off_in: off_in + check_u32("copied words", src_at)?,
+            off_out: off_out + check_u32("copied words", dst_at)?,
+            _p: 0,
+        };
+        launch.dispatch(pipe, &params, vec![bi, bo], n.div_ceil(256) as u32)
+    }
+
     /// The largest binding in bytes this device accepts.
     pub fn max_binding(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size

@@ -8,13 +8,12 @@
 //!
 //! `ffm/backward.wgsl` binds 10 storage buffers. On a device that offers fewer (WebGPU's
 //! default limits: 8 per stage) it takes its `PACK` variant: `a`, `b` and `grad_final` are
-//! first copied bitwise into one scratch buffer per row group (`scan/pack.wgsl`, same compute
+//! first copied bitwise into one scratch buffer per row group (`common/words.wgsl`, same compute
 //! pass), which the kernel reads at three offsets. Devices with more bindings keep the direct
 //! variant.
 
 use super::{Arg, Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::{Error, Result};
-use crate::ops::scan::wgpu::pack_words;
 use crate::ops::Problem;
 use crate::runtime::wgpu::{check_u32, GpuRef, GpuTensor, WgpuContext};
 use crate::tensor::DType;
@@ -138,6 +137,34 @@ fn layout(p: &Ffm, backward: bool) -> Result<Layout> {
         nblk: m.div_ceil(mb) * ncb,
         k: p.len.div_ceil((WG / w) * E),
     })
+}
+
+/// Mesa's llvmpipe (lavapipe, and GL on llvmpipe) ends a shader's loop nest after 65535
+/// iterations, inner loops included, without an error. The backward walks each row's chunks
+/// in one loop: about `WG / w + 2 C + 16` iterations per chunk at most (measured: 33 for
+/// `M = 4, C = 2`, where it stops after 254208 steps). A row whose estimate passes 60000 is an
+/// [`Error::Limit`] there rather than gradients cut short; GPU drivers have no such cap.
+fn llvmpipe_backward_fits(ctx: &WgpuContext, p: &Ffm, lay: &Layout) -> Result<()> {
+    if !ctx.info.name.contains("llvmpipe") {
+        return Ok(());
+    }
+    let per_chunk = WG / lay.w + 2 * p.context + 16;
+    let max_chunks = 60_000 / per_chunk;
+    if lay.k > max_chunks {
+        return Err(Error::Limit {
+            backend: "wgpu",
+            what: format!(
+                "ffm backward with len = {} ({} chunks of {} steps): llvmpipe ends a loop nest \
+                 after 65535 iterations, which allows about {max_chunks} chunks ({} steps) here; \
+                 use Device::Cpu, or chain pieces of the sequence through s0 and grad_final",
+                p.len,
+                lay.k,
+                (WG / lay.w) * E,
+                max_chunks * (WG / lay.w) * E
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn flags(s0: bool, start: bool, gf: bool) -> u32 {
@@ -267,6 +294,7 @@ pub fn backward(
     p.validate()?;
     inp.check(p)?;
     let lay = layout(p, true)?;
+    llvmpipe_backward_fits(ctx, p, &lay)?;
     let r = rows(p, &lay)?;
     let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, r.ck]))?;
     let mc2 = r.state;
@@ -368,10 +396,10 @@ pub fn backward(
         let (bgf, off_gf, off_a, off_b) = if pack {
             let sc = scratch[gi].as_ref();
             let (m, c) = (p.memory, p.context);
-            pack_words(ctx, &mut launch, &inp.a, &sc, 0)?;
-            pack_words(ctx, &mut launch, &inp.b, &sc, m)?;
+            ctx.copy_words(&mut launch, &inp.a, 0, &sc, 0, inp.a.len)?;
+            ctx.copy_words(&mut launch, &inp.b, 0, &sc, m, inp.b.len)?;
             if let Some(gf) = &gf {
-                pack_words(ctx, &mut launch, gf, &sc, m + c)?;
+                ctx.copy_words(&mut launch, gf, 0, &sc, m + c, gf.len)?;
             }
             let (bsc, off) = ctx.bind(&sc)?;
             (bsc, off + (m + c) as u32, off, off + m as u32)

@@ -2,13 +2,14 @@
 //!
 //! The backward binds 9 storage buffers. On a device that offers fewer (WebGPU's default
 //! limits: 8 per stage) it takes its `PACK` variant instead: `h0` and `grad_final` are first
-//! copied bitwise into one scratch buffer per row group (`pack_words`, same compute pass),
+//! copied bitwise into one scratch buffer per row group (`WgpuContext::copy_words`, same compute
+//! pass),
 //! which the kernel reads at two offsets. Devices with more bindings keep the direct variant.
 
 use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::{Error, Result};
 use crate::ops::Problem;
-use crate::runtime::wgpu::{channel_block, check_u32, GpuRef, GpuTensor, Launch, WgpuContext};
+use crate::runtime::wgpu::{channel_block, check_u32, GpuRef, GpuTensor, WgpuContext};
 use crate::tensor::DType;
 
 const HAS_H0: u32 = 1;
@@ -239,7 +240,7 @@ pub fn backward(
             let sc = scratch[gi].as_ref();
             for (at, src) in [(0, &h0), (nb * str_, &gf)] {
                 if let Some(src) = src {
-                    pack_words(ctx, &mut launch, src, &sc, at)?;
+                    ctx.copy_words(&mut launch, src, 0, &sc, at, src.len)?;
                 }
             }
             let (bsc, off) = ctx.bind(&sc)?;
@@ -287,46 +288,4 @@ pub fn backward(
     }
     launch.submit()?;
     Ok(ScanGrads { dx, da, dh0 })
-}
-
-/// Record a bitwise copy of `src` (32-bit elements) into `dst` starting at element `at`
-/// (`shaders/scan/pack.wgsl`): how the scan and FFM backward launchers pack small read-only
-/// arguments into one binding on devices with few storage bindings per stage.
-pub(crate) fn pack_words<'b>(
-    ctx: &WgpuContext,
-    launch: &mut Launch<'b>,
-    src: &GpuRef<'b>,
-    dst: &GpuRef<'b>,
-    at: usize,
-) -> Result<()> {
-    #[repr(C)]
-    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-    struct Params {
-        n: u32,
-        off_in: u32,
-        off_out: u32,
-        _p: u32,
-    }
-    if src.dtype.size() != 4 || dst.dtype.size() != 4 || at + src.len > dst.len {
-        return Err(Error::Device {
-            backend: "wgpu",
-            what: format!(
-                "pack_words: {} {} elements at {at} into {} {}",
-                src.len, src.dtype, dst.len, dst.dtype
-            ),
-        });
-    }
-    if src.len == 0 {
-        return Ok(());
-    }
-    let pipe = ctx.pipeline("scan/pack.wgsl", "main", &[], &[])?;
-    let (bi, off_in) = ctx.bind(src)?;
-    let (bo, off_out) = ctx.bind(dst)?;
-    let params = Params {
-        n: check_u32("packed words", src.len)?,
-        off_in,
-        off_out: off_out + check_u32("packed words", at)?,
-        _p: 0,
-    };
-    launch.dispatch(pipe, &params, vec![bi, bo], src.len.div_ceil(256) as u32)
 }

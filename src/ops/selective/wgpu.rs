@@ -22,10 +22,10 @@
 //! device with fewer storage buffers or less workgroup memory (WebGPU's default limits: 8
 //! buffers, 16 KiB) the PACKED variants run instead: the small f32 / u32 arguments (A,
 //! Dskip, delta_bias, h0, start, grad_final) are copied word for word into one packed buffer
-//! in the same compute pass (`selective/cast.wgsl`), chunks are 8 (forward) / 4 (backward)
+//! in the same compute pass (`common/words.wgsl`), chunks are 8 (forward) / 4 (backward)
 //! steps (13 / 14 KiB), the forward binds 8 buffers, and the backward is split into passes
 //! that bind at most 7: `selective/gate.wgsl` writes dy into an f32 workspace, the backward
-//! leaves y, du, ddelta, dBm / dCm and dh0 there, and `gate.wgsl` / `cast.wgsl` /
+//! leaves y, du, ddelta, dBm / dCm and dh0 there, and `gate.wgsl` / `words.wgsl` / `cast.wgsl` /
 //! `reduce_groups.wgsl` turn them into dz and the outputs. Both variants make the same
 //! floating-point operations per value except where the chunk length changes a sum order.
 //!
@@ -354,22 +354,21 @@ fn choose(
     Ok((ctx.pipeline(shader, "main", &d, constants)?, true))
 }
 
-/// Copies and conversions of the PACKED variants (`selective/cast.wgsl`): `words` copies
-/// 32-bit words, `seq` rounds f32 to the storage type.
+/// Copies and conversions of the PACKED variants: 32-bit words are copied as they are
+/// (`WgpuContext::copy_words`), f32 values rounded to a 16-bit storage type by
+/// `selective/cast.wgsl` (`seq`, absent for f32 storage).
 struct Cast {
-    words: std::sync::Arc<wgpu::ComputePipeline>,
-    seq: std::sync::Arc<wgpu::ComputePipeline>,
+    seq: Option<std::sync::Arc<wgpu::ComputePipeline>>,
 }
 
 impl Cast {
     fn new(ctx: &WgpuContext, dtype: DType) -> Result<Self> {
-        let words = ctx.pipeline("selective/cast.wgsl", "main", &[], &[])?;
         let seq = match dtype {
-            DType::F16 => ctx.pipeline("selective/cast.wgsl", "main", &["F16"], &[])?,
-            DType::BF16 => ctx.pipeline("selective/cast.wgsl", "main", &["BF16"], &[])?,
-            _ => words.clone(),
+            DType::F16 => Some(ctx.pipeline("selective/cast.wgsl", "main", &["F16"], &[])?),
+            DType::BF16 => Some(ctx.pipeline("selective/cast.wgsl", "main", &["BF16"], &[])?),
+            _ => None,
         };
-        Ok(Cast { words, seq })
+        Ok(Cast { seq })
     }
     /// Record `n` elements from `src` (element `off_src` of its binding) to `dst` (element
     /// `off_dst`); nothing when `n` is 0.
@@ -385,6 +384,10 @@ impl Cast {
         off_src: usize,
         off_dst: usize,
     ) -> Result<()> {
+        let pipe = match &self.seq {
+            Some(seq) if !words => seq,
+            _ => return ctx.copy_words(launch, src, off_src, dst, off_dst, n),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -396,7 +399,6 @@ impl Cast {
             off_dst: od + off_dst as u32,
             pad: 0,
         };
-        let pipe = if words { &self.words } else { &self.seq };
         launch.dispatch(pipe.clone(), &params, vec![bs, bd], n.div_ceil(WG) as u32)
     }
 }

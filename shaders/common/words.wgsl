@@ -1,8 +1,8 @@
-// Bitwise copy of n 32-bit words, OUT[off_out + i] = IN[off_in + i]: on devices with few
-// storage bindings per stage (WebGPU's default 8) the scan and FFM backward launchers pack
-// small read-only arguments (initial states, final-state gradients, FFM's a and b) into one
-// scratch buffer with it, in the same compute pass as the kernel that reads them. Words, not
-// floats, so NaN payloads and signed zeros arrive unchanged.
+// Bitwise copy of n 32-bit words, OUT[off_out + i] = IN[off_in + i] (WgpuContext::copy_words):
+// how the launchers pack small read-only arguments into one binding on devices with few
+// storage bindings per stage (WebGPU's default 8), and copy f32 results out of a workspace, in
+// the same compute pass as the kernels around them. Words, not floats, so NaN payloads and
+// signed zeros arrive unchanged.
 struct Params {
     n: u32, off_in: u32, off_out: u32, _p0: u32,
 }
