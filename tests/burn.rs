@@ -311,6 +311,103 @@ fn efla_on(dev: &BDevice, what: &str) -> T {
     Ok(())
 }
 
+/// Storage dtype: EFLA with f16 sequence tensors (the op casts f32 inputs to its storage
+/// dtype; gradients come back in the inputs' dtype), forward and every gradient within the
+/// half-precision bound of docs/conventions.md.
+fn efla_f16_on(dev: &BDevice, what: &str) -> T {
+    use linrec::efla::{Efla, EflaBackwardInputs, EflaInputs};
+    if !dev.supports_dtype(burn::tensor::DType::F16) {
+        return Err(Stop::Skip(format!("{what}: the device has no f16 tensors")));
+    }
+    let dev = &dev.clone().autodiff();
+    let mut rng = Rng::new(17);
+    let p = Efla::new(2, 19, 2, 4, 3)
+        .chunked(8)
+        .with_dtype(linrec::DType::F16);
+    let n = |s| p.spec(s).numel();
+    let sh = |s| p.spec(s).shape;
+    let h = |v: Vec<f64>| -> Vec<f64> {
+        v.into_iter()
+            .map(|x| half::f16::from_f64(x).to_f64())
+            .collect()
+    };
+    let q = h(rng.vec(n(efla::Arg::Q), -1.0, 1.0));
+    let kk = h(rng.vec(n(efla::Arg::K), -0.5, 0.5));
+    let v = h(rng.vec(n(efla::Arg::V), -1.0, 1.0));
+    let beta = h(rng.vec(n(efla::Arg::Beta), 0.1, 0.9));
+    let s0 = f32_exact(&rng.vec(n(efla::Arg::S0), -1.0, 1.0));
+    let g = h(rng.vec(n(efla::Arg::O), -1.0, 1.0));
+    let gf = f32_exact(&rng.vec(n(efla::Arg::SFinal), -1.0, 1.0));
+    let st = rng.flags(n(efla::Arg::Start), 0.1);
+    let qv = ten::<4>(dev, &sh(efla::Arg::Q), &q).require_grad();
+    let kv = ten::<4>(dev, &sh(efla::Arg::K), &kk).require_grad();
+    let vv = ten::<4>(dev, &sh(efla::Arg::V), &v).require_grad();
+    let bv = ten::<3>(dev, &sh(efla::Arg::Beta), &beta).require_grad();
+    let s0v = ten::<4>(dev, &sh(efla::Arg::S0), &s0).require_grad();
+    let (o, sf) = linrec::burn::efla(
+        &p,
+        qv.clone(),
+        kv.clone(),
+        vv.clone(),
+        bv.clone(),
+        Some(s0v.clone()),
+        Some(flags(dev, &sh(efla::Arg::Start), &st)),
+    )?;
+    ensure!(
+        o.dtype() == burn::tensor::DType::F16,
+        "{what}: o is {:?}, not f16",
+        o.dtype()
+    );
+    let inp = EflaInputs {
+        q: &q[..],
+        k: &kk[..],
+        v: &v[..],
+        beta: &beta[..],
+        s0: Some(&s0[..]),
+        start: Some(&st[..]),
+    };
+    let r = linrec::efla::reference::forward(&p, &inp)?;
+    let rg = linrec::efla::reference::backward(
+        &p,
+        &EflaBackwardInputs {
+            q: &q[..],
+            k: &kk[..],
+            v: &v[..],
+            beta: &beta[..],
+            s0: Some(&s0[..]),
+            start: Some(&st[..]),
+            grad_o: &g[..],
+            grad_final: Some(&gf[..]),
+        },
+    )?;
+    let tag = format!("{what} efla f16");
+    close(&format!("{tag} o"), &host(o.clone()), &r.o, 1e-2)?;
+    close(
+        &format!("{tag} s_final"),
+        &host(sf.clone()),
+        &r.s_final,
+        1e-2,
+    )?;
+    let o32 = o.cast(burn::tensor::DType::F32);
+    let grads = probe(dev, o32, &g, sf, &gf).backward();
+    for (name, t, want) in [
+        ("dq", &qv, &rg.dq),
+        ("dk", &kv, &rg.dk),
+        ("dv", &vv, &rg.dv),
+        ("ds0", &s0v, &rg.ds0),
+    ] {
+        let got = t
+            .grad(&grads)
+            .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for {name}")))?;
+        close(&format!("{tag} {name}"), &host(got), want, 1e-2)?;
+    }
+    let got = bv
+        .grad(&grads)
+        .ok_or_else(|| Stop::Fail(format!("{tag}: no gradient for dbeta")))?;
+    close(&format!("{tag} dbeta"), &host(got), &rg.dbeta, 1e-2)?;
+    Ok(())
+}
+
 /// The selective scan through burn (input-dependent B/C with a gate, fixed B/C without):
 /// every gradient vs the reference.
 fn selective_on(dev: &BDevice, what: &str) -> T {
@@ -435,6 +532,12 @@ fn wgpu_ffm() -> T {
 }
 fn wgpu_efla() -> T {
     efla_on(&wgpu_dev()?, "burn wgpu")
+}
+fn wgpu_efla_f16() -> T {
+    efla_f16_on(&wgpu_dev()?, "burn wgpu")
+}
+fn ndarray_efla_f16() -> T {
+    efla_f16_on(&ndarray_dev(), "burn ndarray")
 }
 fn wgpu_selective() -> T {
     selective_on(&wgpu_dev()?, "burn wgpu")
@@ -640,12 +743,14 @@ fn main() {
         wgpu_scan,
         wgpu_ffm,
         wgpu_efla,
+        wgpu_efla_f16,
         wgpu_selective,
         wgpu_device_sharing,
         wgpu_layers,
         ndarray_scan,
         ndarray_ffm,
         ndarray_efla,
+        ndarray_efla_f16,
         ndarray_selective,
         ndarray_device_sharing,
         ndarray_layers,
