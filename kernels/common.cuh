@@ -216,3 +216,20 @@ extern "C" __global__ void reduce_rows_f32(const float* __restrict__ in, float* 
     out[n] = s;
 }
 LINREC_REGISTER(reduce_rows_f32)
+
+// An unevaluated sum x + y, and the error-free transforms that build one (the two-float
+// carries of the linear scan and FFM at long T).
+struct F2s {
+    float x, y;
+};
+// a * b = p + e exactly (fma).
+__device__ __forceinline__ F2s two_prod(float a, float b) {
+    const float p = a * b;
+    return {p, fmaf(a, b, -p)};
+}
+// a + b = s + e exactly (Knuth).
+__device__ __forceinline__ F2s two_sum(float a, float b) {
+    const float s = a + b;
+    const float bb = s - a;
+    return {s, (a - (s - bb)) + (b - bb)};
+}

@@ -132,20 +132,7 @@ __device__ __forceinline__ Cx cpow(float a, float b, int n) {
 // repeated once per chunk (multiplying by gamma^L every chunk drifted an undamped state to
 // rel 3e-5 at T = 2^20). A reset in the chunk, or |n a| past 40, moves the anchor.
 
-struct F2s {
-    float x, y;
-};
-// a * b = p + e exactly (fma).
-__device__ __forceinline__ F2s two_prod(float a, float b) {
-    const float p = a * b;
-    return {p, fmaf(a, b, -p)};
-}
-// a + b = s + e exactly (Knuth).
-__device__ __forceinline__ F2s two_sum(float a, float b) {
-    const float s = a + b;
-    const float bb = s - a;
-    return {s, (a - (s - bb)) + (b - bb)};
-}
+// (F2s, two_prod, two_sum: common.cuh)
 
 // gamma^n for any n < 2^24 (b in [-pi, pi]): n b = p + e exactly, reduced by
 // 2 pi = 6.25 + C2 + C3 (k 6.25 exact, k C2 exact as a pair): the angle to about 1e-10.

@@ -26,21 +26,7 @@ template <bool C> struct Shared {
     unsigned char r[WG];
 };
 
-// An unevaluated sum x + y.
-struct F2s {
-    float x, y;
-};
-// a * b = p + e exactly (fma).
-__device__ __forceinline__ F2s two_prod(float a, float b) {
-    const float p = a * b;
-    return {p, fmaf(a, b, -p)};
-}
-// a + b = s + e exactly (Knuth).
-__device__ __forceinline__ F2s two_sum(float a, float b) {
-    const float s = a + b;
-    const float bb = s - a;
-    return {s, (a - (s - bb)) + (b - bb)};
-}
+// (F2s, two_prod, two_sum: common.cuh)
 
 // (ah + al)(bh + bl) as hi + lo (unnormalized, |lo| about an ulp of hi), to about 2^-44
 // relative: the products of the high parts exactly, the terms with a low part in f32.

@@ -195,18 +195,7 @@ fn lane_powers(a: f32, b: f32) -> array<vec2<f32>, 8> {
 // that would take gamma^-n past f32's range, moves the anchor to the chunk's end (state
 // computed directly; only decayed errors are dropped there).
 
-// a * b = p + e exactly without relying on fma (WGSL's fma may be evaluated unfused, as on
-// lavapipe): Dekker's product with operands split by a bit mask (hi: 12 significant bits).
-fn split12(a: f32) -> vec2<f32> {
-    let hi = bitcast<f32>(bitcast<u32>(a) & 0xfffff000u);
-    return vec2<f32>(hi, a - hi);
-}
-fn two_prod(a: f32, b: f32) -> vec2<f32> {
-    let p = a * b;
-    let x = split12(a);
-    let y = split12(b);
-    return vec2<f32>(p, ((x.x * y.x - p) + x.x * y.y + x.y * y.x) + x.y * y.y);
-}
+#include "common/two_prod.wgsl"
 
 // a + b = s + e exactly (Knuth), per component. `op` returns its argument: it hides from the
 // compiler that s - b came from (a + b), so the expression is not simplified away.

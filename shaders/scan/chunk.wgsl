@@ -22,20 +22,7 @@ var<workgroup> sx: array<V, 256>;
 var<workgroup> sr: array<u32, 256>;
 var<workgroup> carry: array<V, 32>;
 
-// Exact products without relying on fma (WGSL's fma may be evaluated unfused, as on lavapipe):
-// Dekker's product with operands split by masking (hi keeps 12 significant bits, lo the rest,
-// both exact), so a * b = p + e exactly: p the rounded product, e its error. The split is a
-// bit mask, not Veltkamp's c - (c - a), which a compiler may simplify to a.
-fn split12(a: f32) -> vec2<f32> {
-    let hi = bitcast<f32>(bitcast<u32>(a) & 0xfffff000u);
-    return vec2<f32>(hi, a - hi);
-}
-fn two_prod(a: f32, b: f32) -> vec2<f32> {
-    let p = a * b;
-    let x = split12(a);
-    let y = split12(b);
-    return vec2<f32>(p, ((x.x * y.x - p) + x.x * y.y + x.y * y.x) + x.y * y.y);
-}
+#include "common/two_prod.wgsl"
 
 // a + b = s + e exactly (Knuth). `op` returns its argument unchanged; it hides from the
 // compiler that s - b came from (a + b) so the expression is not simplified to a.

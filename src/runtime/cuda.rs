@@ -72,8 +72,8 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Kernel time accumulated while [`CudaBackend::gpu_time`] runs (milliseconds).
     timer: Mutex<Option<f64>>,
-    /// The bound on blocking waits in nanoseconds, 0 for none.
-    wait_timeout_ns: std::sync::atomic::AtomicU64,
+    /// The bound on blocking waits (`set_wait_timeout`).
+    wait_timeout: crate::runtime::WaitBound,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -108,7 +108,7 @@ impl CudaBackend {
             arch,
             modules: Mutex::new(HashMap::new()),
             timer: Mutex::new(None),
-            wait_timeout_ns: 0.into(),
+            wait_timeout: Default::default(),
         }))
     }
 
@@ -315,20 +315,12 @@ impl CudaBackend {
     /// [`synchronize`](Self::synchronize)) to `timeout`, or lift the bound with `None`. A wait
     /// that runs out returns [`Error::Timeout`]; the backend stays usable.
     pub fn set_wait_timeout(&self, timeout: Option<Duration>) {
-        let ns = timeout.map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
-        self.wait_timeout_ns
-            .store(ns, std::sync::atomic::Ordering::Relaxed);
+        self.wait_timeout.set(timeout);
     }
 
     /// The bound on blocking waits, if any.
     pub fn wait_timeout(&self) -> Option<Duration> {
-        match self
-            .wait_timeout_ns
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        }
+        self.wait_timeout.get()
     }
 
     /// Run `f` and return its result with the GPU time of the kernels it launched (events

@@ -91,8 +91,8 @@ pub struct WgpuContext {
     owned: Mutex<std::collections::HashSet<u64>>,
     /// A one-binding layout used to ask wgpu whether a caller's buffer is this device's.
     probe_layout: wgpu::BindGroupLayout,
-    /// [`WgpuOptions::wait_timeout`] in nanoseconds, 0 for none.
-    wait_timeout_ns: std::sync::atomic::AtomicU64,
+    /// [`WgpuOptions::wait_timeout`], changeable with `set_wait_timeout`.
+    wait_timeout: crate::runtime::WaitBound,
 }
 
 /// The one wgpu instance of the process: every context linrec opens comes from it, so a
@@ -269,11 +269,13 @@ impl WgpuContext {
         device.on_uncaptured_error(Arc::new(|e| {
             eprintln!("linrec: uncaptured wgpu error: {e}")
         }));
-        let timeout_ns = opts
-            .wait_timeout
-            .map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
         Ok(Self::assemble(
-            device, queue, info, features, limits, timeout_ns,
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            opts.wait_timeout,
         ))
     }
 
@@ -288,7 +290,7 @@ impl WgpuContext {
         info: wgpu::AdapterInfo,
     ) -> Arc<Self> {
         let (features, limits) = (device.features(), device.limits());
-        Self::assemble(device, queue, info, features, limits, 0)
+        Self::assemble(device, queue, info, features, limits, None)
     }
 
     fn assemble(
@@ -297,7 +299,7 @@ impl WgpuContext {
         info: wgpu::AdapterInfo,
         features: wgpu::Features,
         limits: wgpu::Limits,
-        timeout_ns: u64,
+        wait_timeout: Option<Duration>,
     ) -> Arc<Self> {
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("linrec dummy"),
@@ -329,7 +331,7 @@ impl WgpuContext {
             timer: Mutex::new(None),
             owned: Mutex::new(Default::default()),
             probe_layout,
-            wait_timeout_ns: timeout_ns.into(),
+            wait_timeout: crate::runtime::WaitBound::new(wait_timeout),
         })
     }
 
@@ -548,20 +550,12 @@ impl WgpuContext {
     /// `timeout`, or lift the bound with `None`. A wait that runs out returns
     /// [`Error::Timeout`]; the context stays usable.
     pub fn set_wait_timeout(&self, timeout: Option<Duration>) {
-        let ns = timeout.map_or(0, |d| d.as_nanos().clamp(1, u64::MAX as u128) as u64);
-        self.wait_timeout_ns
-            .store(ns, std::sync::atomic::Ordering::Relaxed);
+        self.wait_timeout.set(timeout);
     }
 
     /// The bound on blocking waits, if any (see [`set_wait_timeout`](Self::set_wait_timeout)).
     pub fn wait_timeout(&self) -> Option<Duration> {
-        match self
-            .wait_timeout_ns
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => None,
-            ns => Some(Duration::from_nanos(ns)),
-        }
+        self.wait_timeout.get()
     }
 
     /// `Ok` when `buffer` was created on this context's device, else a [`Error::Value`] naming
