@@ -11,7 +11,7 @@ use burn::tensor::{DType as BDType, TensorData};
 use burn_cubecl::CubeBackend;
 
 /// linrec's operations on a burn backend: the extension trait behind [`super::linear_scan`],
-/// [`super::ffm`], [`super::efla`] and [`super::selective_scan`].
+/// [`super::ffm()`], [`super::efla()`] and [`super::selective_scan`].
 ///
 /// burn 0.22's extension macro routes tensor arguments one by one (not in a `Vec` or an
 /// `Option`), so both methods take the op's differentiable inputs as nine tensors in the
