@@ -14,7 +14,8 @@
 #   5. the WGSL tests again (long ones aside) on lavapipe opened with WebGPU's default limits
 #      (LINREC_WGPU_LIMITS=webgpu: 8 storage buffers per stage, 16 KiB workgroup memory), and
 #      on wgpu's GL backend (WGPU_BACKEND=gl: llvmpipe through EGL, no subgroups, no f16);
-#   6. every WGSL kernel translated by naga to SPIR-V, MSL, HLSL and GLSL (tools/shader-check):
+#   6. feature burn: clippy, and the burn tests on burn's wgpu backend (lavapipe) and ndarray;
+#   7. every WGSL kernel translated by naga to SPIR-V, MSL, HLSL and GLSL (tools/shader-check):
 #      each declared variant, and each pipeline the tests above built with its run-time
 #      constants, whose storage buffers and workgroup memory it counts again.
 # Each stage prints its wall time. `LINREC_CI_SKIP=package` skips the package stage.
@@ -96,6 +97,11 @@ if [ $# -eq 0 ]; then
   quiet env WGPU_BACKEND=gl cargo test --features "$features" -- wgpu --skip long_
   grep -q "(Gl, " "$quiet_log" || { echo "no GL adapter: the GL stage tested nothing"; exit 1; }
 fi
+
+begin "burn (feature burn): clippy, tests on burn's wgpu (lavapipe) and ndarray backends, doc tests"
+LINREC_NO_NVCC=1 cargo clippy --all-targets --features burn -- -D warnings
+cargo test --features burn --test burn
+cargo test --features burn --doc -q burn
 
 begin "WGSL translation to SPIR-V, MSL, HLSL, GLSL (tools/shader-check)"
 quiet env CARGO_TARGET_DIR="$root/target/shader-check" cargo run -q --release \
