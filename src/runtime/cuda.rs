@@ -108,7 +108,7 @@ impl CudaBackend {
             arch,
             modules: Mutex::new(HashMap::new()),
             timer: Mutex::new(None),
-            wait_timeout: Default::default(),
+            wait_timeout: crate::runtime::WaitBound::new(None),
         }))
     }
 
