@@ -2064,32 +2064,6 @@ fn cpu_non_finite_isolation() -> T {
     Ok(())
 }
 
-/// Non-finite values against the reference: every non-finite value of the backend sits where
-/// the reference has one, and the finite values match within `tol`; with `nan`, NaN positions
-/// must be equal too (infinities are compared as non-finite only: complex products of
-/// infinities give NaN or infinity depending on the order of the operations).
-fn nonfinite_close(what: &str, out: &[f64], reference: &[f64], tol: f64, nan: bool) -> T {
-    ensure!(
-        out.len() == reference.len(),
-        "{what}: {} values, reference has {}",
-        out.len(),
-        reference.len()
-    );
-    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
-        ensure!(
-            o.is_finite() == r.is_finite() && (!nan || o.is_nan() == r.is_nan()),
-            "{what}: element {i} is {o}, the reference has {r}"
-        );
-    }
-    let (o, r): (Vec<f64>, Vec<f64>) = out
-        .iter()
-        .zip(reference)
-        .filter(|(_, r)| r.is_finite())
-        .map(|(&o, &r)| (o, r))
-        .unzip();
-    close(what, &o, &r, tol)
-}
-
 /// Resets isolate non-finite values (docs/ffm.md): NaN (then, separately, infinities) in `x`
 /// before a reset, in `s0` (dropped by a reset at t = 0 in row 0, carried in row 1), and in
 /// the parameters (`a[0]`, `a[1] = -inf`, the last `b`) propagate within their segments and

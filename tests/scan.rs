@@ -1385,33 +1385,6 @@ fn cpu_non_finite_isolation() -> T {
     Ok(())
 }
 
-/// Non-finite values against the reference: every non-finite value of the backend sits where
-/// the reference has one, and the finite values match within `tol`. With `nan`, NaN positions
-/// must be equal too. (Infinities are compared as non-finite only: the reference does a real
-/// scan in complex arithmetic, where `(a + 0i)(inf + 0i)` has imaginary part `0 * inf = NaN`,
-/// so it turns some infinities of a real scan into NaN.)
-fn nonfinite_close(what: &str, out: &[f64], reference: &[f64], tol: f64, nan: bool) -> T {
-    ensure!(
-        out.len() == reference.len(),
-        "{what}: {} values, reference has {}",
-        out.len(),
-        reference.len()
-    );
-    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
-        ensure!(
-            o.is_finite() == r.is_finite() && (!nan || o.is_nan() == r.is_nan()),
-            "{what}: element {i} is {o}, the reference has {r}"
-        );
-    }
-    let (o, r): (Vec<f64>, Vec<f64>) = out
-        .iter()
-        .zip(reference)
-        .filter(|(_, r)| r.is_finite())
-        .map(|(&o, &r)| (o, r))
-        .unzip();
-    close(what, &o, &r, tol)
-}
-
 /// Resets isolate non-finite values (docs/scan.md): NaN (then, separately, infinities) in
 /// `x`, in `a` (time-varying, and one time-invariant channel) and in `h0` (with and without a
 /// reset at the first step) propagate within their segment and never across a reset, on `bk`

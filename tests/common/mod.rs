@@ -341,6 +341,34 @@ pub fn close(what: &str, out: &[f64], reference: &[f64], tol: f64) -> T {
     Ok(())
 }
 
+/// Non-finite values against the reference: every non-finite value of the backend sits where
+/// the reference has one, and the finite values match within `tol`. With `nan`, NaN positions
+/// must be equal too. (Infinities are compared as non-finite only: complex products of
+/// infinities give NaN or infinity depending on the order of the operations, and the scan's
+/// reference does a real scan in complex arithmetic, where `(a + 0i)(inf + 0i)` has imaginary
+/// part `0 * inf = NaN`.)
+pub fn nonfinite_close(what: &str, out: &[f64], reference: &[f64], tol: f64, nan: bool) -> T {
+    ensure!(
+        out.len() == reference.len(),
+        "{what}: {} values, reference has {}",
+        out.len(),
+        reference.len()
+    );
+    for (i, (o, r)) in out.iter().zip(reference).enumerate() {
+        ensure!(
+            o.is_finite() == r.is_finite() && (!nan || o.is_nan() == r.is_nan()),
+            "{what}: element {i} is {o}, the reference has {r}"
+        );
+    }
+    let (o, r): (Vec<f64>, Vec<f64>) = out
+        .iter()
+        .zip(reference)
+        .filter(|(_, r)| r.is_finite())
+        .map(|(&o, &r)| (o, r))
+        .unzip();
+    close(what, &o, &r, tol)
+}
+
 /// Largest relative change `jitter` makes to an input: 2^-19, 16 to 32 f32 ulps, about the
 /// rounding an f32 kernel accumulates along a sequence. Measured against what half-ulp changes
 /// of the inputs (2^-24) do to the exact result: in 5000 random FFM problems every `da` error
