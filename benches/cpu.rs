@@ -7,6 +7,9 @@
 //! - `lavapipe`: the WGSL kernels on a CPU-emulated wgpu adapter, where there is one (what
 //!   `Device::best()` picked before the CPU backend existed).
 //!
+//! - `plain-loop`: a plain single-thread f32 Rust loop over the same data (benches/plain), the
+//!   floor the one-thread rows must beat.
+//!
 //! It also times one RL step (T = 1 with a carried state; FFM B = 8, M = 32, C = 4; EFLA
 //! B = 8, H = 4, K = V = 64).
 //!
@@ -22,7 +25,11 @@ use linrec::selective::{self, SelectiveBackwardInputs, SelectiveInputs, Selectiv
 use linrec::{Device, Problem, Result, Tensor};
 use std::hint::black_box;
 
+mod plain;
+
 type Run = Box<dyn Fn(&Device) -> Result<()> + Send + Sync>;
+/// A plain loop over data and output buffers it owns.
+type Plain = Box<dyn FnMut()>;
 
 /// One benchmarked problem.
 struct Case {
@@ -34,6 +41,8 @@ struct Case {
     fwd_bwd: Run,
     /// Time the f64 reference and lavapipe too (tour shapes; too slow for the long ones).
     peers: bool,
+    /// The plain single-thread loop, forward and forward + backward, where written.
+    plain: (Option<Plain>, Option<Plain>),
 }
 
 /// Deterministic, non-zero values in `[lo, hi]` for an argument of `p`.
@@ -56,6 +65,24 @@ fn scan_case(b: usize, t: usize, d: usize, complex: bool, peers: bool) -> Case {
     let g = data(&p, scan::Arg::GradH, -1.0, 1.0);
     let e = (b * t * d * p.width() * 4) as u64;
     let (x2, a2) = (x.clone(), a.clone());
+    let plain = {
+        let (xv, av, gv) = (x.to_f32_vec(), a.to_f32_vec(), g.to_f32_vec());
+        let (w, n) = (d * p.width(), xv.len());
+        let (xf, af, mut hf) = (xv.clone(), av.clone(), vec![0f32; n]);
+        let fwd: Plain = Box::new(move || {
+            plain::scan_forward(&xf, &af, &mut hf, b, w, complex);
+            black_box(&hf);
+        });
+        let (mut h, mut dx, mut da) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let fwd_bwd: Option<Plain> = (!complex).then(|| {
+            Box::new(move || {
+                plain::scan_forward(&xv, &av, &mut h, b, w, false);
+                plain::scan_backward(&av, &h, &gv, &mut dx, &mut da, b, w);
+                black_box((&dx, &da));
+            }) as Plain
+        });
+        (Some(fwd), fwd_bwd)
+    };
     Case {
         name: format!(
             "scan/{}/{b}x{t}x{d}",
@@ -90,6 +117,7 @@ fn scan_case(b: usize, t: usize, d: usize, complex: bool, peers: bool) -> Case {
             scan::backward(dev, &p, &bw).map(|r| drop(black_box(r)))
         }),
         peers,
+        plain,
     }
 }
 
@@ -102,6 +130,34 @@ fn ffm_case(b: usize, t: usize, m: usize, c: usize, peers: bool) -> Case {
     let g = data(&p, ffm::Arg::GradS, -1.0, 1.0);
     let (xb, sb) = ((b * t * m * 4) as u64, (b * t * m * c * 8) as u64);
     let ins = (x.clone(), a.clone(), bf.clone(), s0.clone());
+    let plain = {
+        let v = |t: &Tensor| t.to_f32_vec();
+        let (xv, av, bv, s0v, gv) = (v(&x), v(&a), v(&bf), v(&s0), v(&g));
+        let n = b * t * m * c * 2;
+        let (xf, af, bff, s0f, mut sf) = (
+            xv.clone(),
+            av.clone(),
+            bv.clone(),
+            s0v.clone(),
+            vec![0f32; n],
+        );
+        let fwd: Plain = Box::new(move || {
+            plain::ffm_forward(&xf, &af, &bff, &s0f, &mut sf, b, m, c);
+            black_box(&sf);
+        });
+        let (mut s, mut dx, mut da, mut db) = (
+            vec![0f32; n],
+            vec![0f32; xv.len()],
+            vec![0f32; m],
+            vec![0f32; c],
+        );
+        let fwd_bwd: Plain = Box::new(move || {
+            plain::ffm_forward(&xv, &av, &bv, &s0v, &mut s, b, m, c);
+            plain::ffm_backward(&av, &bv, &s0v, &s, &gv, &mut dx, &mut da, &mut db, b, m, c);
+            black_box((&dx, &da, &db));
+        });
+        (Some(fwd), Some(fwd_bwd))
+    };
     Case {
         name: format!("ffm/{b}x{t}x{m}x{c}"),
         bytes: (xb + sb, xb + sb + xb + sb + xb),
@@ -138,6 +194,7 @@ fn ffm_case(b: usize, t: usize, m: usize, c: usize, peers: bool) -> Case {
             ffm::backward(dev, &p, &bw).map(|r| drop(black_box(r)))
         }),
         peers,
+        plain,
     }
 }
 
@@ -157,6 +214,18 @@ fn efla_case(p: Efla, label: &str, peers: bool) -> Case {
     let sb = (b * h * p.key_dim * p.value_dim * 4) as u64;
     let fwd_bytes = 2 * kb + 2 * vb + 2 * sb;
     let ins = (q.clone(), k.clone(), v.clone(), beta.clone(), s0.clone());
+    // the plain loop computes the delta rule: timed beside the delta-rule rows
+    let plain_fwd = (p.rule == efla::Rule::Delta && p.len > 1).then(|| {
+        let f = |t: &Tensor| t.to_f32_vec();
+        let (qv, kv, vv, bv, s0v) = (f(&q), f(&k), f(&v), f(&beta), f(&s0));
+        let (mut st, mut o) = (s0v.clone(), vec![0f32; b * t * h * p.value_dim]);
+        let (kd, vd) = (p.key_dim, p.value_dim);
+        Box::new(move || {
+            st.copy_from_slice(&s0v);
+            plain::delta_forward(&qv, &kv, &vv, &bv, &mut st, &mut o, b, h, kd, vd);
+            black_box((&st, &o));
+        }) as Plain
+    });
     Case {
         name: format!("efla/{label}/{b}x{t}x{h}x{}x{}", p.key_dim, p.value_dim),
         bytes: (fwd_bytes, 3 * fwd_bytes),
@@ -195,11 +264,12 @@ fn efla_case(p: Efla, label: &str, peers: bool) -> Case {
             efla::backward(dev, &p, &bw).map(|r| drop(black_box(r)))
         }),
         peers,
+        plain: (plain_fwd, None),
     }
 }
 
 fn selective_case(b: usize, d: usize, t: usize, n: usize, peers: bool) -> Case {
-    let p = SelectiveScan::new(b, t, d, n);
+    let p = SelectiveScan::new(b, t, d, n).softplus();
     use selective::Arg as S;
     let u = data(&p, S::U, -1.0, 1.0);
     let delta = data(&p, S::Delta, -3.0, 0.0);
@@ -210,6 +280,15 @@ fn selective_case(b: usize, d: usize, t: usize, n: usize, peers: bool) -> Case {
     let e = (b * t * d * 4) as u64;
     let bc = p.spec(S::Bm).numel() as u64 * 4;
     let ins = (u.clone(), delta.clone(), a.clone(), bm.clone(), cm.clone());
+    let plain_fwd = {
+        let f = |t: &Tensor| t.to_f32_vec();
+        let (uv, dv, av, bv, cv) = (f(&u), f(&delta), f(&a), f(&bm), f(&cm));
+        let mut y = vec![0f32; uv.len()];
+        Box::new(move || {
+            plain::selective_forward(&uv, &dv, &av, &bv, &cv, &mut y, b, d, n);
+            black_box(&y);
+        }) as Plain
+    };
     Case {
         name: format!("selective/{b}x{d}x{t}x{n}"),
         bytes: (3 * e + 2 * bc, 3 * e + 2 * bc + 5 * e + 4 * bc),
@@ -260,6 +339,7 @@ fn selective_case(b: usize, d: usize, t: usize, n: usize, peers: bool) -> Case {
             selective::backward(dev, &p, &bw).map(|r| drop(black_box(r)))
         }),
         peers,
+        plain: (Some(plain_fwd), None),
     }
 }
 
@@ -314,15 +394,23 @@ fn bench(c: &mut Criterion) {
         rayon::current_num_threads(),
         lavapipe.as_ref().map_or("none".into(), Device::describe)
     );
-    for case in cases() {
+    for mut case in cases() {
         let mut g = c.benchmark_group(format!("cpu/{}", case.name));
         g.sample_size(10);
         memcpy(&mut g, case.bytes.0);
-        for (what, run, bytes) in [
-            ("forward", &case.fwd, case.bytes.0),
-            ("forward+backward", &case.fwd_bwd, case.bytes.1),
+        for (what, run, bytes, plain) in [
+            ("forward", &case.fwd, case.bytes.0, &mut case.plain.0),
+            (
+                "forward+backward",
+                &case.fwd_bwd,
+                case.bytes.1,
+                &mut case.plain.1,
+            ),
         ] {
             g.throughput(Throughput::Bytes(bytes));
+            if let Some(plain) = plain {
+                g.bench_function(format!("{what}/plain-loop"), |b| b.iter(&mut *plain));
+            }
             // a combination a device lacks (e.g. f16 on lavapipe) is skipped, not failed
             let ok = |dev: &Device| match run(dev) {
                 Ok(()) => true,
