@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // index loops are the plain form being measured
 //! Plain single-thread Rust loops over the same f32 data as the CPU benchmarks: what a user
 //! could write in ten minutes, and the floor every linrec CPU kernel must beat on one thread.
 //! f32 state, the natural loop order (time outer, contiguous channels inner), no threads, no

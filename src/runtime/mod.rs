@@ -2,6 +2,7 @@
 //! Nothing here knows about a particular operation.
 
 pub(crate) mod cpu;
+pub use cpu::{HostFlags, HostFloats};
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "wgpu")]
