@@ -5,20 +5,27 @@
 //! ## How the three-tensor limit of candle's custom ops is handled
 //!
 //! candle's `CustomOp1/2/3` take at most three tensors and return one. linrec's ops take up to
-//! nine differentiable inputs and return two results, so each op is one `CustomOp1` over a
-//! *flat packed* f32 tensor: the differentiable inputs are flattened and concatenated
-//! (`Tensor::cat`, in the order of the op's argument struct), the op returns its results
-//! flattened and concatenated, and the public function slices them apart with `narrow` and
-//! `reshape`. candle's autograd then routes gradients through `cat` and `narrow` by itself,
-//! and the op's backward returns one packed gradient. Reset flags (not differentiable) travel
-//! inside the op. The price is one copy of the inputs (the `cat`) and, on CUDA, one
-//! device-to-device copy packing the results; the kernels read sub-ranges of the packed
-//! buffer directly.
+//! nine differentiable inputs and return two results.
 //!
-//! On CPU tensors the ops run linrec's native CPU kernels (`Device::Cpu`: multi-threaded f32,
-//! one copy of each input into a linrec tensor, results moved into candle without a copy); on
-//! CUDA tensors they run linrec's CUDA kernels on candle's own stream, zero-copy. Tensors must
-//! be f32 and contiguous-able; `start` flags may be u8, u32 or f32 (nonzero = a new episode).
+//! - **Linear scan and FFM on CPU tensors** are one `CustomOp3` each: `(x, a, h0)`, and
+//!   `(x, [a, b], s0)` with the two small parameter vectors concatenated. The op returns the
+//!   main output in its own shape, and the final state is a slice of it (the last step scanned),
+//!   so candle's autograd routes every gradient straight to its tensor, nothing large is
+//!   packed, and a gradient of the final state reaches the backward through the output's.
+//! - **EFLA, the selective scan, and every op on CUDA tensors** are one `CustomOp1` over a
+//!   *flat packed* f32 tensor: the differentiable inputs are flattened and concatenated
+//!   (`Tensor::cat`, in the order of the op's argument struct), the op returns its results
+//!   flattened and concatenated, and the public function slices them apart with `narrow` and
+//!   `reshape`; candle's autograd routes gradients through `cat` and `narrow` by itself. For
+//!   EFLA and the selective scan the cost of the packing is small next to the kernels'.
+//!
+//! Reset flags (not differentiable) travel inside the op. On CPU tensors the ops run linrec's
+//! native CPU kernels (`Device::Cpu`, multi-threaded f32) **on candle's own storage**: inputs,
+//! results and gradients are read in place ([`crate::runtime::HostFloats`]) and the kernels'
+//! results are moved into candle, never copied. On CUDA tensors they run linrec's CUDA kernels
+//! on candle's own stream, zero-copy but for one device-to-device copy packing the results.
+//! `benches/candle_op.rs` measures what the candle op adds to the direct call. Tensors must be
+//! f32 and contiguous-able; `start` flags may be u8, u32 or f32 (nonzero = a new episode).
 
 pub mod layers;
 mod ops;
@@ -26,7 +33,7 @@ mod ops;
 pub use ops::{efla, ffm, linear_scan, selective_scan, SelectiveTensors};
 
 use crate::error::Error as LError;
-use candle_core::{CpuStorage, CustomOp1, DType as CDType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType as CDType, Layout, Shape, Tensor};
 
 /// A linrec error as a candle error.
 pub(crate) fn cerr(e: LError) -> candle_core::Error {
@@ -131,7 +138,10 @@ pub(crate) trait Parts: Clone + Send + Sync + 'static {
     ) -> crate::Result<Vec<crate::CuTensor>>;
 }
 
-fn concat(parts: Vec<Vec<f32>>) -> Vec<f32> {
+fn concat(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default(); // one result: moved, not copied
+    }
     let mut v = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for p in parts {
         v.extend(p);
@@ -150,6 +160,159 @@ pub(crate) fn apply<P: Parts>(parts: P, packed: &Tensor) -> candle_core::Result<
         )));
     }
     packed.contiguous()?.apply_op1(Fwd(parts))
+}
+
+/// Apply `parts`' forward, whose one result has shape `out`, to inputs held in three CPU
+/// tensors (candle's `CustomOp3`): `groups[i]` of the op's inputs, in order, flattened and
+/// concatenated, in tensor `i`. Large inputs each get a tensor of their own, so nothing large
+/// is packed, and candle's autograd takes each gradient straight to its input.
+pub(crate) fn apply3<P: Parts>(
+    parts: P,
+    groups: [usize; 3],
+    ts: [&Tensor; 3],
+    out: &[usize],
+) -> candle_core::Result<Tensor> {
+    let lens = parts.in_lens();
+    let mut at = 0;
+    for (t, &g) in ts.iter().zip(&groups) {
+        let n: usize = lens[at..at + g].iter().sum();
+        if t.elem_count() != n {
+            return Err(msg(format!(
+                "linrec {}: an input group holds {} elements, expected {n}",
+                parts.name(),
+                t.elem_count()
+            )));
+        }
+        at += g;
+    }
+    let op = Fwd3 {
+        parts,
+        groups,
+        out: out.to_vec(),
+    };
+    let [t1, t2, t3] = ts;
+    t1.contiguous()?
+        .apply_op3(&t2.contiguous()?, &t3.contiguous()?, op)
+}
+
+/// The op's inputs, in order, from the storages of [`apply3`]'s three tensors.
+fn inputs3<'a>(
+    lens: &[usize],
+    groups: [usize; 3],
+    xs: [(&'a CpuStorage, &Layout); 3],
+) -> candle_core::Result<Vec<&'a [f32]>> {
+    let mut ins = Vec::with_capacity(lens.len());
+    let mut at = 0;
+    for ((s, l), g) in xs.into_iter().zip(groups) {
+        ins.extend(split(cpu_f32(s, l)?, &lens[at..at + g]));
+        at += g;
+    }
+    Ok(ins)
+}
+
+/// The forward of [`apply3`].
+struct Fwd3<P> {
+    parts: P,
+    groups: [usize; 3],
+    out: Vec<usize>,
+}
+
+impl<P: Parts> CustomOp3 for Fwd3<P> {
+    fn name(&self) -> &'static str {
+        self.parts.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let lens = self.parts.in_lens();
+        let ins = inputs3(&lens, self.groups, [(s1, l1), (s2, l2), (s3, l3)])?;
+        let out = concat(self.parts.fwd_host(&ins).map_err(cerr)?);
+        Ok((CpuStorage::F32(out), Shape::from(self.out.as_slice())))
+    }
+
+    fn bwd(
+        &self,
+        a1: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = Bwd3 {
+            parts: self.parts.clone(),
+            groups: self.groups,
+            res: res.contiguous()?,
+            grad: grad_res.contiguous()?,
+        };
+        let packed = a1.apply_op3_no_bwd(a2, a3, &op)?;
+        // one slice of the packed gradients per input tensor (views, no copies)
+        let mut at = 0;
+        let mut grad = |a: &Tensor| -> candle_core::Result<Option<Tensor>> {
+            let n = a.elem_count();
+            let g = packed.narrow(0, at, n)?.reshape(a.dims())?;
+            at += n;
+            Ok(Some(g))
+        };
+        Ok((grad(a1)?, grad(a2)?, grad(a3)?))
+    }
+}
+
+/// The backward of [`Fwd3`] as an op of its own (no further gradient): the packed gradients
+/// of every input.
+struct Bwd3<P> {
+    parts: P,
+    groups: [usize; 3],
+    res: Tensor,
+    grad: Tensor,
+}
+
+impl<P: Parts> CustomOp3 for Bwd3<P> {
+    fn name(&self) -> &'static str {
+        self.parts.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let lens = self.parts.in_lens();
+        let ins = inputs3(&lens, self.groups, [(s1, l1), (s2, l2), (s3, l3)])?;
+        let out = with_res_grad(&self.res, &self.grad, |res, grad| {
+            self.parts.bwd_host(&ins, &[res], &[grad]).map_err(cerr)
+        })?;
+        let out = concat(out);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
+/// Run `f` on the f32 data of an op's result and of its gradient, read in place (CPU tensors,
+/// contiguous).
+fn with_res_grad<R>(
+    res: &Tensor,
+    grad: &Tensor,
+    f: impl FnOnce(&[f32], &[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (rs, rl) = res.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (candle_core::Storage::Cpu(rs), candle_core::Storage::Cpu(gs)) = (&*rs, &*gs) else {
+        return Err(msg(
+            "linrec: results and gradients must be CPU tensors".into()
+        ));
+    };
+    f(cpu_f32(rs, rl)?, cpu_f32(gs, gl)?)
 }
 
 /// Slice the packed results of an op into tensors of the given shapes.
@@ -229,13 +392,12 @@ impl<P: Parts> CustomOp1 for Bwd<P> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = cpu_f32(s, l)?;
         let ins = split(x, &self.parts.in_lens());
-        let res = host_f32(&self.res)?;
-        let grad = host_f32(&self.grad)?;
         let lens = self.parts.out_lens();
-        let out = self
-            .parts
-            .bwd_host(&ins, &split(&res, &lens), &split(&grad, &lens))
-            .map_err(cerr)?;
+        // the results and their gradients are read in place
+        let out = with_res_grad(&self.res, &self.grad, |res, grad| {
+            let (outs, grads) = (split(res, &lens), split(grad, &lens));
+            self.parts.bwd_host(&ins, &outs, &grads).map_err(cerr)
+        })?;
         let out = concat(out);
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))

@@ -1,6 +1,6 @@
 //! Each linrec op as a [`Parts`] implementation plus its public candle function.
 
-use super::{apply, cerr, flags_host, pack, unpack, Parts};
+use super::{apply, apply3, cerr, flags_host, pack, unpack, Parts};
 use crate::efla::{Efla, EflaBackwardInputs, EflaInputs};
 use crate::ffm::{Ffm, FfmBackwardInputs, FfmInputs};
 use crate::ops::Problem;
@@ -14,9 +14,7 @@ use candle_core::{Result, Tensor};
 /// The packed differentiable inputs of each op, in packing order (the selective scan's depend
 /// on `z`: `SelectiveParts::names`), and the gradients each backward takes.
 const SCAN_INS: [scan::Arg; 3] = [scan::Arg::X, scan::Arg::A, scan::Arg::H0];
-const SCAN_GRADS: [scan::Arg; 2] = [scan::Arg::GradH, scan::Arg::GradFinal];
 const FFM_INS: [ffm::Arg; 4] = [ffm::Arg::X, ffm::Arg::A, ffm::Arg::B, ffm::Arg::S0];
-const FFM_GRADS: [ffm::Arg; 2] = [ffm::Arg::GradS, ffm::Arg::GradFinal];
 const EFLA_INS: [efla::Arg; 5] = [
     efla::Arg::Q,
     efla::Arg::K,
@@ -48,6 +46,14 @@ fn start_host(start: &Option<Tensor>) -> crate::Result<Option<LTensor>> {
             let v = flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e))?;
             LTensor::new([t.dims()[0], t.dims()[1]], v)
         })
+        .transpose()
+}
+
+/// Host flags of an optional start tensor, as bytes (for kernels that read slices).
+fn start_bytes(start: &Option<Tensor>) -> crate::Result<Option<Vec<u8>>> {
+    start
+        .as_ref()
+        .map(|t| flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e)))
         .transpose()
 }
 
@@ -122,22 +128,22 @@ impl Parts for ScanParts {
     fn in_lens(&self) -> Vec<usize> {
         SCAN_INS.map(|n| self.p.spec(n).numel()).to_vec()
     }
+    // one result: `h_final` is a step of `h`, sliced out by `linear_scan` (its gradient then
+    // reaches the backward through `grad_h`, with no packed-result routing)
     fn out_lens(&self) -> Vec<usize> {
-        [scan::Arg::H, scan::Arg::HFinal]
-            .map(|n| self.p.spec(n).numel())
-            .to_vec()
+        vec![self.p.spec(scan::Arg::H).numel()]
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &SCAN_INS, ins)?;
-        let st = start_host(&self.start)?;
+        // candle's storage is read in place
+        let st = start_bytes(&self.start)?;
         let inp = ScanInputs {
-            x: &w[0],
-            a: &w[1],
-            h0: Some(&w[2]),
-            start: st.as_ref(),
+            x: ins[0],
+            a: ins[1],
+            h0: Some(ins[2]),
+            start: st.as_deref(),
         };
         let o = crate::scan::cpu::forward(&self.p, &inp)?;
-        Ok(vec![flat(o.h), flat(o.h_final)])
+        Ok(vec![flat(o.h)])
     }
     fn bwd_host(
         &self,
@@ -145,17 +151,14 @@ impl Parts for ScanParts {
         outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &SCAN_INS, ins)?;
-        let o = host(&self.p, &[scan::Arg::H], &outs[..1])?;
-        let g = host(&self.p, &SCAN_GRADS, grads)?;
-        let st = start_host(&self.start)?;
+        let st = start_bytes(&self.start)?;
         let inp = ScanBackwardInputs {
-            a: &w[1],
-            h: &o[0],
-            h0: Some(&w[2]),
-            start: st.as_ref(),
-            grad_h: &g[0],
-            grad_final: Some(&g[1]),
+            a: ins[1],
+            h: outs[0],
+            h0: Some(ins[2]),
+            start: st.as_deref(),
+            grad_h: grads[0],
+            grad_final: None,
         };
         let r = crate::scan::cpu::backward(&self.p, &inp)?;
         Ok(vec![flat(r.dx), flat(r.da), flat(r.dh0)])
@@ -174,7 +177,7 @@ impl Parts for ScanParts {
                 start,
             };
             let o = crate::scan::cuda::forward(be, &self.p, &inp)?;
-            Ok(vec![o.h, o.h_final])
+            Ok(vec![o.h])
         })
     }
     #[cfg(feature = "candle-cuda")]
@@ -192,7 +195,7 @@ impl Parts for ScanParts {
                 h0: Some(ins[2].reborrow()),
                 start,
                 grad_h: grads[0].reborrow(),
-                grad_final: Some(grads[1].reborrow()),
+                grad_final: None,
             };
             let r = crate::scan::cuda::backward(be, &self.p, &inp)?;
             Ok(vec![r.dx, r.da, r.dh0])
@@ -218,12 +221,16 @@ pub fn linear_scan(
         p: *p,
         start: prepare_flags(start)?,
     };
-    let out = apply(parts, &pack(&[x, a, &h0])?)?;
-    let v = unpack(
-        &out,
-        &[p.spec(scan::Arg::H).shape, p.spec(scan::Arg::HFinal).shape],
-    )?;
-    Ok((v[0].clone(), v[1].clone()))
+    let shape = p.spec(scan::Arg::H).shape;
+    let h = if x.device().is_cpu() {
+        apply3(parts, [1, 1, 1], [x, a, &h0], &shape)?
+    } else {
+        apply(parts, &pack(&[x, a, &h0])?)?.reshape(shape)?
+    };
+    // the final state is the last step scanned: t = T - 1, or t = 0 for a reversed scan
+    let last = if p.reverse { 0 } else { p.len - 1 };
+    let h_final = h.narrow(1, last, 1)?.squeeze(1)?;
+    Ok((h, h_final))
 }
 
 // ------------------------------------------------------------------ FFM
@@ -241,23 +248,22 @@ impl Parts for FfmParts {
     fn in_lens(&self) -> Vec<usize> {
         FFM_INS.map(|n| self.p.spec(n).numel()).to_vec()
     }
+    // one result: `s_final` is the last step of `s`, sliced out by `ffm`
     fn out_lens(&self) -> Vec<usize> {
-        [ffm::Arg::S, ffm::Arg::SFinal]
-            .map(|n| self.p.spec(n).numel())
-            .to_vec()
+        vec![self.p.spec(ffm::Arg::S).numel()]
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &FFM_INS, ins)?;
-        let st = start_host(&self.start)?;
+        // candle's storage is read in place
+        let st = start_bytes(&self.start)?;
         let inp = FfmInputs {
-            x: &w[0],
-            a: &w[1],
-            b: &w[2],
-            s0: Some(&w[3]),
-            start: st.as_ref(),
+            x: ins[0],
+            a: ins[1],
+            b: ins[2],
+            s0: Some(ins[3]),
+            start: st.as_deref(),
         };
         let o = crate::ffm::cpu::forward(&self.p, &inp)?;
-        Ok(vec![flat(o.s), flat(o.s_final)])
+        Ok(vec![flat(o.s)])
     }
     fn bwd_host(
         &self,
@@ -265,17 +271,15 @@ impl Parts for FfmParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &FFM_INS, ins)?;
-        let g = host(&self.p, &FFM_GRADS, grads)?;
-        let st = start_host(&self.start)?;
+        let st = start_bytes(&self.start)?;
         let inp = FfmBackwardInputs {
-            x: &w[0],
-            a: &w[1],
-            b: &w[2],
-            s0: Some(&w[3]),
-            start: st.as_ref(),
-            grad_s: &g[0],
-            grad_final: Some(&g[1]),
+            x: ins[0],
+            a: ins[1],
+            b: ins[2],
+            s0: Some(ins[3]),
+            start: st.as_deref(),
+            grad_s: grads[0],
+            grad_final: None,
         };
         let r = crate::ffm::cpu::backward(&self.p, &inp)?;
         Ok(vec![flat(r.dx), flat(r.da), flat(r.db), flat(r.ds0)])
@@ -295,7 +299,7 @@ impl Parts for FfmParts {
                 start,
             };
             let o = crate::ffm::cuda::forward(be, &self.p, &inp)?;
-            Ok(vec![o.s, o.s_final])
+            Ok(vec![o.s])
         })
     }
     #[cfg(feature = "candle-cuda")]
@@ -314,7 +318,7 @@ impl Parts for FfmParts {
                 s0: Some(ins[3].reborrow()),
                 start,
                 grad_s: grads[0].reborrow(),
-                grad_final: Some(grads[1].reborrow()),
+                grad_final: None,
             };
             let r = crate::ffm::cuda::backward(be, &self.p, &inp)?;
             Ok(vec![r.dx, r.da, r.db, r.ds0])
@@ -340,12 +344,16 @@ pub fn ffm(
         p: *p,
         start: prepare_flags(start)?,
     };
-    let out = apply(parts, &pack(&[x, a, b, &s0])?)?;
-    let v = unpack(
-        &out,
-        &[p.spec(ffm::Arg::S).shape, p.spec(ffm::Arg::SFinal).shape],
-    )?;
-    Ok((v[0].clone(), v[1].clone()))
+    let shape = p.spec(ffm::Arg::S).shape;
+    let s = if x.device().is_cpu() {
+        // the small `a` and `b` share a tensor: x, (a, b), s0
+        let ab = Tensor::cat(&[a, b], 0)?;
+        apply3(parts, [1, 2, 1], [x, &ab, &s0], &shape)?
+    } else {
+        apply(parts, &pack(&[x, a, b, &s0])?)?.reshape(shape)?
+    };
+    let s_final = s.narrow(1, p.len - 1, 1)?.squeeze(1)?;
+    Ok((s, s_final))
 }
 
 // ------------------------------------------------------------------ EFLA
@@ -538,19 +546,19 @@ impl Parts for SelectiveParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &self.names(), ins)?;
-        let st = start_host(&self.start)?;
+        // candle's storage is read in place
+        let st = start_bytes(&self.start)?;
         let inp = SelectiveInputs {
-            u: &w[0],
-            delta: &w[1],
-            a: &w[2],
-            bm: &w[3],
-            cm: &w[4],
-            dskip: Some(&w[5]),
-            delta_bias: Some(&w[6]),
-            h0: Some(&w[7]),
-            z: w.get(8),
-            start: st.as_ref(),
+            u: ins[0],
+            delta: ins[1],
+            a: ins[2],
+            bm: ins[3],
+            cm: ins[4],
+            dskip: Some(ins[5]),
+            delta_bias: Some(ins[6]),
+            h0: Some(ins[7]),
+            z: ins.get(8).copied(),
+            start: st.as_deref(),
         };
         let o = crate::selective::cpu::forward(&self.p, &inp)?;
         Ok(vec![flat(o.out), flat(o.h_final)])
@@ -561,26 +569,20 @@ impl Parts for SelectiveParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &self.names(), ins)?;
-        let g = host(
-            &self.p,
-            &[selective::Arg::GradOut, selective::Arg::GradFinal],
-            grads,
-        )?;
-        let st = start_host(&self.start)?;
+        let st = start_bytes(&self.start)?;
         let inp = SelectiveBackwardInputs {
-            u: &w[0],
-            delta: &w[1],
-            a: &w[2],
-            bm: &w[3],
-            cm: &w[4],
-            dskip: Some(&w[5]),
-            delta_bias: Some(&w[6]),
-            h0: Some(&w[7]),
-            z: w.get(8),
-            start: st.as_ref(),
-            grad_out: &g[0],
-            grad_final: Some(&g[1]),
+            u: ins[0],
+            delta: ins[1],
+            a: ins[2],
+            bm: ins[3],
+            cm: ins[4],
+            dskip: Some(ins[5]),
+            delta_bias: Some(ins[6]),
+            h0: Some(ins[7]),
+            z: ins.get(8).copied(),
+            start: st.as_deref(),
+            grad_out: grads[0],
+            grad_final: Some(grads[1]),
         };
         let r = crate::selective::cpu::backward(&self.p, &inp)?;
         let mut v = vec![

@@ -49,6 +49,7 @@ use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::Result;
 use crate::ops::scan::cpu::plan;
 use crate::runtime::cpu::{f32s, flags, opt_f32s, output, ChunkMap as Map};
+use crate::runtime::{HostFlags, HostFloats};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -337,8 +338,12 @@ fn entry_states(g: &Geo, s0: Option<&[f32]>, tc: usize) -> Vec<f64> {
     entries
 }
 
-/// Forward pass on the CPU (arguments already validated by the caller).
-pub fn forward(p: &Ffm, args: &FfmInputs<&Tensor>) -> Result<FfmOutputs<Tensor>> {
+/// Forward pass on the CPU (arguments already validated by the caller): linrec tensors, or
+/// f32 and flag slices read in place ([`HostFloats`], [`HostFlags`]).
+pub fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
+    p: &Ffm,
+    args: &FfmInputs<F, S>,
+) -> Result<FfmOutputs<Tensor>> {
     let x = f32s(args.x);
     let a = f32s(args.a);
     let bb = f32s(args.b);
@@ -588,8 +593,12 @@ fn back_span(
 /// gradient.
 type BackPiece<'a> = (usize, ((&'a mut [f32], &'a mut [f64]), &'a mut [f64]));
 
-/// Backward pass on the CPU (arguments already validated by the caller).
-pub fn backward(p: &Ffm, args: &FfmBackwardInputs<&Tensor>) -> Result<FfmGrads<Tensor>> {
+/// Backward pass on the CPU (arguments already validated by the caller), on the same kinds of
+/// data as [`forward`].
+pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
+    p: &Ffm,
+    args: &FfmBackwardInputs<F, S>,
+) -> Result<FfmGrads<Tensor>> {
     let x = f32s(args.x);
     let a = f32s(args.a);
     let bb = f32s(args.b);

@@ -40,6 +40,7 @@ use super::{
 use crate::error::Result;
 use crate::ops::Problem;
 use crate::runtime::cpu::{f32s, flags, opt_f32s, output, simd, DisjointOut as Out};
+use crate::runtime::{HostFlags, HostFloats};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -252,10 +253,11 @@ fn make_ctx<'a>(
     }
 }
 
-/// Forward pass on the CPU (see the [module docs](self)).
-pub fn forward(
+/// Forward pass on the CPU (see the [module docs](self)): linrec tensors, or f32 and flag
+/// slices read in place ([`HostFloats`], [`HostFlags`]).
+pub fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
     p: &SelectiveScan,
-    args: &SelectiveInputs<&Tensor>,
+    args: &SelectiveInputs<F, S>,
 ) -> Result<SelectiveOutputs<Tensor>> {
     ctx!(p, args, u, delta, a, bm, cm, dskip, z, bias, h0, start);
     let c = make_ctx(
@@ -323,10 +325,11 @@ pub fn forward(
     })
 }
 
-/// Backward pass on the CPU (see the [module docs](self)).
-pub fn backward(
+/// Backward pass on the CPU (see the [module docs](self)), on the same kinds of data as
+/// [`forward`].
+pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
     p: &SelectiveScan,
-    args: &SelectiveBackwardInputs<&Tensor>,
+    args: &SelectiveBackwardInputs<F, S>,
 ) -> Result<SelectiveGrads<Tensor>> {
     ctx!(p, args, u, delta, a, bm, cm, dskip, z, bias, h0, start);
     let go = f32s(args.grad_out);
