@@ -1587,9 +1587,58 @@ fn cpu_long() -> T {
     Ok(())
 }
 
-/// Every output and gradient of the CPU kernels, bitwise equal on 1, 2 and 3 threads.
+/// The CPU's chunked algorithm (chunk products on `gemm-f32`) at chunks of 1, 7 (odd), 16 and
+/// 64 (the default), T not a multiple of any of them, K = 1, odd K and V, the bench's K = V = 64,
+/// fresh random inputs with `s0` and resets (mid-chunk, on chunk edges, at T-1), both rules,
+/// f32 and bf16 storage; prints the errors against the f64 reference.
+fn cpu_chunked_sizes() -> T {
+    let mut seed = 3800;
+    for (b, t, h, k, v) in [(3, 20, 2, 1, 3), (2, 150, 2, 37, 45), (1, 301, 1, 64, 64)] {
+        for rule in [Rule::Efla, Rule::Delta] {
+            for (c, dt) in [
+                (1, DType::F32),
+                (7, DType::F32),
+                (16, DType::BF16),
+                (64, DType::F32),
+            ] {
+                seed += 1;
+                let p = Efla::new(b, t, h, k, v)
+                    .with_rule(rule)
+                    .chunked(c)
+                    .with_dtype(dt);
+                let mut d = gen(p, true, Starts::Edges, seed);
+                if seed % 2 == 0 {
+                    // keep the initial state in play on this row
+                    d.start.as_mut().unwrap()[0] = 0;
+                }
+                let a = host_args(&d);
+                let (o, g) = (
+                    run_forward(&Device::Cpu, &p, &a)?,
+                    run_backward(&Device::Cpu, &p, &a)?,
+                );
+                let (ro, rg) = (fwd_ref(&d), bwd_ref(&d));
+                eprintln!(
+                    "cpu {}: rel o {:.1e} s_final {:.1e} dq {:.1e} dk {:.1e} dv {:.1e} dbeta {:.1e} ds0 {:.1e}",
+                    name(&p),
+                    rel(&o.o.to_f64_vec(), &ro.o),
+                    rel(&o.s_final.to_f64_vec(), &ro.s_final),
+                    rel(&g.dq.to_f64_vec(), &rg.dq),
+                    rel(&g.dk.to_f64_vec(), &rg.dk),
+                    rel(&g.dv.to_f64_vec(), &rg.dv),
+                    rel(&g.dbeta.to_f64_vec(), &rg.dbeta),
+                    rel(&g.ds0.to_f64_vec(), &rg.ds0),
+                );
+                check_backend(&Device::Cpu, &d, &format!("cpu {}", name(&p)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every output and gradient of the CPU kernels, bitwise equal on 1, 2 and 3 threads (the
+/// recurrent algorithm and the chunked one, with chunks of 16 and 64).
 fn cpu_threads_bitwise() -> T {
-    for p in variants(3, 70, 3, 12, 9, &[16]) {
+    for p in variants(3, 70, 3, 12, 9, &[16, 64]) {
         let d = gen(p, true, Starts::Edges, 3400);
         let a = host_args(&d);
         let run = || {
@@ -1734,6 +1783,7 @@ fn main() {
         cpu_half_storage,
         cpu_decode_chain,
         cpu_long,
+        cpu_chunked_sizes,
         cpu_threads_bitwise,
         cpu_nonfinite_isolated_by_resets,
         wgpu_nonfinite_isolated_by_resets,

@@ -1,19 +1,67 @@
 //! Native CPU kernels of EFLA and the delta rule (f32 state and accumulation; f16/bf16 storage
 //! is widened once on entry and rounded once on exit).
 //!
-//! **Algorithm.** Both [`Algorithm`](super::Algorithm)s run the *recurrent* algorithm on the
-//! CPU: token by token, per `(batch row, head)`, with the `K x V` state row-major (`V`
-//! contiguous). A problem asking for `Chunked { chunk }` is computed with the recurrent
-//! algorithm: the chunked WY algorithm computes the same function (the reference and the
-//! tests show the two agree within the accuracy bounds), and no CPU implementation of it is
-//! written yet. Counting multiply-adds per step, the recurrent algorithm does `3 K V` (`S^T k`,
-//! the rank-one update, `S^T q`); the chunked one does the same `3 K V` in three chunk-by-state
-//! products plus about `C (3 K + 2 V) / 2` for the Gram matrices, the triangular solve and the WY
-//! vectors: 1.4 times the work at `K = V = 128` and 1.9 times at `K = V = 64` with `C = 64`.
-//! It pays only where its products run much faster than the recurrent loops (register-blocked
-//! matrix kernels), which this module does not have yet.
+//! **Algorithms.** [`Algorithm::Recurrent`](super::Algorithm::Recurrent) runs the *recurrent*
+//! algorithm: token by token, per `(batch row, head)`, with the `K x V` state row-major (`V`
+//! contiguous). [`Algorithm::Chunked`](super::Algorithm::Chunked) runs the *chunked WY*
+//! algorithm of docs/efla.md with the problem's chunk, its chunk products on the `gemm-f32`
+//! crate (the f32 kernels of the `gemm` crates candle uses: packed, register-blocked, FMA
+//! micro-kernels chosen at run time), when the sequence has at least [`MIN_CHUNKED_LEN`]
+//! steps; shorter ones (the `T = 1` decode step among them) take the recurrent algorithm,
+//! which is as fast or faster there. Both are described below.
 //!
-//! One step is two passes over the state: `u = v - S^T k`, then for each row
+//! Counting multiply-adds per step, the recurrent algorithm does `3 K V` (`S^T k`, the rank-one
+//! update, `S^T q`) in vector loops; the chunked one does the same `3 K V` in three
+//! chunk-by-state products, plus `C (2 K + 2 V)` in products inside the chunk (the Gram
+//! matrices, `X (alpha R)`, `P delta`; where the chunk has 32 steps or more, the triangular
+//! ones skip the zero block, a quarter of the product): at `K = V = 64`, `C = 64` about twice
+//! the arithmetic, at more than twice the rate (one `gemm` call of these shapes runs at about
+//! 34 G multiply-adds/s on the machine below; the recurrent forward at about 15). Measured
+//! with `cargo bench --bench cpu` (`B = 2`, `H = 4`, `T = 512`, `K = V = 64`, one thread of a
+//! 2-core AMD EPYC VM, the delta rule; EFLA differs by one coefficient per step):
+//!
+//! | | forward | forward + backward |
+//! |---|---|---|
+//! | recurrent | 3.44 ms | 22.0 ms |
+//! | chunked, `C = 64` (the default) | 3.56 ms | 13.6 ms |
+//! | chunked, `C = 64`, EFLA | 3.65 ms | 13.7 ms |
+//!
+//! A one-thread timing loop over the same shape (EFLA, best of 30) gives 3.1 ms and 11.4 ms
+//! with chunks of 32 (3.6 ms and 13.2 ms with 64): on the CPU smaller chunks pay less for the
+//! products inside the chunk. The forwards run about level from `T = 16` on; the chunked
+//! backward is about twice as fast from `T = 8` ([`MIN_CHUNKED_LEN`]).
+//!
+//! **The chunked algorithm** (child module `chunked`). Each `(batch row, head)` walks its
+//! sequence in pieces of at most `chunk` steps that also end before every reset, so a reset
+//! is only ever a piece's first step: the piece starts from a zero state (a fill), its
+//! products never read a step before the reset, and the backward drops the state gradient
+//! that would flow past it (a fill again). Per piece, with `L = strict_lower(K K^T)`,
+//! `P = lower(Q K^T)`, `X = (I + diag(alpha) L)^{-1}` (forward substitution, in registers):
+//!
+//! ```text
+//! R = V - K S,   delta = X diag(alpha) R,   O = scale (Q S + P delta),   S <- S + K^T delta
+//! ```
+//!
+//! Five `gemm` calls per piece on stacked operands (`[Q; K] K^T` as two lower-triangle
+//! products, `[Q; K] S`, `X Z`, `P delta`, `K^T delta`). The backward sweeps the pieces
+//! forward once, keeping each piece's incoming state, `X`, `L`, `P`, `R` and `delta`
+//! (a state per piece, `ceil(T / C)` plus one per reset, and about `T (3 C + 2 V)` floats per
+//! head), then walks them from the end:
+//!
+//! ```text
+//! d_delta = scale P^T dO + K dS,   Y = X^T d_delta,   dV = dR = diag(alpha) Y
+//! dA = -strict_lower(Y delta^T),   dP = scale lower(dO delta^T),   dL = diag(alpha) dA
+//! dalpha = rowsum(R o Y) + rowsum(dA o L)
+//! dQ = scale dO S^T + dP K,   dK = delta dS^T - dR S^T + dP^T Q + (dL + dL^T) K (+ g' term)
+//! dS <- dS + scale Q^T dO - K^T dR
+//! ```
+//!
+//! (`Y` is the gradient of `Z = diag(alpha) R` through `delta = (I + diag(alpha) L)^{-1} Z`,
+//! whose matrix gradient is `-Y delta^T`: no `X^T dX X^T` products.) Inside a piece the
+//! products run over the whole piece, so a NaN or infinity there can also reach the piece's
+//! steps *before* it (through `0 * NaN` in a triangular factor); it never crosses a reset.
+//!
+//! **The recurrent algorithm.** One step is two passes over the state: `u = v - S^T k`, then for each row
 //! `S[r] += alpha k[r] u` fused with `o += q[r] S[r]`. Loops over the `V` columns are
 //! contiguous and vectorize (on x86-64 CPUs with AVX2 they are also compiled for AVX2, chosen
 //! at run time; no FMA, so the bits are the same either way); dot products along `V` use an
@@ -32,13 +80,19 @@
 //! docs/efla.md. Scratch per head: `ceil(T / 32) + 33` states of `K x V` f32.
 //!
 //! **Threading.** One piece of work per `(batch row, head)` on rayon; pieces own disjoint
-//! outputs and nothing is reduced across pieces, so results are bitwise identical whatever the
-//! number of threads.
+//! outputs and nothing is reduced across pieces, and the chunked algorithm calls `gemm-f32`
+//! with its own parallelism off (one call runs on the calling thread, its blocking chosen from
+//! the shapes and the CPU's caches only), so results are bitwise identical whatever the number
+//! of threads.
 //!
 //! **Accuracy.** Against the f64 reference, measured by the tests: relative L2 error within
 //! `1e-5` on outputs and `1e-4` on gradients and on `s_final` / `ds0` with f32 storage, and
 //! `1e-2` with f16/bf16 storage (`s_final`, `ds0` within `1e-4` there too), for both rules and
-//! both algorithm settings; at `T = 4096` (`K = V = 32`, f32) about 3e-7 on every result.
+//! both algorithms (`T = 4096` included, chunked with chunks of 64); the recurrent algorithm at
+//! `T = 4096` (`K = V = 32`, f32) measured about 3e-7 on every result. The chunked algorithm
+//! measures about 2e-7 to 4e-7 on every f32 result at chunks of 1, 7 and 64
+//! (`K = V = 64`, `T = 301`, resets and `s0`), and about 1.7e-3 with bf16 storage (chunks of
+//! 16).
 
 // Index loops over fixed lanes read like the equations and vectorize.
 #![allow(clippy::needless_range_loop)]
@@ -47,8 +101,13 @@ use super::reference::coefficients;
 use super::{Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs};
 use crate::error::Result;
 use crate::runtime::cpu::{f32s, flags, opt_f32s, output, simd, DisjointOut as Out};
+use crate::runtime::{HostFlags, HostFloats};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
+
+mod chunked;
+
+pub use chunked::MIN_CHUNKED_LEN;
 
 /// Steps between the backward's state checkpoints.
 pub const CHECKPOINT: usize = 32;
@@ -165,9 +224,15 @@ fn make_ctx<'a>(
     }
 }
 
-/// Forward pass on the CPU (the recurrent algorithm for either [`Algorithm`](super::Algorithm);
-/// see the [module docs](self)).
-pub fn forward(p: &Efla, args: &EflaInputs<&Tensor>) -> Result<EflaOutputs<Tensor>> {
+/// Forward pass on the CPU: the problem's [`Algorithm`](super::Algorithm), `Chunked` running
+/// the recurrent algorithm below [`MIN_CHUNKED_LEN`] steps (see the [module docs](self)).
+pub fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
+    p: &Efla,
+    args: &EflaInputs<F, S>,
+) -> Result<EflaOutputs<Tensor>> {
+    if let Some(chunk) = chunked::chunk_of(p) {
+        return chunked::forward(p, args, chunk);
+    }
     let (q, k, v, beta) = (f32s(args.q), f32s(args.k), f32s(args.v), f32s(args.beta));
     let s0 = opt_f32s(args.s0);
     let start = flags(args.start);
@@ -180,20 +245,25 @@ pub fn forward(p: &Efla, args: &EflaInputs<&Tensor>) -> Result<EflaOutputs<Tenso
     };
     let wo = Out::new(&mut o);
     sf.par_chunks_mut(kd * vd).enumerate().for_each(|(bh, s)| {
-        simd(|| {
-            let (b, h) = (bh / hn, bh % hn);
-            let (mut u, mut ov) = ([0.0f32; DMAX], [0.0f32; DMAX]);
-            for t in 0..tn {
-                if c.reset(b, t) {
-                    s.fill(0.0);
+        // inlined into `simd`'s AVX2 copy (a closure that is not inlined there would be
+        // compiled without it)
+        simd(
+            #[inline(always)]
+            || {
+                let (b, h) = (bh / hn, bh % hn);
+                let (mut u, mut ov) = ([0.0f32; DMAX], [0.0f32; DMAX]);
+                for t in 0..tn {
+                    if c.reset(b, t) {
+                        s.fill(0.0);
+                    }
+                    let i = c.row(b, t, h);
+                    let (alpha, _, _) = c.coef(i);
+                    c.step(i, alpha, s, &mut u, Some(&mut ov));
+                    // SAFETY: this piece's own (row, head) range; no other piece touches it.
+                    unsafe { wo.put(i * vd, &ov[..vd]) };
                 }
-                let i = c.row(b, t, h);
-                let (alpha, _, _) = c.coef(i);
-                c.step(i, alpha, s, &mut u, Some(&mut ov));
-                // SAFETY: this piece's own (row, head) range; no other piece touches it.
-                unsafe { wo.put(i * vd, &ov[..vd]) };
-            }
-        })
+            },
+        )
     });
     Ok(EflaOutputs {
         o: output(vec![bn, tn, hn, vd], o, p.dtype)?,
@@ -201,9 +271,15 @@ pub fn forward(p: &Efla, args: &EflaInputs<&Tensor>) -> Result<EflaOutputs<Tenso
     })
 }
 
-/// Backward pass on the CPU (the recurrent algorithm for either
-/// [`Algorithm`](super::Algorithm); see the [module docs](self)).
-pub fn backward(p: &Efla, args: &EflaBackwardInputs<&Tensor>) -> Result<EflaGrads<Tensor>> {
+/// Backward pass on the CPU: the problem's [`Algorithm`](super::Algorithm), `Chunked` running
+/// the recurrent algorithm below [`MIN_CHUNKED_LEN`] steps (see the [module docs](self)).
+pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
+    p: &Efla,
+    args: &EflaBackwardInputs<F, S>,
+) -> Result<EflaGrads<Tensor>> {
+    if let Some(chunk) = chunked::chunk_of(p) {
+        return chunked::backward(p, args, chunk);
+    }
     let (q, k, v, beta) = (f32s(args.q), f32s(args.k), f32s(args.v), f32s(args.beta));
     let s0 = opt_f32s(args.s0);
     let start = flags(args.start);
@@ -229,101 +305,106 @@ pub fn backward(p: &Efla, args: &EflaBackwardInputs<&Tensor>) -> Result<EflaGrad
     );
     let ncp = tn.div_ceil(CHECKPOINT);
     ds0.par_chunks_mut(kv).enumerate().for_each(|(bh, ds)| {
-        simd(|| {
-            let (b, h) = (bh / hn, bh % hn);
-            // forward sweep, checkpointing the state entering every interval
-            let mut cps = vec![0.0f32; ncp * kv];
-            let mut s = match s0 {
-                Some(s0) => s0[bh * kv..][..kv].to_vec(),
-                None => vec![0.0f32; kv],
-            };
-            let mut u = [0.0f32; DMAX];
-            for t in 0..tn {
-                if c.reset(b, t) {
-                    s.fill(0.0);
-                }
-                if t % CHECKPOINT == 0 {
-                    cps[(t / CHECKPOINT) * kv..][..kv].copy_from_slice(&s);
-                }
-                let i = c.row(b, t, h);
-                let (alpha, _, _) = c.coef(i);
-                c.step(i, alpha, &mut s, &mut u, None);
-            }
-            drop(s);
-            // states[j]: the state after step t0 + j - 1 (reset applied for step t0 + j when
-            // j = 0); us[j]: u of step t0 + j
-            let mut states = vec![0.0f32; (CHECKPOINT + 1) * kv];
-            let mut us = vec![0.0f32; CHECKPOINT * vd];
-            let zeros = vec![0.0f32; kv];
-            let (mut w, mut row_q) = ([0.0f32; DMAX], [0.0f32; DMAX]);
-            let (mut gk, mut gq) = ([0.0f32; DMAX], [0.0f32; DMAX]);
-            for cp in (0..ncp).rev() {
-                let t0 = cp * CHECKPOINT;
-                let len = CHECKPOINT.min(tn - t0);
-                states[..kv].copy_from_slice(&cps[cp * kv..][..kv]);
-                for j in 0..len {
-                    let t = t0 + j;
-                    let (prev, next) = states.split_at_mut((j + 1) * kv);
-                    let sn = &mut next[..kv];
-                    if j > 0 && c.reset(b, t) {
-                        sn.fill(0.0);
-                    } else {
-                        sn.copy_from_slice(&prev[j * kv..]);
+        // inlined into `simd`'s AVX2 copy (a closure that is not inlined there would be
+        // compiled without it)
+        simd(
+            #[inline(always)]
+            || {
+                let (b, h) = (bh / hn, bh % hn);
+                // forward sweep, checkpointing the state entering every interval
+                let mut cps = vec![0.0f32; ncp * kv];
+                let mut s = match s0 {
+                    Some(s0) => s0[bh * kv..][..kv].to_vec(),
+                    None => vec![0.0f32; kv],
+                };
+                let mut u = [0.0f32; DMAX];
+                for t in 0..tn {
+                    if c.reset(b, t) {
+                        s.fill(0.0);
+                    }
+                    if t % CHECKPOINT == 0 {
+                        cps[(t / CHECKPOINT) * kv..][..kv].copy_from_slice(&s);
                     }
                     let i = c.row(b, t, h);
                     let (alpha, _, _) = c.coef(i);
-                    c.step(i, alpha, sn, &mut us[j * vd..][..vd], None);
+                    c.step(i, alpha, &mut s, &mut u, None);
                 }
-                for j in (0..len).rev() {
-                    let t = t0 + j;
-                    let i = c.row(b, t, h);
-                    let rs = c.reset(b, t);
-                    let (a, fk, fb) = c.coef(i);
-                    let kk = &c.k[i * kd..][..kd];
-                    let qq = &c.q[i * kd..][..kd];
-                    let g = &go[i * vd..][..vd];
-                    let st = &states[(j + 1) * kv..][..kv];
-                    // P: the state before the update (zero after a reset)
-                    let sp = if rs && j > 0 {
-                        &zeros[..]
-                    } else {
-                        &states[j * kv..][..kv]
-                    };
-                    let u = &us[j * vd..][..vd];
-                    // dS += scale q go^T;  w = dS^T k
-                    let w = &mut w[..vd];
-                    w.fill(0.0);
-                    for (r, row) in ds.chunks_exact_mut(vd).enumerate() {
-                        axpy(row, c.scale * qq[r], g);
-                        axpy(w, kk[r], row);
-                    }
-                    let dalpha = dot(u, w);
-                    for r in 0..kd {
-                        let dsr = &mut ds[r * vd..][..vd];
-                        gq[r] = c.scale * dot(&st[r * vd..][..vd], g);
-                        let rowv = dot(dsr, u) - dot(&sp[r * vd..][..vd], w);
-                        gk[r] = a * rowv + fk * dalpha * kk[r];
-                        if !rs {
-                            axpy(dsr, -(a * kk[r]), w);
+                drop(s);
+                // states[j]: the state after step t0 + j - 1 (reset applied for step t0 + j when
+                // j = 0); us[j]: u of step t0 + j
+                let mut states = vec![0.0f32; (CHECKPOINT + 1) * kv];
+                let mut us = vec![0.0f32; CHECKPOINT * vd];
+                let zeros = vec![0.0f32; kv];
+                let (mut w, mut row_q) = ([0.0f32; DMAX], [0.0f32; DMAX]);
+                let (mut gk, mut gq) = ([0.0f32; DMAX], [0.0f32; DMAX]);
+                for cp in (0..ncp).rev() {
+                    let t0 = cp * CHECKPOINT;
+                    let len = CHECKPOINT.min(tn - t0);
+                    states[..kv].copy_from_slice(&cps[cp * kv..][..kv]);
+                    for j in 0..len {
+                        let t = t0 + j;
+                        let (prev, next) = states.split_at_mut((j + 1) * kv);
+                        let sn = &mut next[..kv];
+                        if j > 0 && c.reset(b, t) {
+                            sn.fill(0.0);
+                        } else {
+                            sn.copy_from_slice(&prev[j * kv..]);
                         }
+                        let i = c.row(b, t, h);
+                        let (alpha, _, _) = c.coef(i);
+                        c.step(i, alpha, sn, &mut us[j * vd..][..vd], None);
                     }
-                    if rs {
-                        ds.fill(0.0);
+                    for j in (0..len).rev() {
+                        let t = t0 + j;
+                        let i = c.row(b, t, h);
+                        let rs = c.reset(b, t);
+                        let (a, fk, fb) = c.coef(i);
+                        let kk = &c.k[i * kd..][..kd];
+                        let qq = &c.q[i * kd..][..kd];
+                        let g = &go[i * vd..][..vd];
+                        let st = &states[(j + 1) * kv..][..kv];
+                        // P: the state before the update (zero after a reset)
+                        let sp = if rs && j > 0 {
+                            &zeros[..]
+                        } else {
+                            &states[j * kv..][..kv]
+                        };
+                        let u = &us[j * vd..][..vd];
+                        // dS += scale q go^T;  w = dS^T k
+                        let w = &mut w[..vd];
+                        w.fill(0.0);
+                        for (r, row) in ds.chunks_exact_mut(vd).enumerate() {
+                            axpy(row, c.scale * qq[r], g);
+                            axpy(w, kk[r], row);
+                        }
+                        let dalpha = dot(u, w);
+                        for r in 0..kd {
+                            let dsr = &mut ds[r * vd..][..vd];
+                            gq[r] = c.scale * dot(&st[r * vd..][..vd], g);
+                            let rowv = dot(dsr, u) - dot(&sp[r * vd..][..vd], w);
+                            gk[r] = a * rowv + fk * dalpha * kk[r];
+                            if !rs {
+                                axpy(dsr, -(a * kk[r]), w);
+                            }
+                        }
+                        if rs {
+                            ds.fill(0.0);
+                        }
+                        for x in row_q[..vd].iter_mut().zip(w.iter()) {
+                            *x.0 = a * x.1;
+                        }
+                        // SAFETY: this piece's own (row, head) range; no other piece touches it.
+                        unsafe { wq.put(i * kd, &gq[..kd]) };
+                        // SAFETY: this piece's own (row, head) range; no other piece touches it.
+                        unsafe { wk.put(i * kd, &gk[..kd]) };
+                        // SAFETY: this piece's own (row, head) range; no other piece touches it.
+                        unsafe { wv.put(i * vd, &row_q[..vd]) };
+                        // SAFETY: this piece's own (row, head) range; no other piece touches it.
+                        unsafe { wb.put(i, &[dalpha * fb]) };
                     }
-                    for x in row_q[..vd].iter_mut().zip(w.iter()) {
-                        *x.0 = a * x.1;
-                    }
-                    // SAFETY: this piece's own (row, head) range; no other piece touches it.
-                    unsafe { wq.put(i * kd, &gq[..kd]) };
-                    // SAFETY: this piece's own (row, head) range; no other piece touches it.
-                    unsafe { wk.put(i * kd, &gk[..kd]) };
-                    // SAFETY: this piece's own (row, head) range; no other piece touches it.
-                    unsafe { wv.put(i * vd, &row_q[..vd]) };
-                    // SAFETY: this piece's own (row, head) range; no other piece touches it.
-                    unsafe { wb.put(i, &[dalpha * fb]) };
                 }
-            }
-        })
+            },
+        )
     });
     Ok(EflaGrads {
         dq: output(vec![bn, tn, hn, kd], dq, p.dtype)?,
