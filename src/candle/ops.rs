@@ -22,31 +22,10 @@ const EFLA_INS: [efla::Arg; 5] = [
     efla::Arg::Beta,
     efla::Arg::S0,
 ];
-const EFLA_GRADS: [efla::Arg; 2] = [efla::Arg::GradO, efla::Arg::GradFinal];
-
-/// f32 parts as linrec host tensors of the shapes of `args` (one copy each), for the native
-/// CPU kernels.
-fn host<P: Problem>(p: &P, args: &[P::Arg], parts: &[&[f32]]) -> crate::Result<Vec<LTensor>> {
-    args.iter()
-        .zip(parts)
-        .map(|(&a, v)| LTensor::new(p.spec(a).shape, v.to_vec()))
-        .collect()
-}
 
 /// A CPU kernel's f32 result as the flat vector candle takes (moved, not copied).
 fn flat(t: LTensor) -> Vec<f32> {
     t.into_f32_vec()
-}
-
-/// Host flags of an optional start tensor, as a `[B, T]` u8 tensor.
-fn start_host(start: &Option<Tensor>) -> crate::Result<Option<LTensor>> {
-    start
-        .as_ref()
-        .map(|t| {
-            let v = flags_host(t).map_err(|e| crate::Error::value("start", "readable flags", e))?;
-            LTensor::new([t.dims()[0], t.dims()[1]], v)
-        })
-        .transpose()
 }
 
 /// Host flags of an optional start tensor, as bytes (for kernels that read slices).
@@ -377,15 +356,15 @@ impl Parts for EflaParts {
             .to_vec()
     }
     fn fwd_host(&self, ins: &[&[f32]]) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &EFLA_INS, ins)?;
-        let st = start_host(&self.start)?;
+        // candle's storage is read in place
+        let st = start_bytes(&self.start)?;
         let inp = EflaInputs {
-            q: &w[0],
-            k: &w[1],
-            v: &w[2],
-            beta: &w[3],
-            s0: Some(&w[4]),
-            start: st.as_ref(),
+            q: ins[0],
+            k: ins[1],
+            v: ins[2],
+            beta: ins[3],
+            s0: Some(ins[4]),
+            start: st.as_deref(),
         };
         let o = crate::efla::cpu::forward(&self.p, &inp)?;
         Ok(vec![flat(o.o), flat(o.s_final)])
@@ -396,18 +375,16 @@ impl Parts for EflaParts {
         _outs: &[&[f32]],
         grads: &[&[f32]],
     ) -> crate::Result<Vec<Vec<f32>>> {
-        let w = host(&self.p, &EFLA_INS, ins)?;
-        let g = host(&self.p, &EFLA_GRADS, grads)?;
-        let st = start_host(&self.start)?;
+        let st = start_bytes(&self.start)?;
         let inp = EflaBackwardInputs {
-            q: &w[0],
-            k: &w[1],
-            v: &w[2],
-            beta: &w[3],
-            s0: Some(&w[4]),
-            start: st.as_ref(),
-            grad_o: &g[0],
-            grad_final: Some(&g[1]),
+            q: ins[0],
+            k: ins[1],
+            v: ins[2],
+            beta: ins[3],
+            s0: Some(ins[4]),
+            start: st.as_deref(),
+            grad_o: grads[0],
+            grad_final: Some(grads[1]),
         };
         let r = crate::efla::cpu::backward(&self.p, &inp)?;
         Ok(vec![

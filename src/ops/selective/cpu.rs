@@ -277,47 +277,52 @@ pub fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
     let (wo, wh) = (Out::new(&mut out), Out::new(&mut hf));
     (0..c.num_pieces()).into_par_iter().for_each(|i| {
         let (b, d0, cnt) = c.piece(i);
-        simd(|| {
-            let np = c.np;
-            let (mut av, mut bv, mut cv) = ([0.0f32; NMAX], [0.0f32; NMAX], [0.0f32; NMAX]);
-            let (mut h, mut dec) = ([0.0f32; NMAX], [0.0f32; NMAX]);
-            let gi = p.group_of(d0);
-            for d in d0..d0 + cnt {
-                c.channel(d, &mut av, &mut bv, &mut cv);
-                c.h0(b, d, &mut h[..np]);
-                let ds = c.dskip.map_or(0.0, |v| v[d]);
-                for t in 0..tn {
-                    let i = (b * tn + t) * dn + d;
-                    let (dt, _) = c.dt(i, d);
-                    let uu = c.u[i];
-                    if p.input_dependent() {
-                        c.load_bc(c.bm, b, t, gi, &mut bv);
-                        c.load_bc(c.cm, b, t, gi, &mut cv);
+        // inlined into `simd`'s AVX2 copy (a closure that is not inlined there would be
+        // compiled without it)
+        simd(
+            #[inline(always)]
+            || {
+                let np = c.np;
+                let (mut av, mut bv, mut cv) = ([0.0f32; NMAX], [0.0f32; NMAX], [0.0f32; NMAX]);
+                let (mut h, mut dec) = ([0.0f32; NMAX], [0.0f32; NMAX]);
+                let gi = p.group_of(d0);
+                for d in d0..d0 + cnt {
+                    c.channel(d, &mut av, &mut bv, &mut cv);
+                    c.h0(b, d, &mut h[..np]);
+                    let ds = c.dskip.map_or(0.0, |v| v[d]);
+                    for t in 0..tn {
+                        let i = (b * tn + t) * dn + d;
+                        let (dt, _) = c.dt(i, d);
+                        let uu = c.u[i];
+                        if p.input_dependent() {
+                            c.load_bc(c.bm, b, t, gi, &mut bv);
+                            c.load_bc(c.cm, b, t, gi, &mut cv);
+                        }
+                        let rs = c.reset(b, t);
+                        advance(
+                            &mut h[..np],
+                            &mut dec[..np],
+                            &av[..np],
+                            &bv[..np],
+                            dt,
+                            dt * uu,
+                            rs,
+                        );
+                        let y = dot(&cv[..np], &h[..np]) + ds * uu;
+                        let o = match c.z {
+                            Some(z) => y * (z[i] * sigmoid(z[i])),
+                            None => y,
+                        };
+                        // SAFETY: an element of this piece's own (row, channel).
+                        unsafe { wo.set(i, o) };
                     }
-                    let rs = c.reset(b, t);
-                    advance(
-                        &mut h[..np],
-                        &mut dec[..np],
-                        &av[..np],
-                        &bv[..np],
-                        dt,
-                        dt * uu,
-                        rs,
-                    );
-                    let y = dot(&cv[..np], &h[..np]) + ds * uu;
-                    let o = match c.z {
-                        Some(z) => y * (z[i] * sigmoid(z[i])),
-                        None => y,
-                    };
-                    // SAFETY: an element of this piece's own (row, channel).
-                    unsafe { wo.set(i, o) };
+                    for n in 0..ns {
+                        // SAFETY: an element of this piece's own (row, channel).
+                        unsafe { wh.set((b * dn + d) * ns + n, h[n]) };
+                    }
                 }
-                for n in 0..ns {
-                    // SAFETY: an element of this piece's own (row, channel).
-                    unsafe { wh.set((b * dn + d) * ns + n, h[n]) };
-                }
-            }
-        })
+            },
+        )
     });
     Ok(SelectiveOutputs {
         out: output(vec![bn, tn, dn], out, p.dtype)?,
@@ -378,177 +383,185 @@ pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
         .into_par_iter()
         .map(|pi| {
             let (b, d0, cnt) = c.piece(pi);
-            simd(|| {
-                let [wdu, wdd, wdz, wdh0, wda, wbm, wcm, wds, wdb] = w;
-                let mut gbm = vec![0.0f32; if dep { tn * ns } else { 0 }];
-                let mut gcm = vec![0.0f32; if dep { tn * ns } else { 0 }];
-                let mut cps = vec![0.0f32; ncp * np];
-                let mut hs = vec![0.0f32; (CHECKPOINT + 1) * np];
-                let mut decs = vec![0.0f32; CHECKPOINT * np];
-                let mut ys = [0.0f32; CHECKPOINT];
-                let mut dts = [(0.0f32, 0.0f32); CHECKPOINT];
-                let (mut av, mut bv, mut cv) = ([0.0f32; NMAX], [0.0f32; NMAX], [0.0f32; NMAX]);
-                let (mut h, mut dec, mut hc, mut hh) = (
-                    [0.0f32; NMAX],
-                    [0.0f32; NMAX],
-                    [0.0f32; NMAX],
-                    [0.0f32; NMAX],
-                );
-                let (mut gda, mut gfb, mut gfc) = ([0.0f32; NMAX], [0.0f32; NMAX], [0.0f32; NMAX]);
-                let gi = p.group_of(d0);
-                for d in d0..d0 + cnt {
-                    c.channel(d, &mut av, &mut bv, &mut cv);
-                    let ds = c.dskip.map_or(0.0, |v| v[d]);
-                    // forward sweep, checkpointing the state entering every interval
-                    c.h0(b, d, &mut h[..np]);
-                    for t in 0..tn {
-                        if t % CHECKPOINT == 0 {
-                            cps[(t / CHECKPOINT) * np..][..np].copy_from_slice(&h[..np]);
-                        }
-                        let i = (b * tn + t) * dn + d;
-                        let (dt, _) = c.dt(i, d);
-                        if dep {
-                            c.load_bc(c.bm, b, t, gi, &mut bv);
-                        }
-                        let rs = c.reset(b, t);
-                        advance(
-                            &mut h[..np],
-                            &mut dec[..np],
-                            &av[..np],
-                            &bv[..np],
-                            dt,
-                            dt * c.u[i],
-                            rs,
-                        );
-                    }
-                    hc[..np].fill(0.0);
-                    if let Some(gf) = gf {
-                        hc[..ns].copy_from_slice(&gf[(b * dn + d) * ns..][..ns]);
-                    }
-                    gda[..np].fill(0.0);
-                    gfb[..np].fill(0.0);
-                    gfc[..np].fill(0.0);
-                    let (mut sds, mut sdb) = (0.0f32, 0.0f32);
-                    for k in (0..ncp).rev() {
-                        let t0 = k * CHECKPOINT;
-                        let len = CHECKPOINT.min(tn - t0);
-                        hs[..np].copy_from_slice(&cps[k * np..][..np]);
-                        for j in 0..len {
-                            let t = t0 + j;
+            // inlined into `simd`'s AVX2 copy (a closure that is not inlined there would be
+            // compiled without it)
+            simd(
+                #[inline(always)]
+                || {
+                    let [wdu, wdd, wdz, wdh0, wda, wbm, wcm, wds, wdb] = w;
+                    let mut gbm = vec![0.0f32; if dep { tn * ns } else { 0 }];
+                    let mut gcm = vec![0.0f32; if dep { tn * ns } else { 0 }];
+                    let mut cps = vec![0.0f32; ncp * np];
+                    let mut hs = vec![0.0f32; (CHECKPOINT + 1) * np];
+                    let mut decs = vec![0.0f32; CHECKPOINT * np];
+                    let mut ys = [0.0f32; CHECKPOINT];
+                    let mut dts = [(0.0f32, 0.0f32); CHECKPOINT];
+                    let (mut av, mut bv, mut cv) = ([0.0f32; NMAX], [0.0f32; NMAX], [0.0f32; NMAX]);
+                    let (mut h, mut dec, mut hc, mut hh) = (
+                        [0.0f32; NMAX],
+                        [0.0f32; NMAX],
+                        [0.0f32; NMAX],
+                        [0.0f32; NMAX],
+                    );
+                    let (mut gda, mut gfb, mut gfc) =
+                        ([0.0f32; NMAX], [0.0f32; NMAX], [0.0f32; NMAX]);
+                    let gi = p.group_of(d0);
+                    for d in d0..d0 + cnt {
+                        c.channel(d, &mut av, &mut bv, &mut cv);
+                        let ds = c.dskip.map_or(0.0, |v| v[d]);
+                        // forward sweep, checkpointing the state entering every interval
+                        c.h0(b, d, &mut h[..np]);
+                        for t in 0..tn {
+                            if t % CHECKPOINT == 0 {
+                                cps[(t / CHECKPOINT) * np..][..np].copy_from_slice(&h[..np]);
+                            }
                             let i = (b * tn + t) * dn + d;
-                            let (dt, dsp) = c.dt(i, d);
-                            let uu = c.u[i];
+                            let (dt, _) = c.dt(i, d);
                             if dep {
                                 c.load_bc(c.bm, b, t, gi, &mut bv);
-                                c.load_bc(c.cm, b, t, gi, &mut cv);
                             }
-                            let (prev, next) = hs.split_at_mut((j + 1) * np);
-                            let hn = &mut next[..np];
-                            hn.copy_from_slice(&prev[j * np..]);
                             let rs = c.reset(b, t);
                             advance(
-                                hn,
-                                &mut decs[j * np..][..np],
+                                &mut h[..np],
+                                &mut dec[..np],
                                 &av[..np],
                                 &bv[..np],
                                 dt,
-                                dt * uu,
+                                dt * c.u[i],
                                 rs,
                             );
-                            ys[j] = dot(&cv[..np], hn) + ds * uu;
-                            dts[j] = (dt, dsp);
                         }
-                        for j in (0..len).rev() {
-                            let t = t0 + j;
-                            let i = (b * tn + t) * dn + d;
-                            let (dt, dsp) = dts[j];
-                            let uu = c.u[i];
-                            if dep {
-                                c.load_bc(c.bm, b, t, gi, &mut bv);
-                                c.load_bc(c.cm, b, t, gi, &mut cv);
-                            }
-                            let g = go[i];
-                            let dy = match c.z {
-                                Some(z) => {
-                                    let zi = z[i];
-                                    let sg = sigmoid(zi);
-                                    // SAFETY: an element of this piece's own (row, channel).
-                                    unsafe { wdz.set(i, g * ys[j] * sg * (1.0 + zi * (1.0 - sg))) };
-                                    g * (zi * sg)
+                        hc[..np].fill(0.0);
+                        if let Some(gf) = gf {
+                            hc[..ns].copy_from_slice(&gf[(b * dn + d) * ns..][..ns]);
+                        }
+                        gda[..np].fill(0.0);
+                        gfb[..np].fill(0.0);
+                        gfc[..np].fill(0.0);
+                        let (mut sds, mut sdb) = (0.0f32, 0.0f32);
+                        for k in (0..ncp).rev() {
+                            let t0 = k * CHECKPOINT;
+                            let len = CHECKPOINT.min(tn - t0);
+                            hs[..np].copy_from_slice(&cps[k * np..][..np]);
+                            for j in 0..len {
+                                let t = t0 + j;
+                                let i = (b * tn + t) * dn + d;
+                                let (dt, dsp) = c.dt(i, d);
+                                let uu = c.u[i];
+                                if dep {
+                                    c.load_bc(c.bm, b, t, gi, &mut bv);
+                                    c.load_bc(c.cm, b, t, gi, &mut cv);
                                 }
-                                None => g,
-                            };
-                            sds += dy * uu;
-                            let hprev = &hs[j * np..][..np];
-                            let hcur = &hs[(j + 1) * np..][..np];
-                            let dc = &decs[j * np..][..np];
-                            let rs = c.reset(b, t);
-                            for n in 0..np {
-                                hh[n] = dy * cv[n] + hc[n];
+                                let (prev, next) = hs.split_at_mut((j + 1) * np);
+                                let hn = &mut next[..np];
+                                hn.copy_from_slice(&prev[j * np..]);
+                                let rs = c.reset(b, t);
+                                advance(
+                                    hn,
+                                    &mut decs[j * np..][..np],
+                                    &av[..np],
+                                    &bv[..np],
+                                    dt,
+                                    dt * uu,
+                                    rs,
+                                );
+                                ys[j] = dot(&cv[..np], hn) + ds * uu;
+                                dts[j] = (dt, dsp);
                             }
-                            let s1 = dot(&bv[..np], &hh[..np]);
-                            let dtu = dt * uu;
-                            let mut s2 = 0.0f32;
-                            if !rs {
-                                let mut acc = [0.0f32; L];
-                                for n0 in (0..np).step_by(L) {
-                                    for l in 0..L {
-                                        let n = n0 + l;
-                                        let q = dc[n] * hprev[n] * hh[n];
-                                        acc[l] += av[n] * q;
-                                        gda[n] += dt * q;
+                            for j in (0..len).rev() {
+                                let t = t0 + j;
+                                let i = (b * tn + t) * dn + d;
+                                let (dt, dsp) = dts[j];
+                                let uu = c.u[i];
+                                if dep {
+                                    c.load_bc(c.bm, b, t, gi, &mut bv);
+                                    c.load_bc(c.cm, b, t, gi, &mut cv);
+                                }
+                                let g = go[i];
+                                let dy = match c.z {
+                                    Some(z) => {
+                                        let zi = z[i];
+                                        let sg = sigmoid(zi);
+                                        // SAFETY: an element of this piece's own (row, channel).
+                                        unsafe {
+                                            wdz.set(i, g * ys[j] * sg * (1.0 + zi * (1.0 - sg)))
+                                        };
+                                        g * (zi * sg)
+                                    }
+                                    None => g,
+                                };
+                                sds += dy * uu;
+                                let hprev = &hs[j * np..][..np];
+                                let hcur = &hs[(j + 1) * np..][..np];
+                                let dc = &decs[j * np..][..np];
+                                let rs = c.reset(b, t);
+                                for n in 0..np {
+                                    hh[n] = dy * cv[n] + hc[n];
+                                }
+                                let s1 = dot(&bv[..np], &hh[..np]);
+                                let dtu = dt * uu;
+                                let mut s2 = 0.0f32;
+                                if !rs {
+                                    let mut acc = [0.0f32; L];
+                                    for n0 in (0..np).step_by(L) {
+                                        for l in 0..L {
+                                            let n = n0 + l;
+                                            let q = dc[n] * hprev[n] * hh[n];
+                                            acc[l] += av[n] * q;
+                                            gda[n] += dt * q;
+                                        }
+                                    }
+                                    s2 = ((acc[0] + acc[4]) + (acc[2] + acc[6]))
+                                        + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+                                    for n in 0..np {
+                                        hc[n] = dc[n] * hh[n];
+                                    }
+                                } else {
+                                    hc[..np].fill(0.0);
+                                }
+                                if dep {
+                                    let gb = &mut gbm[t * ns..][..ns];
+                                    let gc = &mut gcm[t * ns..][..ns];
+                                    for n in 0..ns {
+                                        gb[n] += dtu * hh[n];
+                                        gc[n] += dy * hcur[n];
+                                    }
+                                } else {
+                                    for n in 0..np {
+                                        gfb[n] += dtu * hh[n];
+                                        gfc[n] += dy * hcur[n];
                                     }
                                 }
-                                s2 = ((acc[0] + acc[4]) + (acc[2] + acc[6]))
-                                    + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-                                for n in 0..np {
-                                    hc[n] = dc[n] * hh[n];
-                                }
-                            } else {
-                                hc[..np].fill(0.0);
+                                // SAFETY: an element of this piece's own (row, channel).
+                                unsafe { wdu.set(i, dt * s1 + ds * dy) };
+                                let ddt = uu * s1 + s2;
+                                let dd = ddt * dsp;
+                                // SAFETY: an element of this piece's own (row, channel).
+                                unsafe { wdd.set(i, dd) };
+                                sdb += dd;
                             }
-                            if dep {
-                                let gb = &mut gbm[t * ns..][..ns];
-                                let gc = &mut gcm[t * ns..][..ns];
-                                for n in 0..ns {
-                                    gb[n] += dtu * hh[n];
-                                    gc[n] += dy * hcur[n];
-                                }
-                            } else {
-                                for n in 0..np {
-                                    gfb[n] += dtu * hh[n];
-                                    gfc[n] += dy * hcur[n];
-                                }
+                        }
+                        let o = (b * dn + d) * ns;
+                        for n in 0..ns {
+                            // SAFETY: an element of this piece's own (row, channel).
+                            unsafe { wdh0.set(o + n, hc[n]) };
+                            // SAFETY: an element of this piece's own (row, channel).
+                            unsafe { wda.set(o + n, gda[n]) };
+                            if !dep {
+                                // SAFETY: an element of this piece's own (row, channel).
+                                unsafe { wbm.set(o + n, gfb[n]) };
+                                // SAFETY: an element of this piece's own (row, channel).
+                                unsafe { wcm.set(o + n, gfc[n]) };
                             }
-                            // SAFETY: an element of this piece's own (row, channel).
-                            unsafe { wdu.set(i, dt * s1 + ds * dy) };
-                            let ddt = uu * s1 + s2;
-                            let dd = ddt * dsp;
-                            // SAFETY: an element of this piece's own (row, channel).
-                            unsafe { wdd.set(i, dd) };
-                            sdb += dd;
                         }
-                    }
-                    let o = (b * dn + d) * ns;
-                    for n in 0..ns {
                         // SAFETY: an element of this piece's own (row, channel).
-                        unsafe { wdh0.set(o + n, hc[n]) };
+                        unsafe { wds.set(b * dn + d, sds) };
                         // SAFETY: an element of this piece's own (row, channel).
-                        unsafe { wda.set(o + n, gda[n]) };
-                        if !dep {
-                            // SAFETY: an element of this piece's own (row, channel).
-                            unsafe { wbm.set(o + n, gfb[n]) };
-                            // SAFETY: an element of this piece's own (row, channel).
-                            unsafe { wcm.set(o + n, gfc[n]) };
-                        }
+                        unsafe { wdb.set(b * dn + d, sdb) };
                     }
-                    // SAFETY: an element of this piece's own (row, channel).
-                    unsafe { wds.set(b * dn + d, sds) };
-                    // SAFETY: an element of this piece's own (row, channel).
-                    unsafe { wdb.set(b * dn + d, sdb) };
-                }
-                (gbm, gcm)
-            })
+                    (gbm, gcm)
+                },
+            )
         })
         .collect();
     // ordered sums over rows of the shared parameters' gradients
