@@ -1340,9 +1340,9 @@ fn slow_decay_on(bk: &str) -> T {
 }
 /// T = 2^20 with the same slow and absent decays (a = 0, -1e-4, -1e-3, -1e-2, high
 /// frequencies), at the f32 bounds (1e-5 forward, 1e-4 gradients): the anchored carry meets
-/// each power's rounding once, not once per chunk (errors printed). The WGSL backward is
-/// checked at T = 65536 only: on lavapipe it leaves the first chunks of `dx` unwritten from
-/// T = 2^18 on (a fault seen before the anchored carry too, not yet understood).
+/// each power's rounding once, not once per chunk (errors printed). On llvmpipe, which ends a
+/// shader's loop nest after 65535 iterations, the WGSL backward walks the 8192 chunks of the
+/// row in segments, one dispatch each (ffm/backward.wgsl): every gradient is checked there.
 fn slow_decay_long_on(bk: &str) -> T {
     let dev = backend(bk)?;
     for tn in [1 << 16, 1 << 20] {
@@ -1350,28 +1350,6 @@ fn slow_decay_long_on(bk: &str) -> T {
         d.a = f32_exact(&[0.0, -1e-4, -1e-3, -1e-2]);
         d.b = f32_exact(&[2.9, -2.47]);
         let what = format!("{bk} slow decay {}", name(&d));
-        if bk == "wgpu" && tn > 1 << 16 {
-            // llvmpipe cuts a loop nest short: the backward is a typed Limit there, not
-            // gradients cut short (docs/ffm.md)
-            if let Device::Wgpu(ctx) = &dev {
-                if ctx.info.name.contains("llvmpipe") {
-                    match run(Some(&dev), &d) {
-                        Err(Stop::Fail(m)) if m.contains("device limit") => {}
-                        Err(e) => fail!("{what}: expected a Limit error, got {e:?}"),
-                        Ok(_) => fail!("{what}: the backward ran past llvmpipe's loop cap"),
-                    }
-                }
-            }
-            let (out, r) = (forward_only(&dev, &d)?, fwd_ref(&d));
-            eprintln!(
-                "{what}: rel s {:.2e}, s_final {:.2e} (forward only)",
-                rel(&out.0, &r.s),
-                rel(&out.1, &r.s_final)
-            );
-            close(&format!("{what} s"), &out.0, &r.s, 1e-5)?;
-            close(&format!("{what} s_final"), &out.1, &r.s_final, 1e-5)?;
-            continue;
-        }
         let out = run(Some(&dev), &d)?;
         let r = run(None, &d)?;
         report(bk, &d, &out, &r);
@@ -1380,33 +1358,153 @@ fn slow_decay_long_on(bk: &str) -> T {
     Ok(())
 }
 
-/// The forward alone on `dev`: (S, s_final).
-fn forward_only(dev: &Device, d: &Data) -> Result<(Vec<f64>, Vec<f64>), Stop> {
-    let p = &d.p;
-    let t = |n, v: &[f64]| tensor(&p.spec(n).shape, v, DType::F32);
-    let (x, a, b) = (
-        t(ffm::Arg::X, &d.x),
-        t(ffm::Arg::A, &d.a),
-        t(ffm::Arg::B, &d.b),
-    );
-    let s0 = d.s0.as_ref().map(|v| t(ffm::Arg::S0, v));
-    let st = d
-        .start
-        .as_ref()
-        .map(|s| Tensor::new(p.spec(ffm::Arg::Start).shape, s.clone()).unwrap());
-    let out = ffm::forward(
-        dev,
-        p,
-        &FfmInputs {
-            x: &x,
-            a: &a,
-            b: &b,
-            s0: s0.as_ref(),
-            start: st.as_ref(),
-        },
-    )?;
-    Ok((out.s.to_f64_vec(), out.s_final.to_f64_vec()))
+/// The WGSL forward and backward walking a row's chunks in segments of a few chunks, one
+/// dispatch each (as on llvmpipe for long rows, forced here on any adapter): bitwise the
+/// results of the one-dispatch walks, and within the bounds of the reference. Resets at chunk edges, `s0`, `grad_final`, rows split
+/// over several bindings, the packed variant (WebGPU's default limits), `grad_s` at an odd
+/// offset (complex loads of two floats), and non-finite inputs.
+fn wgpu_segments() -> T {
+    use linrec::ffm::wgpu::with_segment_chunks;
+    use linrec::GpuRef;
+    let ctx = wgpu_ctx()?;
+    let opts = linrec::WgpuOptions::from_env().unwrap();
+    let devs = [
+        ("default", Device::Wgpu(ctx.clone())),
+        (
+            "webgpu limits",
+            Device::Wgpu(linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+                webgpu_default_limits: true,
+                ..opts.clone()
+            })?),
+        ),
+        (
+            // 300 steps * M C * 2 floats per row of S: one row per binding
+            "split",
+            Device::Wgpu(linrec::WgpuContext::with_options(&linrec::WgpuOptions {
+                max_storage_buffer_binding_size: Some(40_000),
+                ..opts
+            })?),
+        ),
+    ];
+    let f = |v: &Vec<f64>| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    let same = |what: &str, a: &Results, b: &Results| -> T {
+        for ((n, x), (_, y)) in a.fields().into_iter().zip(b.fields()) {
+            bitwise(&format!("{what} {n}"), &f(x), &f(y))?;
+        }
+        Ok(())
+    };
+    let mut seed = 3000;
+    for (dn, dev) in &devs {
+        let cases: &[(usize, usize, usize, usize, bool, Starts, bool)] = if *dn == "split" {
+            &[(5, 300, 5, 3, true, Starts::Edges, true)]
+        } else {
+            &[
+                (2, 1500, 5, 3, true, Starts::Edges, true),
+                (3, 700, 4, 2, false, Starts::Edges, true),
+                (2, 1100, 4, 4, true, Starts::None, false),
+            ]
+        };
+        for &(b, t, m, c, s0, starts, gf) in cases {
+            seed += 1;
+            let mut d = gen(Ffm::new(b, t, m, c), s0, starts, seed);
+            if !gf {
+                d.gf = None;
+            }
+            let what = format!("{dn} segments {}", name(&d));
+            let whole = run(Some(dev), &d)?;
+            close_all(&what, Some(&d), &whole, &run(None, &d)?, 1e-5, 1e-4)?;
+            for chunks in [1, 2, 5] {
+                let seg = with_segment_chunks(chunks, || run(Some(dev), &d))?;
+                same(
+                    &format!("{what}, {chunks} chunks per dispatch"),
+                    &seg,
+                    &whole,
+                )?;
+            }
+        }
+    }
+    // grad_s at an odd offset (the kernel's float loads of it)
+    let d = gen(Ffm::new(2, 900, 3, 2), true, Starts::Edges, 3100);
+    let p = d.p;
+    let (s0, gf) = (d.s0.as_ref().unwrap(), d.gf.as_ref().unwrap());
+    let up = |v: &[f64]| padded_buffer(&ctx, v, 0, DType::F32);
+    let (bx, ba, bb, bs0, bgf) = (up(&d.x), up(&d.a), up(&d.b), up(s0), up(gf));
+    let bg = padded_buffer(&ctx, &d.g, 3, DType::F32);
+    let st = d.start.as_ref().unwrap();
+    let bst = padded_flags(&ctx, st, 0);
+    let f32r = |buf, pad: u64, n| GpuRef::new(buf, pad * 4, n, DType::F32);
+    let bin = FfmBackwardInputs {
+        x: f32r(&bx, 0, d.x.len()),
+        a: f32r(&ba, 0, d.a.len()),
+        b: f32r(&bb, 0, d.b.len()),
+        s0: Some(f32r(&bs0, 0, s0.len())),
+        start: Some(GpuRef::new(&bst, 0, st.len(), DType::U32)),
+        grad_s: f32r(&bg, 3, d.g.len()),
+        grad_final: Some(f32r(&bgf, 0, gf.len())),
+    };
+    let grads = |chunks: Option<usize>| -> Result<Vec<Vec<f32>>, Stop> {
+        let go = || ffm::wgpu::backward(&ctx, &p, &bin);
+        let g = match chunks {
+            Some(n) => with_segment_chunks(n, go)?,
+            None => go()?,
+        };
+        [&g.dx, &g.da, &g.db, &g.ds0]
+            .iter()
+            .map(|v| {
+                Ok(ctx
+                    .download(v)?
+                    .to_f64_vec()
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect())
+            })
+            .collect()
+    };
+    let whole = grads(None)?;
+    let rr = bwd_ref(&d);
+    for (n, (o, r)) in ["dx", "da", "db", "ds0"]
+        .iter()
+        .zip(whole.iter().zip([&rr.dx, &rr.da, &rr.db, &rr.ds0]))
+    {
+        let o: Vec<f64> = o.iter().map(|&v| v as f64).collect();
+        close(&format!("odd grad_s offset {n}"), &o, r, 1e-4)?;
+    }
+    for chunks in [1, 3] {
+        let seg = grads(Some(chunks))?;
+        for (n, (x, y)) in ["dx", "da", "db", "ds0"].iter().zip(seg.iter().zip(&whole)) {
+            bitwise(
+                &format!("odd grad_s offset, {chunks} chunks per dispatch {n}"),
+                x,
+                y,
+            )?;
+        }
+    }
+    // non-finite inputs: the segmented walk keeps the one-dispatch NaN and inf semantics
+    with_segment_chunks(1, || nonfinite_on("wgpu"))
 }
+
+/// T = 2^21 with M = C = 1 (16384 chunks of 128 steps): on llvmpipe a forward walk of the
+/// whole row in one dispatch stopped short (`s` rel 0.65, and `da`, `db` through the
+/// backward's checkpoints), so the forward and both backward passes walk it in segments there;
+/// every output against the reference, slow decays included.
+fn long_wgpu_segments() -> T {
+    let dev = backend("wgpu")?;
+    let mut d = gen(Ffm::new(2, 1 << 21, 1, 1), true, Starts::None, 970);
+    d.a = f32_exact(&[-1e-3]);
+    d.b = f32_exact(&[2.9]);
+    let out = run(Some(&dev), &d)?;
+    let r = run(None, &d)?;
+    report("wgpu", &d, &out, &r);
+    close_all(
+        &format!("wgpu segments {}", name(&d)),
+        Some(&d),
+        &out,
+        &r,
+        1e-5,
+        1e-4,
+    )
+}
+
 fn long_wgpu_slow_decay() -> T {
     slow_decay_long_on("wgpu")
 }
@@ -2173,6 +2271,8 @@ fn main() {
         wgpu_slow_decay,
         cuda_slow_decay,
         long_wgpu_slow_decay,
+        wgpu_segments,
+        long_wgpu_segments,
         long_cuda_slow_decay,
         long_cuda,
         wgpu_split_limits,

@@ -13,6 +13,14 @@
 // With PACK (devices with 8 storage bindings per stage, WebGPU's default) a, b and grad_final
 // are read from one buffer the launcher packed them into (scan/pack.wgsl), at off_a, off_b
 // and off_gf.
+// Segments: a dispatch walks the chunks [k_lo, k_hi) of every row (from k_hi - 1 down), so
+// the launcher can split a row's walk over several dispatches (Mesa's llvmpipe ends a
+// shader's loop nest after 65535 iterations; GPUs run one segment, k_lo = 0, k_hi = K).
+// Between segments each invocation's state (its `acc`, and for the lanes j == 0 the carry of
+// H and its anchor) waits in PART past the rows' parts, at off_seg: SEG_CONT reloads it
+// (else the walk starts from a zero carry), SEG_MORE stores it (else `part` is written). The
+// state is stored and reloaded bit for bit, so the segmented walk is bitwise the one-dispatch
+// walk.
 //! variant:
 //! variant: GVEC
 //! variant: PACK
@@ -22,13 +30,15 @@
 struct Params {
     rows: u32, T: u32, M: u32, C: u32,
     mb: u32, cw: u32, ncb: u32, nblk: u32,
-    flags: u32, K: u32, _p0: u32, _p1: u32,
+    flags: u32, K: u32, k_lo: u32, k_hi: u32,
     off_x: u32, off_a: u32, off_b: u32, off_start: u32,
     off_ck: u32, off_g: u32, off_gf: u32, off_dx: u32,
-    off_ds0: u32, off_part: u32, _p2: u32, _p3: u32,
+    off_ds0: u32, off_part: u32, off_seg: u32, _p3: u32,
 }
 const HAS_START: u32 = 2u;
 const HAS_GF: u32 = 4u;
+const SEG_CONT: u32 = 8u;
+const SEG_MORE: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 #ifdef PACK
@@ -76,6 +86,16 @@ fn load_g(i: u32) -> vec2<f32> {
 #endif
 }
 
+// Segment state of workgroup g at off_seg: `acc` of its WG threads (2 words each), then per
+// channel column ql the carry (2 words), the anchor's u, ul (2 + 2) and f32(n) (n < 2^24,
+// exact), 7 words per column: 2 WG + 7 W words per workgroup.
+fn seg_acc(g: u32, lid: u32) -> u32 {
+    return P.off_seg + g * (2u * WG + 7u * W) + 2u * lid;
+}
+fn seg_col(g: u32, ql: u32) -> u32 {
+    return P.off_seg + g * (2u * WG + 7u * W) + 2u * WG + 7u * ql;
+}
+
 // Re(H) of every thread's E steps, for the sums over c.
 var<workgroup> red: array<f32, 1024>;
 
@@ -114,16 +134,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let pw = lane_powers(la, lb);
     let pre_f = cpow(la, lb, E * j);
     let pre_r = cconj(cpow(la, lb, E * (tl - 1u - j)));
-    if j == 0u {
-        carry[ql] = vec2<f32>(0.0);
-    }
     // the carry of H, anchored (ffm/common.wgsl), kept by lane 0 (the last in reverse order)
     var anr = anchor_at(vec2<f32>(0.0));
-    let pe = cpow(la, lb, E);
     var acc = vec2<f32>(0.0);
+    if (P.flags & SEG_CONT) != 0u {
+        // the state the previous segment (the chunks after k_hi) left
+        let ia = seg_acc(g, lid);
+        acc = vec2<f32>(PART[ia], PART[ia + 1u]);
+        if j == 0u {
+            let ic = seg_col(g, ql);
+            carry[ql] = vec2<f32>(PART[ic], PART[ic + 1u]);
+            anr = Anchor(vec2<f32>(PART[ic + 2u], PART[ic + 3u]),
+                         vec2<f32>(PART[ic + 4u], PART[ic + 5u]), u32(PART[ic + 6u]));
+        }
+    } else if j == 0u {
+        carry[ql] = vec2<f32>(0.0);
+    }
+    let pe = cpow(la, lb, E);
     let L = tl * E;
-    for (var kk = 0u; kk < P.K; kk++) {
-        let k = P.K - 1u - kk;
+    for (var kk = 0u; kk < P.k_hi - P.k_lo; kk++) {
+        let k = P.k_hi - 1u - kk;
         let t0 = k * L + j * E;
         // ---- recompute S_{t-1} for this lane's steps
         var xs: array<f32, E>;
@@ -253,6 +283,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         workgroupBarrier();
+    }
+    if (P.flags & SEG_MORE) != 0u {
+        // chunks k_lo - 1 .. 0 are the next segments': keep the state for them
+        let ia = seg_acc(g, lid);
+        PART[ia] = acc.x;
+        PART[ia + 1u] = acc.y;
+        if j == 0u {
+            let ic = seg_col(g, ql);
+            PART[ic] = carry[ql].x;
+            PART[ic + 1u] = carry[ql].y;
+            PART[ic + 2u] = anr.u.x;
+            PART[ic + 3u] = anr.u.y;
+            PART[ic + 4u] = anr.ul.x;
+            PART[ic + 5u] = anr.ul.y;
+            PART[ic + 6u] = f32(anr.n);
+        }
+        return;
     }
     // ---- this row's dlog = conj(gamma) dgamma, lanes summed in order
     sx[lid] = acc;

@@ -5,6 +5,13 @@
 // Thread layout: see ffm/common.wgsl; one workgroup per (batch row, block of channels), a
 // chunk loop over time carrying each channel's state in workgroup memory. Consecutive columns
 // are consecutive (m, c) channels, so each step's stores are contiguous across the block.
+// Segments: a dispatch walks the chunks [k_lo, k_hi) of every row, so the launcher can split
+// a row's walk over several dispatches (Mesa's llvmpipe ends a shader's loop nest after 65535
+// iterations; GPUs run one segment, k_lo = 0, k_hi = K). Between segments the last lane of
+// each column keeps the carry and its anchor in SEG at off_seg (7 words per column, 7 W per
+// workgroup): SEG_CONT reloads them (else the walk starts from s0), SEG_MORE stores them.
+// They are stored and reloaded bit for bit, so the segmented walk is bitwise the one-dispatch
+// walk.
 //! variant:
 //! variant: CKPT
 #include "ffm/common.wgsl"
@@ -12,12 +19,14 @@
 struct Params {
     rows: u32, T: u32, M: u32, C: u32,
     mb: u32, cw: u32, ncb: u32, nblk: u32,
-    flags: u32, K: u32, _p0: u32, _p1: u32,
+    flags: u32, K: u32, k_lo: u32, k_hi: u32,
     off_x: u32, off_a: u32, off_b: u32, off_s0: u32,
-    off_start: u32, off_out: u32, off_sf: u32, _p2: u32,
+    off_start: u32, off_out: u32, off_sf: u32, off_seg: u32,
 }
 const HAS_S0: u32 = 1u;
 const HAS_START: u32 = 2u;
+const SEG_CONT: u32 = 8u;
+const SEG_MORE: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> X: array<f32>;
@@ -31,6 +40,9 @@ const HAS_START: u32 = 2u;
 @group(0) @binding(6) var<storage, read_write> OUT: array<vec2<f32>>;
 #ifndef CKPT
 @group(0) @binding(7) var<storage, read_write> SF: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read_write> SEG: array<f32>;
+#else
+@group(0) @binding(7) var<storage, read_write> SEG: array<f32>;
 #endif
 
 @compute @workgroup_size(256)
@@ -62,14 +74,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let i = P.off_s0 + 2u * (row * MC + q);
         s0 = vec2<f32>(S0[i], S0[i + 1u]);
     }
-    if j == 0u {
-        carry[ql] = s0;
-    }
     // the carry, anchored (ffm/common.wgsl), kept by the last lane
     var an = anchor_at(s0);
+    let last = j == WG / W - 1u;
+    // this column's state between segments
+    let iseg = P.off_seg + 7u * (g * W + ql);
+    if (P.flags & SEG_CONT) != 0u {
+        // the state the previous segment (the chunks before k_lo) left: the carry by lane 0,
+        // which reads it first (CKPT), the anchor by the last lane
+        if j == 0u {
+            carry[ql] = vec2<f32>(SEG[iseg], SEG[iseg + 1u]);
+        }
+        if last {
+            an = Anchor(vec2<f32>(SEG[iseg + 2u], SEG[iseg + 3u]),
+                        vec2<f32>(SEG[iseg + 4u], SEG[iseg + 5u]), u32(SEG[iseg + 6u]));
+        }
+    } else if j == 0u {
+        carry[ql] = s0;
+    }
     let pe = cpow(la, lb, E);
     let L = (WG / W) * E;
-    for (var k = 0u; k < P.K; k++) {
+    for (var k = P.k_lo; k < P.k_hi; k++) {
 #ifdef CKPT
         if j == 0u && ch.live {
             OUT[P.off_out / 2u + (row * P.K + k) * MC + q] = carry[ql];
@@ -123,7 +148,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
 #endif
         }
-        if j == WG / W - 1u {
+        if last {
             // the chunk's result from a zero state: this lane's span after its prefix
             var xk = xl;
             if !any {
@@ -133,5 +158,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             carry[ql] = anchor_state(an, la, lb);
         }
         workgroupBarrier();
+    }
+    if (P.flags & SEG_MORE) != 0u && last {
+        // chunks k_hi .. K - 1 are the next segments': keep the state for them
+        SEG[iseg] = carry[ql].x;
+        SEG[iseg + 1u] = carry[ql].y;
+        SEG[iseg + 2u] = an.u.x;
+        SEG[iseg + 3u] = an.u.y;
+        SEG[iseg + 4u] = an.ul.x;
+        SEG[iseg + 5u] = an.ul.y;
+        SEG[iseg + 6u] = f32(an.n);
     }
 }

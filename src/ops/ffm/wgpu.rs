@@ -1,6 +1,8 @@
 //! Launch code for the WGSL FFM aggregation (`shaders/ffm/`).
 //!
-//! Forward: one dispatch of `ffm/forward.wgsl` per group of batch rows. Backward, per group:
+//! Forward: one dispatch of `ffm/forward.wgsl` per group of batch rows (and per segment, see
+//! below; it binds 8 storage buffers, the last its scratch between segments). Backward, per
+//! group:
 //! `ffm/forward.wgsl` with `CKPT` (the state entering every chunk), then `ffm/backward.wgsl`
 //! (recomputes the states chunk by chunk, reverse scan, `dx`, `ds0` and each row's `dlog`);
 //! then `common/reduce_rows.wgsl` sums the rows' `dlog` and `ffm/params.wgsl` splits it into
@@ -11,6 +13,14 @@
 //! first copied bitwise into one scratch buffer per row group (`common/words.wgsl`, same compute
 //! pass), which the kernel reads at three offsets. Devices with more bindings keep the direct
 //! variant.
+//!
+//! Each kernel walks a row's chunks of time in a loop. On Mesa's llvmpipe (lavapipe, and GL on
+//! llvmpipe), which silently ends a shader's loop nest after 65535 iterations, a long row's
+//! walk is split into segments of chunks, one dispatch each (forward from the first chunks up,
+//! backward from the last down), each invocation's state kept between them in a scratch
+//! region (the backward's after the rows' `dlog`, in the same binding) and reloaded bit for
+//! bit: the results are bitwise those of one walk, at any length. Other adapters walk a row
+//! in one dispatch.
 
 use super::{Arg, Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::{Error, Result};
@@ -28,6 +38,9 @@ const TARGET_WORKGROUPS: usize = 256;
 const HAS_S0: u32 = 1;
 const HAS_START: u32 = 2;
 const HAS_GF: u32 = 4;
+/// Segment flags: reload the state a previous segment left; store it for the next.
+const SEG_CONT: u32 = 8;
+const SEG_MORE: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -42,7 +55,8 @@ struct FwdParams {
     nblk: u32,
     flags: u32,
     k: u32,
-    _p: [u32; 2],
+    k_lo: u32,
+    k_hi: u32,
     off_x: u32,
     off_a: u32,
     off_b: u32,
@@ -50,7 +64,7 @@ struct FwdParams {
     off_start: u32,
     off_out: u32,
     off_sf: u32,
-    _q: u32,
+    off_seg: u32,
 }
 
 #[repr(C)]
@@ -66,7 +80,8 @@ struct BwdParams {
     nblk: u32,
     flags: u32,
     k: u32,
-    _p: [u32; 2],
+    k_lo: u32,
+    k_hi: u32,
     off_x: u32,
     off_a: u32,
     off_b: u32,
@@ -77,7 +92,8 @@ struct BwdParams {
     off_dx: u32,
     off_ds0: u32,
     off_part: u32,
-    _q: [u32; 2],
+    off_seg: u32,
+    _q: u32,
 }
 
 #[repr(C)]
@@ -140,31 +156,108 @@ fn layout(p: &Ffm, backward: bool) -> Result<Layout> {
 }
 
 /// Mesa's llvmpipe (lavapipe, and GL on llvmpipe) ends a shader's loop nest after 65535
-/// iterations, inner loops included, without an error. The backward walks each row's chunks
-/// in one loop: about `WG / w + 2 C + 16` iterations per chunk at most (measured: 33 for
-/// `M = 4, C = 2`, where it stops after 254208 steps). A row whose estimate passes 60000 is an
-/// [`Error::Limit`] there rather than gradients cut short; GPU drivers have no such cap.
-fn llvmpipe_backward_fits(ctx: &WgpuContext, p: &Ffm, lay: &Layout) -> Result<()> {
-    if !ctx.info.name.contains("llvmpipe") {
-        return Ok(());
+/// iterations, inner loops included, without an error: a walk over all of a long row's chunks
+/// in one dispatch stopped short (the backward after 254208 steps for `M = 4, C = 2`, the
+/// forward between 2^20 and 2^21 steps for `M = C = 1`). There the kernels walk a row's chunks
+/// in segments, one dispatch each, of at most this many loop iterations by the count of
+/// [`Walk::per_chunk`] (an upper bound), the state carried between them in memory: bitwise the
+/// results of one walk. GPU drivers have no such cap: one segment.
+const LLVMPIPE_ITERATIONS: usize = 56_000;
+
+thread_local! {
+    static SEGMENT_CHUNKS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with the WGSL FFM kernels (forward, and the backward's two passes) walking at most
+/// `chunks` chunks (at least 1) per dispatch, for calls on this thread, on any adapter: the
+/// tests force many segments on small problems with it. Not part of the API.
+#[doc(hidden)]
+pub fn with_segment_chunks<R>(chunks: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SEGMENT_CHUNKS.with(|c| c.set(self.0));
+        }
     }
-    let per_chunk = WG / lay.w + 2 * p.context + 16;
-    let max_chunks = 60_000 / per_chunk;
-    if lay.k > max_chunks {
-        return Err(Error::Limit {
-            backend: "wgpu",
-            what: format!(
-                "ffm backward with len = {} ({} chunks of {} steps): llvmpipe ends a loop nest \
-                 after 65535 iterations, which allows about {max_chunks} chunks ({} steps) here; \
-                 use Device::Cpu, or chain pieces of the sequence through s0 and grad_final",
-                p.len,
-                lay.k,
-                (WG / lay.w) * E,
-                max_chunks * (WG / lay.w) * E
-            ),
-        });
+    let _restore = Restore(SEGMENT_CHUNKS.with(|c| c.replace(Some(chunks.max(1)))));
+    f()
+}
+
+/// A kernel's walk over a row's chunks.
+#[derive(Clone, Copy)]
+enum Walk {
+    /// `ffm/forward.wgsl`, with or without `CKPT`.
+    Forward,
+    /// `ffm/backward.wgsl`.
+    Backward,
+}
+
+impl Walk {
+    /// Loop iterations per chunk, counting every loop as if none were unrolled: the chunk
+    /// loop, the `E`-step loops, `lane_scan`'s `log2(WG / w)` rounds (twice in the backward),
+    /// and the backward's `dx` loop with its sum over `c`.
+    fn per_chunk(self, p: &Ffm, lay: &Layout) -> usize {
+        let tl = WG / lay.w;
+        let rounds = tl.trailing_zeros() as usize;
+        match self {
+            Walk::Forward => 1 + 2 * E + rounds,
+            Walk::Backward => {
+                1 + 5 * E + 2 * rounds + (lay.mb * tl * E).div_ceil(WG) * (1 + p.context)
+            }
+        }
     }
-    Ok(())
+
+    /// Words of state a workgroup keeps between segments: per channel column the carry and
+    /// its anchor (7 words), and in the backward every thread's `acc` (2 words) before them
+    /// (`ffm/forward.wgsl`, `ffm/backward.wgsl`).
+    fn seg_words(self, lay: &Layout) -> usize {
+        match self {
+            Walk::Forward => 7 * lay.w,
+            Walk::Backward => 2 * WG + 7 * lay.w,
+        }
+    }
+
+    /// Chunks per dispatch: `lay.k` (one segment) but on llvmpipe (see
+    /// [`LLVMPIPE_ITERATIONS`]) or when a test asks ([`with_segment_chunks`]).
+    fn chunks(self, ctx: &WgpuContext, p: &Ffm, lay: &Layout) -> usize {
+        let all = lay.k.max(1);
+        if let Some(n) = SEGMENT_CHUNKS.with(std::cell::Cell::get) {
+            return n.min(all);
+        }
+        if !ctx.info.name.contains("llvmpipe") {
+            return all;
+        }
+        (LLVMPIPE_ITERATIONS / self.per_chunk(p, lay)).clamp(1, all)
+    }
+
+    /// The segments `(k_lo, k_hi)` in the order they run: from the first chunks up (forward)
+    /// or from the last down (backward); one `(0, 0)` when there are no chunks.
+    fn segments(self, ctx: &WgpuContext, p: &Ffm, lay: &Layout) -> Vec<(u32, u32)> {
+        let per = self.chunks(ctx, p, lay);
+        let mut out: Vec<(u32, u32)> = (0..lay.k)
+            .step_by(per)
+            .map(|lo| (lo as u32, (lo + per).min(lay.k) as u32))
+            .collect();
+        if out.is_empty() {
+            out.push((0, 0));
+        }
+        if let Walk::Backward = self {
+            out.reverse();
+        }
+        out
+    }
+}
+
+/// The flags of segment `i` of `n`: reload the state a previous one left, keep it for the next.
+fn seg_flags(i: usize, n: usize) -> u32 {
+    let mut f = 0;
+    if i > 0 {
+        f |= SEG_CONT;
+    }
+    if i + 1 < n {
+        f |= SEG_MORE;
+    }
+    f
 }
 
 fn flags(s0: bool, start: bool, gf: bool) -> u32 {
@@ -236,9 +329,20 @@ pub fn forward(
     inp.check(p)?;
     let lay = layout(p, false)?;
     let r = rows(p, &lay)?;
-    let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags]))?;
+    let segs = Walk::Forward.segments(ctx, p, &lay);
+    // per row, when the walk is segmented: the state carried between segments
+    let seg_row = if segs.len() > 1 {
+        lay.nblk * Walk::Forward.seg_words(&lay)
+    } else {
+        0
+    };
+    let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, seg_row]))?;
     let s = ctx.zeros(&p.spec(Arg::S).shape, DType::F32)?;
     let sf = ctx.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
+    // (a word per row, never read, when not: the shared dummy buffer may be bound read-only
+    // in the same dispatch)
+    let seg = ctx.zeros(&[p.batch * seg_row.max(1)], DType::F32)?;
+    let segr = seg.as_ref();
     let pipe = ctx.pipeline("ffm/forward.wgsl", "main", &[], &[("W", lay.w as f64)])?;
     let (sr, sfr) = (s.as_ref(), sf.as_ref());
     let mut launch = ctx.launch("ffm forward");
@@ -252,6 +356,7 @@ pub fn forward(
         let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
         let (bs, off_out) = ctx.bind(&sr.rows(b0, nb, r.s))?;
         let (bsf, off_sf) = ctx.bind(&sfr.rows(b0, nb, r.state))?;
+        let (bseg, off_seg) = ctx.bind(&segr.rows(b0, nb, seg_row.max(1)))?;
         even(&[off_out, off_sf])?;
         let params = FwdParams {
             rows: nb as u32,
@@ -271,14 +376,20 @@ pub fn forward(
             off_start,
             off_out,
             off_sf,
+            off_seg,
             ..Default::default()
         };
-        launch.dispatch(
-            pipe.clone(),
-            &params,
-            vec![bx, ba, bb, bs0, bst, bs, bsf],
-            check_u32("workgroups", nb * lay.nblk)?,
-        )?;
+        let count = check_u32("workgroups", nb * lay.nblk)?;
+        let buffers = vec![bx, ba, bb, bs0, bst, bs, bsf, bseg];
+        for (si, &(k_lo, k_hi)) in segs.iter().enumerate() {
+            let params = FwdParams {
+                flags: params.flags | seg_flags(si, segs.len()),
+                k_lo,
+                k_hi,
+                ..params
+            };
+            launch.dispatch(pipe.clone(), &params, buffers.clone(), count)?;
+        }
     }
     launch.submit()?;
     Ok(FfmOutputs { s, s_final: sf })
@@ -294,16 +405,31 @@ pub fn backward(
     p.validate()?;
     inp.check(p)?;
     let lay = layout(p, true)?;
-    llvmpipe_backward_fits(ctx, p, &lay)?;
     let r = rows(p, &lay)?;
-    let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, r.ck]))?;
+    let fsegs = Walk::Forward.segments(ctx, p, &lay);
+    let segs = Walk::Backward.segments(ctx, p, &lay);
     let mc2 = r.state;
+    // per row: its dlog (`mc2`), then, when a walk is segmented, the state its workgroups
+    // carry between segments (`2 WG + 7 w` words each in the backward, see
+    // ffm/backward.wgsl; the checkpoint pass uses the first 7 w); one binding per row group
+    // covers both
+    let seg_row = if segs.len() > 1 || fsegs.len() > 1 {
+        lay.nblk * Walk::Backward.seg_words(&lay)
+    } else {
+        0
+    };
+    let part_row = mc2 + seg_row;
+    let groups = ctx.row_groups(
+        p.batch,
+        &bytes(&[r.x, r.s, r.state, r.flags, r.ck, part_row]),
+    )?;
     let dx = ctx.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
     let da = ctx.zeros(&p.spec(Arg::Da).shape, DType::F32)?;
     let db = ctx.zeros(&p.spec(Arg::Db).shape, DType::F32)?;
     let ds0 = ctx.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let ck = ctx.zeros(&[p.batch, r.ck], DType::F32)?;
-    let part = ctx.zeros(&[p.batch, mc2], DType::F32)?;
+    // row group (b0, nb): rows' dlog at b0 * part_row, their segment state after it
+    let part = ctx.zeros(&[p.batch, part_row], DType::F32)?;
     // rows' dlog summed per row group (when there are several), then over the groups
     let mid = if groups.len() > 1 {
         Some(ctx.zeros(&[groups.len(), mc2], DType::F32)?)
@@ -338,7 +464,10 @@ pub fn backward(
     };
     let finish = ctx.pipeline("ffm/params.wgsl", "main", &[], &[])?;
     let (dxr, dar, dbr, ds0r) = (dx.as_ref(), da.as_ref(), db.as_ref(), ds0.as_ref());
-    let (ckr, partr, dlogr) = (ck.as_ref(), part.as_ref(), dlog.as_ref());
+    let (ckr, dlogr) = (ck.as_ref(), dlog.as_ref());
+    let part_at = |b0: usize, len: usize| {
+        GpuRef::new(&part.buffer, (b0 * part_row * 4) as u64, len, DType::F32)
+    };
     let midr = mid.as_ref().map(GpuTensor::as_ref);
     let mut launch = ctx.launch("ffm backward");
     for (gi, &(b0, nb)) in groups.iter().enumerate() {
@@ -368,6 +497,9 @@ pub fn backward(
         let (bst, off_start) = ctx.bind_opt(start.as_ref())?;
         let (bck, off_ck) = ctx.bind(&ckg)?;
         even(&[off_ck])?;
+        // the rows' dlog, then the state carried between segments (both passes)
+        let (bpart, off_part) = ctx.bind(&part_at(b0, nb * part_row))?;
+        let off_seg = off_part + check_u32("ffm backward scratch", nb * mc2)?;
         let params = FwdParams {
             flags: flags(s0.is_some(), start.is_some(), false),
             off_x,
@@ -376,21 +508,28 @@ pub fn backward(
             off_s0,
             off_start,
             off_out: off_ck,
+            off_seg,
             ..base
         };
-        launch.dispatch(
-            ckpt.clone(),
-            &params,
-            vec![
-                bx.clone(),
-                ba.clone(),
-                bb.clone(),
-                bs0,
-                bst.clone(),
-                bck.clone(),
-            ],
-            count,
-        )?;
+        let buffers = vec![
+            bx.clone(),
+            ba.clone(),
+            bb.clone(),
+            bs0,
+            bst.clone(),
+            bck.clone(),
+            bpart.clone(),
+        ];
+        // the row's chunks from the first up, one dispatch per segment
+        for (si, &(k_lo, k_hi)) in fsegs.iter().enumerate() {
+            let params = FwdParams {
+                flags: params.flags | seg_flags(si, fsegs.len()),
+                k_lo,
+                k_hi,
+                ..params
+            };
+            launch.dispatch(ckpt.clone(), &params, buffers.clone(), count)?;
+        }
         // pass 2: the backward proper
         let (bg, off_g) = ctx.bind(&inp.grad_s.rows(b0, nb, r.s))?;
         let (bgf, off_gf, off_a, off_b) = if pack {
@@ -409,7 +548,6 @@ pub fn backward(
         };
         let (bdx, off_dx) = ctx.bind(&dxr.rows(b0, nb, r.x))?;
         let (bds0, off_ds0) = ctx.bind(&ds0r.rows(b0, nb, r.state))?;
-        let (bpart, off_part) = ctx.bind(&partr.rows(b0, nb, mc2))?;
         let params = BwdParams {
             rows: base.rows,
             t: base.t,
@@ -431,6 +569,7 @@ pub fn backward(
             off_dx,
             off_ds0,
             off_part,
+            off_seg,
             ..Default::default()
         };
         // complex loads of grad_s when it sits at an even float offset (always, unless a
@@ -441,15 +580,30 @@ pub fn backward(
         } else {
             vec![bx, ba, bb, bst, bck, bg, bgf, bdx, bds0, bpart]
         };
-        launch.dispatch(pipe.clone(), &params, buffers, count)?;
+        // the row's chunks from the last down, one dispatch per segment
+        for (si, &(k_lo, k_hi)) in segs.iter().enumerate() {
+            let params = BwdParams {
+                flags: params.flags | seg_flags(si, segs.len()),
+                k_lo,
+                k_hi,
+                ..params
+            };
+            launch.dispatch(pipe.clone(), &params, buffers.clone(), count)?;
+        }
     }
     match &midr {
-        None => ctx.reduce_rows(&mut launch, &partr, &dlogr, p.batch, mc2)?,
+        None => ctx.reduce_rows(
+            &mut launch,
+            &part_at(0, p.batch * mc2),
+            &dlogr,
+            p.batch,
+            mc2,
+        )?,
         Some(mid) => {
             for (gi, &(b0, nb)) in groups.iter().enumerate() {
                 ctx.reduce_rows(
                     &mut launch,
-                    &partr.rows(b0, nb, mc2),
+                    &part_at(b0, nb * mc2),
                     &mid.rows(gi, 1, mc2),
                     nb,
                     mc2,
