@@ -230,9 +230,7 @@ pub fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
     p: &Efla,
     args: &EflaInputs<F, S>,
 ) -> Result<EflaOutputs<Tensor>> {
-    if let Some(chunk) = chunked::chunk_of(p) {
-        return chunked::forward(p, args, chunk);
-    }
+    let chunk = chunked::chunk_of(p);
     let (q, k, v, beta) = (f32s(args.q), f32s(args.k), f32s(args.v), f32s(args.beta));
     let s0 = opt_f32s(args.s0);
     let start = flags(args.start);
@@ -251,6 +249,9 @@ pub fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
             #[inline(always)]
             || {
                 let (b, h) = (bh / hn, bh % hn);
+                if let Some(chunk) = chunk {
+                    return chunked::forward_head(&c, b, h, chunk, s, wo);
+                }
                 let (mut u, mut ov) = ([0.0f32; DMAX], [0.0f32; DMAX]);
                 for t in 0..tn {
                     if c.reset(b, t) {
@@ -277,9 +278,7 @@ pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
     p: &Efla,
     args: &EflaBackwardInputs<F, S>,
 ) -> Result<EflaGrads<Tensor>> {
-    if let Some(chunk) = chunked::chunk_of(p) {
-        return chunked::backward(p, args, chunk);
-    }
+    let chunk = chunked::chunk_of(p);
     let (q, k, v, beta) = (f32s(args.q), f32s(args.k), f32s(args.v), f32s(args.beta));
     let s0 = opt_f32s(args.s0);
     let start = flags(args.start);
@@ -297,13 +296,15 @@ pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
         Some(g) => g.to_vec(),
         None => vec![0.0f32; bn * hn * kv],
     };
-    let (wq, wk, wv, wb) = (
-        Out::new(&mut dq),
-        Out::new(&mut dk),
-        Out::new(&mut dv),
-        Out::new(&mut db),
-    );
+    let wg = chunked::Grads {
+        q: Out::new(&mut dq),
+        k: Out::new(&mut dk),
+        v: Out::new(&mut dv),
+        b: Out::new(&mut db),
+    };
+    let (wq, wk, wv, wb) = (wg.q, wg.k, wg.v, wg.b);
     let ncp = tn.div_ceil(CHECKPOINT);
+    let zeros = vec![0.0f32; kv];
     ds0.par_chunks_mut(kv).enumerate().for_each(|(bh, ds)| {
         // inlined into `simd`'s AVX2 copy (a closure that is not inlined there would be
         // compiled without it)
@@ -311,6 +312,11 @@ pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
             #[inline(always)]
             || {
                 let (b, h) = (bh / hn, bh % hn);
+                if let Some(chunk) = chunk {
+                    let s0h = s0.map_or(&zeros[..], |s| &s[bh * kv..][..kv]);
+                    let sv = chunked::sweep(&c, b, h, chunk, s0h);
+                    return chunked::backward_head(&c, b, h, chunk, go, &sv, ds, wg);
+                }
                 // forward sweep, checkpointing the state entering every interval
                 let mut cps = vec![0.0f32; ncp * kv];
                 let mut s = match s0 {
@@ -334,7 +340,6 @@ pub fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
                 // j = 0); us[j]: u of step t0 + j
                 let mut states = vec![0.0f32; (CHECKPOINT + 1) * kv];
                 let mut us = vec![0.0f32; CHECKPOINT * vd];
-                let zeros = vec![0.0f32; kv];
                 let (mut w, mut row_q) = ([0.0f32; DMAX], [0.0f32; DMAX]);
                 let (mut gk, mut gq) = ([0.0f32; DMAX], [0.0f32; DMAX]);
                 for cp in (0..ncp).rev() {

@@ -51,14 +51,10 @@
 // Index loops over small matrices read like the equations.
 #![allow(clippy::needless_range_loop)]
 
-use super::{axpy, dot, make_ctx, Ctx};
-use crate::error::Result;
-use crate::ops::efla::{Efla, EflaBackwardInputs, EflaGrads, EflaInputs, EflaOutputs};
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output, simd, DisjointOut};
-use crate::runtime::{HostFlags, HostFloats};
-use crate::tensor::{DType, Tensor};
+use super::{axpy, dot, Ctx};
+use crate::ops::efla::Efla;
+use crate::runtime::cpu::DisjointOut;
 use gemm_common::Parallelism;
-use rayon::prelude::*;
 
 // ------------------------------------------------------------------ GEMM on strided views
 
@@ -343,38 +339,16 @@ pub(super) fn chunk_of(p: &Efla) -> Option<usize> {
 
 // ------------------------------------------------------------------ forward
 
-/// The chunked forward (see the [module docs](self)).
-pub(super) fn forward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
-    p: &Efla,
-    args: &EflaInputs<F, S>,
-    chunk: usize,
-) -> Result<EflaOutputs<Tensor>> {
-    let (q, k, v, beta) = (f32s(args.q), f32s(args.k), f32s(args.v), f32s(args.beta));
-    let s0 = opt_f32s(args.s0);
-    let start = flags(args.start);
-    let c = make_ctx(p, &q, &k, &v, &beta, start.as_deref());
-    let (bn, tn, hn, kd, vd) = (p.batch, p.len, p.heads, p.key_dim, p.value_dim);
-    let mut o = vec![0.0f32; bn * tn * hn * vd];
-    let mut sf = match s0.as_deref() {
-        Some(s) => s.to_vec(),
-        None => vec![0.0f32; bn * hn * kd * vd],
-    };
-    let wo = DisjointOut::new(&mut o);
-    sf.par_chunks_mut(kd * vd).enumerate().for_each(|(bh, s)| {
-        simd(
-            #[inline(always)]
-            || forward_head(&c, bh / hn, bh % hn, chunk, s, wo),
-        );
-    });
-    Ok(EflaOutputs {
-        o: output(vec![bn, tn, hn, vd], o, p.dtype)?,
-        s_final: output(vec![bn, hn, kd, vd], sf, DType::F32)?,
-    })
-}
-
 /// One head's chunked forward: `s` enters as the initial state and leaves as the final one.
 #[inline(always)]
-fn forward_head(c: &Ctx, b: usize, h: usize, chunk: usize, s: &mut [f32], wo: DisjointOut) {
+pub(super) fn forward_head(
+    c: &Ctx,
+    b: usize,
+    h: usize,
+    chunk: usize,
+    s: &mut [f32],
+    wo: DisjointOut,
+) {
     let (kd, vd) = (c.p.key_dim, c.p.value_dim);
     let ld = chunk;
     let mut qk = vec![0.0f32; 2 * ld * kd];
@@ -436,7 +410,7 @@ fn forward_head(c: &Ctx, b: usize, h: usize, chunk: usize, s: &mut [f32], wo: Di
 // ------------------------------------------------------------------ backward
 
 /// What the backward's forward sweep keeps of one head.
-struct Saved {
+pub(super) struct Saved {
     /// `(t0, n)` of every piece.
     pieces: Vec<(usize, usize)>,
     /// The state entering each piece (after its reset), `K x V` each.
@@ -454,7 +428,7 @@ struct Saved {
 
 /// The backward's forward sweep of one head.
 #[inline(always)]
-fn sweep(c: &Ctx, b: usize, h: usize, chunk: usize, s0: &[f32]) -> Saved {
+pub(super) fn sweep(c: &Ctx, b: usize, h: usize, chunk: usize, s0: &[f32]) -> Saved {
     let (tn, kd, vd) = (c.p.len, c.p.key_dim, c.p.value_dim);
     let kv = kd * vd;
     let ld = chunk;
@@ -519,69 +493,19 @@ fn sweep(c: &Ctx, b: usize, h: usize, chunk: usize, s0: &[f32]) -> Saved {
     sv
 }
 
-/// The chunked backward (see the [module docs](self)).
-pub(super) fn backward<'a, F: HostFloats<'a>, S: HostFlags<'a>>(
-    p: &Efla,
-    args: &EflaBackwardInputs<F, S>,
-    chunk: usize,
-) -> Result<EflaGrads<Tensor>> {
-    let (q, k, v, beta) = (f32s(args.q), f32s(args.k), f32s(args.v), f32s(args.beta));
-    let s0 = opt_f32s(args.s0);
-    let start = flags(args.start);
-    let go = f32s(args.grad_o);
-    let gf = opt_f32s(args.grad_final);
-    let c = make_ctx(p, &q, &k, &v, &beta, start.as_deref());
-    let (s0, go) = (s0.as_deref(), &go[..]);
-    let (bn, tn, hn, kd, vd) = (p.batch, p.len, p.heads, p.key_dim, p.value_dim);
-    let kv = kd * vd;
-    let mut dq = vec![0.0f32; bn * tn * hn * kd];
-    let mut dk = vec![0.0f32; bn * tn * hn * kd];
-    let mut dv = vec![0.0f32; bn * tn * hn * vd];
-    let mut db = vec![0.0f32; bn * tn * hn];
-    let mut ds0 = match gf.as_deref() {
-        Some(g) => g.to_vec(),
-        None => vec![0.0f32; bn * hn * kv],
-    };
-    let w = Grads {
-        q: DisjointOut::new(&mut dq),
-        k: DisjointOut::new(&mut dk),
-        v: DisjointOut::new(&mut dv),
-        b: DisjointOut::new(&mut db),
-    };
-    let zeros = vec![0.0f32; kv];
-    ds0.par_chunks_mut(kv).enumerate().for_each(|(bh, ds)| {
-        let (b, h) = (bh / hn, bh % hn);
-        let s0h = s0.map_or(&zeros[..], |s| &s[bh * kv..][..kv]);
-        simd(
-            #[inline(always)]
-            || {
-                let sv = sweep(&c, b, h, chunk, s0h);
-                backward_head(&c, b, h, chunk, go, &sv, ds, w);
-            },
-        );
-    });
-    Ok(EflaGrads {
-        dq: output(vec![bn, tn, hn, kd], dq, p.dtype)?,
-        dk: output(vec![bn, tn, hn, kd], dk, p.dtype)?,
-        dv: output(vec![bn, tn, hn, vd], dv, p.dtype)?,
-        dbeta: output(vec![bn, tn, hn], db, p.dtype)?,
-        ds0: output(vec![bn, hn, kd, vd], ds0, DType::F32)?,
-    })
-}
-
 /// The gradient outputs the pieces of the parallel loop fill.
 #[derive(Clone, Copy)]
-struct Grads {
-    q: DisjointOut,
-    k: DisjointOut,
-    v: DisjointOut,
-    b: DisjointOut,
+pub(super) struct Grads {
+    pub(super) q: DisjointOut,
+    pub(super) k: DisjointOut,
+    pub(super) v: DisjointOut,
+    pub(super) b: DisjointOut,
 }
 
 /// One head's reverse walk over its pieces: `ds` enters as `grad_final` and leaves as `ds0`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn backward_head(
+pub(super) fn backward_head(
     c: &Ctx,
     b: usize,
     h: usize,
