@@ -71,11 +71,13 @@ def fwd_bwd(f, inputs, grad):
 
 # ------------------------------------------------------------------ linear scan
 def scan_loop(a, x):
-    """`h_t = a_t h_{t-1} + x_t` over dim 1 ([B, T, D], real or complex)."""
+    """`h_t = a_t h_{t-1} + x_t` over dim 1 ([B, T, D], real or complex). The steps are taken
+    with `unbind` (one gradient stack for the backward; indexing `a[:, t]` would make autograd
+    fill a full-size zero gradient per step)."""
     h = torch.zeros_like(x[:, 0])
     out = []
-    for t in range(x.shape[1]):
-        h = a[:, t] * h + x[:, t]
+    for at, xt in zip(a.unbind(1), x.unbind(1)):
+        h = at * h + xt
         out.append(h)
     return torch.stack(out, dim=1)
 
@@ -110,8 +112,8 @@ def ffm_loop64(x, a, w):
     gamma = torch.exp(torch.complex(a[:, None].double().expand(-1, w.shape[0]), w[None, :].double().expand(a.shape[0], -1)))
     s = torch.zeros(x.shape[0], x.shape[2], w.shape[0], dtype=torch.complex128)
     out = []
-    for i in range(x.shape[1]):
-        s = gamma * s + x[:, i, :, None].double()
+    for xi in x.unbind(1):
+        s = gamma * s + xi[:, :, None].double()
         out.append(s)
     return torch.stack(out, dim=1)
 
@@ -140,11 +142,10 @@ def delta_loop(q, k, v, beta, s0):
     """[B, T, H, K] q, k; [B, T, H, V] v; [B, T, H] beta; [B, H, K, V] s0 -> o [B, T, H, V]."""
     s = s0
     out = []
-    for i in range(q.shape[1]):
-        kt, vt, bt = k[:, i], v[:, i], beta[:, i]
+    for qt, kt, vt, bt in zip(q.unbind(1), k.unbind(1), v.unbind(1), beta.unbind(1)):
         u = vt - torch.einsum("bhkv,bhk->bhv", s, kt)
         s = s + (bt[..., None] * kt)[..., :, None] * u[..., None, :]
-        out.append(torch.einsum("bhkv,bhk->bhv", s, q[:, i]))
+        out.append(torch.einsum("bhkv,bhk->bhv", s, qt))
     return torch.stack(out, dim=1) * q.shape[-1] ** -0.5
 
 
@@ -171,9 +172,9 @@ def selective_scan_ref(u, delta, A, B, C):
     dBu = torch.einsum("bdl,bnl,bdl->bdln", dt, B, u)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     ys = []
-    for i in range(u.shape[2]):
-        h = dA[:, :, i] * h + dBu[:, :, i]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, i]))
+    for dAi, dBui, Ci in zip(dA.unbind(2), dBu.unbind(2), C.unbind(2)):
+        h = dAi * h + dBui
+        ys.append(torch.einsum("bdn,bn->bd", h, Ci))
     return torch.stack(ys, dim=2)
 
 

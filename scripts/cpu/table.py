@@ -2,16 +2,21 @@
 `cargo bench --bench cpu` (and, if present, `cargo bench --features candle --bench
 candle_op`): the median of each row, read from target/criterion/<group>/<row>/new/.
 
-Usage: `python3 scripts/cpu/table.py [target/criterion]`.
+Usage: `python3 scripts/cpu/table.py [RUN] [ONE_THREAD_RUN]`: RUN is a criterion folder
+(default target/criterion); ONE_THREAD_RUN, if given, is the folder of a second run of the same
+binary with `RAYON_NUM_THREADS=1`, whose `cpu` rows become the `1 thread` column (calls made
+from the main thread, as a user makes them) instead of RUN's `cpu-1-thread` rows (calls made
+inside a one-thread pool).
 """
 import json
 import os
 import sys
 
 root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
+one_root = sys.argv[2] if len(sys.argv) > 2 else None
 
 
-def rows():
+def rows(root):
     """{group: {function: (median seconds, bytes or None)}} for every benchmark found."""
     out = {}
     for d, _, files in os.walk(root):
@@ -27,6 +32,8 @@ def rows():
 def fmt(s):
     if s is None:
         return ""
+    if s < 0:
+        return "-" + fmt(-s)
     if s < 1e-6:
         return f"{s * 1e9:.0f} ns"
     if s < 1e-3:
@@ -34,7 +41,12 @@ def fmt(s):
     return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.2f} s"
 
 
-r = rows()
+r = rows(root)
+if one_root:
+    for g, f in rows(one_root).items():
+        for k, v in f.items():
+            if k.endswith("/cpu"):
+                r.setdefault(g, {})[k[: -len("/cpu")] + "/cpu-1-thread"] = v
 print("| op, shape | pass | memcpy | plain loop | 1 thread | 2 threads | 1 thr. / loop | 2 thr. speed-up | GB/s (2 thr.) | % memcpy | reference | lavapipe |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for g in sorted(k for k in r if k.startswith("cpu/")):
