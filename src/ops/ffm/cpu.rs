@@ -69,7 +69,9 @@
 use super::{Ffm, FfmBackwardInputs, FfmGrads, FfmInputs, FfmOutputs};
 use crate::error::Result;
 use crate::ops::scan::cpu::plan;
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output, uninit_f32s, written, ChunkMap as Map};
+use crate::runtime::cpu::{
+    avx2_twin, f32s, flags, for_lanes, opt_f32s, output, uninit_f32s, written, ChunkMap as Map,
+};
 use crate::runtime::{HostFlags, HostFloats};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
@@ -90,64 +92,6 @@ type Out = MaybeUninit<f32>;
 /// Floats (`LANES / 2` complex channels) per piece of a step's block that the backward's step
 /// kernel handles at a time.
 const LANES: usize = 8;
-
-/// `for_lanes!(n, desc, |q, m| body)` runs `body` for the pieces `[q, q + m)` of `[0, n)`:
-/// [`LANES`] floats each (the last one shorter), in ascending order, or in descending order
-/// when `desc`. The backward walks its steps down memory, and must then walk each step's floats
-/// down too: going down the steps while going up each step's floats defeats the hardware
-/// prefetchers (as measured for the linear scan, `ops::scan::cpu`).
-macro_rules! for_lanes {
-    ($n:expr, $desc:expr, |$q:ident, $m:ident| $body:block) => {{
-        let n: usize = $n;
-        let full = n / LANES * LANES;
-        if $desc {
-            if full < n {
-                let ($q, $m) = (full, n - full);
-                $body
-            }
-            for k in (0..full / LANES).rev() {
-                let ($q, $m) = (k * LANES, LANES);
-                $body
-            }
-        } else {
-            for k in 0..full / LANES {
-                let ($q, $m) = (k * LANES, LANES);
-                $body
-            }
-            if full < n {
-                let ($q, $m) = (full, n - full);
-                $body
-            }
-        }
-    }};
-}
-
-/// `fn $name(args) -> R`: the `#[inline(always)]` kernel `$inner` compiled for AVX2 where the
-/// CPU has it (x86-64; 4 f64 lanes instead of SSE2's 2), else as is. The results are the same
-/// bits either way: no fused multiply-add is enabled, and every operation is IEEE-exact in both
-/// instruction sets.
-macro_rules! avx2_twin {
-    ($(#[$m:meta])* fn $name:ident = $inner:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {
-        $(#[$m])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($a: $t),*) $(-> $r)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($a: $t),*) $(-> $r)? {
-                    $inner($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2 (checked just above), the only
-                    // requirement of `avx2`.
-                    return unsafe { avx2($($a),*) };
-                }
-            }
-            $inner($($a),*)
-        }
-    };
-}
 
 avx2_twin!(
     /// [`fwd_span_in`], AVX2 where available.
@@ -380,7 +324,7 @@ fn with_gamma<R>(p: &Ffm, a: &[f32], b: &[f32], f: impl FnOnce(&[f64]) -> R) -> 
 /// clears it once).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn fwd_span_in(
+fn fwd_span_in<const V: bool>(
     g: &Geo,
     b: usize,
     t0: usize,
@@ -579,7 +523,7 @@ fn back_step(
         }
     } else {
         // the steps go down memory, so each step's floats go down too (`for_lanes!`)
-        for_lanes!(n, true, |q, l| {
+        for_lanes!(LANES, n, true, |q, l| {
             if l == LANES {
                 // a whole piece, with its real and imaginary parts apart (vertical vectors)
                 const H: usize = LANES / 2;
@@ -633,7 +577,7 @@ fn back_step(
 
 /// The incoming gradient's map of a chunk, without states: `c` from zero over `[t0, t1)`.
 #[inline(always)]
-fn back_l_in(g: &Geo, gs: &[f32], b: usize, t0: usize, t1: usize, l: &mut [f64]) {
+fn back_l_in<const V: bool>(g: &Geo, gs: &[f32], b: usize, t0: usize, t1: usize, l: &mut [f64]) {
     let p = g.p;
     let w = p.channels() * 2;
     let mut c = [0f64; 2 * BLOCK];
@@ -672,7 +616,7 @@ fn back_l_in(g: &Geo, gs: &[f32], b: usize, t0: usize, t1: usize, l: &mut [f64])
 /// `work` is scratch, grown as needed and reused across spans.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn back_span_in(
+fn back_span_in<const V: bool>(
     g: &Geo,
     gs: &[f32],
     b: usize,

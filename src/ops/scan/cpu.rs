@@ -90,7 +90,9 @@
 use super::{Arg, LinearScan, ScanBackwardInputs, ScanGrads, ScanInputs, ScanOutputs};
 use crate::error::Result;
 use crate::ops::Problem;
-use crate::runtime::cpu::{f32s, flags, opt_f32s, output, uninit_f32s, written, ChunkMap as Map};
+use crate::runtime::cpu::{
+    avx2_twin, f32s, flags, for_lanes, opt_f32s, output, uninit_f32s, written, ChunkMap as Map,
+};
 use crate::runtime::{HostFlags, HostFloats};
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
@@ -185,68 +187,7 @@ impl Geo<'_> {
 /// Floats per piece of a step's block that the step kernels handle at a time.
 const LANES: usize = 8;
 
-/// `for_lanes!(n, desc, |q, m| body)` runs `body` for the pieces `[q, q + m)` of `[0, n)`:
-/// [`LANES`] floats each (the last one shorter), in ascending order, or in descending order
-/// when `desc`. A walk that goes down the steps must also go down the floats of each step:
-/// steps walked down with their floats walked up (1 KiB at a time) defeat the hardware
-/// prefetchers, and were measured about 3x slower than the same walk going up, while a walk
-/// down the whole way runs as fast as one going up. (A macro, not a function taking a closure:
-/// closures were measured not to get inlined into the AVX2 frames.)
-macro_rules! for_lanes {
-    ($n:expr, $desc:expr, |$q:ident, $m:ident| $body:block) => {{
-        let n: usize = $n;
-        let full = n / LANES * LANES;
-        if $desc {
-            if full < n {
-                let ($q, $m) = (full, n - full);
-                $body
-            }
-            for k in (0..full / LANES).rev() {
-                let ($q, $m) = (k * LANES, LANES);
-                $body
-            }
-        } else {
-            for k in 0..full / LANES {
-                let ($q, $m) = (k * LANES, LANES);
-                $body
-            }
-            if full < n {
-                let ($q, $m) = (full, n - full);
-                $body
-            }
-        }
-    }};
-}
-
 // ------------------------------------------------------------------ AVX2 dispatch
-
-/// `fn $name(args) -> R`: the `#[inline(always)]` kernel `$inner` compiled for AVX2 where the
-/// CPU has it (x86-64; 4 f64 lanes instead of SSE2's 2), else as is. The results are the same
-/// bits either way: no fused multiply-add is enabled, and every operation is IEEE-exact in both
-/// instruction sets. (A closure handed to `runtime::cpu::simd` was measured not to get inlined
-/// into its AVX2 frame here, so the kernels name their AVX2 twins explicitly.)
-macro_rules! avx2_twin {
-    ($(#[$m:meta])* fn $name:ident = $inner:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)?) => {
-        $(#[$m])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($a: $t),*) $(-> $r)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($a: $t),*) $(-> $r)? {
-                    $inner::<true>($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2 (checked just above), the only
-                    // requirement of `avx2`.
-                    return unsafe { avx2($($a),*) };
-                }
-            }
-            $inner::<false>($($a),*)
-        }
-    };
-}
 
 avx2_twin!(
     /// [`fwd_span`], AVX2 where available.
@@ -705,7 +646,7 @@ fn fwd_walk<const V: bool>(
         if g.p.complex && step_cplx_avx::<V>(s, a, xs, hs.as_deref_mut(), g.p.reverse) {
             continue;
         }
-        for_lanes!(n, g.p.reverse, |q, m| {
+        for_lanes!(LANES, n, g.p.reverse, |q, m| {
             let (s, a, x) = (&mut s[q..q + m], &a[q..], &xs[q..]);
             let h = hs.as_mut().map(|h| &mut h[q..]);
             if g.p.complex {
@@ -1175,7 +1116,7 @@ fn back_block<const V: bool>(
         {
             continue;
         }
-        for_lanes!(n, !g.p.reverse, |q, m| {
+        for_lanes!(LANES, n, !g.p.reverse, |q, m| {
             let (c, gh, a) = (&mut c[q..q + m], &ghs[q..], &a[q..]);
             let hp = hp.map(|v| &v[q..]);
             let dx = dxs.as_mut().map(|v| &mut v[q..]);
