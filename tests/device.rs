@@ -1,7 +1,7 @@
 //! Device plumbing under misuse (docs/conventions.md, "Errors"; docs/gpu.md): several
 //! contexts in one process, a buffer of another device passed to a kernel, bounded waits.
-//! Every op goes through the same plumbing (`GpuRef` binding, downloads, waits), so one op
-//! (the linear scan) stands for all here.
+//! Every op goes through the same plumbing (`GpuRef` binding, the CUDA entry points' argument
+//! check, downloads, waits), so one op (the linear scan; EFLA too on CUDA) stands for all here.
 
 mod common;
 use common::*;
@@ -225,11 +225,273 @@ fn cuda_two_backends_and_timeout() -> T {
     Err(Stop::Skip("built without feature `cuda`".into()))
 }
 
+/// Backends on CUDA devices 0 and 1, or a skip saying why there are not two (the emulator
+/// reports two unless `LINREC_EMU_DEVICES` says otherwise).
+#[cfg(feature = "cuda")]
+fn cuda_two_devices() -> Result<[std::sync::Arc<linrec::CudaBackend>; 2], Stop> {
+    cuda_dev()?;
+    let n = linrec::runtime::cuda::device_count()?;
+    if n < 2 {
+        return Err(Stop::Skip(format!(
+            "only {n} CUDA device here, this test needs two (the emulator reports \
+             $LINREC_EMU_DEVICES devices, default 2)"
+        )));
+    }
+    Ok([linrec::CudaBackend::new(0)?, linrec::CudaBackend::new(1)?])
+}
+
+/// `r` must be the refusal of memory of CUDA device 1 passed to device 0 as `arg`: a
+/// [`Error::Value`] naming `arg` that says which device the memory is of.
+#[cfg(feature = "cuda")]
+fn refused<R>(what: &str, arg: &str, r: linrec::Result<R>) -> T {
+    match r {
+        Err(Error::Value {
+            arg: a,
+            expected,
+            found,
+        }) => {
+            ensure!(
+                a == arg,
+                "{what}: the error names `{a}`, the foreign argument is `{arg}`"
+            );
+            ensure!(
+                found.contains("CUDA device 1") && expected.contains("CUDA device 0"),
+                "{what}: the message does not say which devices: expected {expected:?}, \
+                 found {found:?}"
+            );
+            Ok(())
+        }
+        Err(e) => fail!("{what}: expected a Value error naming `{arg}`, got {e}"),
+        Ok(_) => fail!("{what}: memory of device 1 was accepted on device 0"),
+    }
+}
+
+/// Upload host tensors to `be`.
+#[cfg(feature = "cuda")]
+fn upload_all<const N: usize>(
+    be: &linrec::CudaBackend,
+    ts: [&linrec::Tensor; N],
+) -> linrec::Result<[linrec::CuTensor; N]> {
+    let v = ts
+        .iter()
+        .map(|t| be.upload(t))
+        .collect::<linrec::Result<Vec<_>>>()?;
+    Ok(v.try_into().unwrap_or_else(|_| unreachable!()))
+}
+
+/// CUDA: two devices in one process. Memory of device 1 passed to device 0 is an
+/// `Error::Value` naming the argument, for every argument of the linear scan (forward and
+/// backward) and of EFLA, and for a download; nothing is launched, and device 0 gives the CPU
+/// path's results right after (device 1 too, on its own memory). A backend on another stream
+/// of device 0 shares its buffers.
+fn cuda_foreign_device_refused() -> T {
+    #[cfg(feature = "cuda")]
+    {
+        use linrec::efla::{self, Efla, EflaInputs};
+        use linrec::{Device, Tensor};
+        let [d0, d1] = cuda_two_devices()?;
+        ensure!(
+            d0.ctx.cu_ctx() != d1.ctx.cu_ctx(),
+            "devices 0 and 1 share a context"
+        );
+
+        // ---- linear scan: x, a, h0, start
+        let (b, t, d) = (2, 300, 8);
+        let c = case(b, t, d, 21)?;
+        let mut r = Rng::new(22);
+        let h0 = Tensor::from_f64(vec![b, d], &r.vec(b * d, -1.0, 1.0), DType::F32)?;
+        let start = Tensor::new(
+            vec![b, t],
+            (0..b * t)
+                .map(|i| u8::from(i % 97 == 3))
+                .collect::<Vec<u8>>(),
+        )?;
+        let x = Tensor::from_f64(vec![b, t, d], &c.x, DType::F32)?;
+        let a = Tensor::from_f64(vec![b, t, d], &c.a, DType::F32)?;
+        let host = scan::forward(
+            &Device::Cpu,
+            &c.p,
+            &ScanInputs {
+                x: &x,
+                a: &a,
+                h0: Some(&h0),
+                start: Some(&start),
+            },
+        )?;
+        let on = [
+            upload_all(&d0, [&x, &a, &h0, &start])?,
+            upload_all(&d1, [&x, &a, &h0, &start])?,
+        ];
+        let inputs = |foreign: &str| {
+            let pick = |name: &str| &on[usize::from(name == foreign)];
+            ScanInputs {
+                x: pick("x")[0].as_ref(),
+                a: pick("a")[1].as_ref(),
+                h0: Some(pick("h0")[2].as_ref()),
+                start: Some(pick("start")[3].as_ref()),
+            }
+        };
+        for arg in ["x", "a", "h0", "start"] {
+            refused(
+                &format!("scan forward, `{arg}` on device 1"),
+                arg,
+                scan::cuda::forward(&d0, &c.p, &inputs(arg)),
+            )?;
+        }
+        // the backward goes through the same check: its gradient argument on device 1
+        let grad = d1.upload(&x)?;
+        let fwd0 = scan::cuda::forward(&d0, &c.p, &inputs("none"))?;
+        refused(
+            "scan backward, `grad_h` on device 1",
+            "grad_h",
+            scan::cuda::backward(
+                &d0,
+                &c.p,
+                &scan::ScanBackwardInputs {
+                    a: on[0][1].as_ref(),
+                    h: fwd0.h.as_ref(),
+                    h0: Some(on[0][2].as_ref()),
+                    start: Some(on[0][3].as_ref()),
+                    grad_h: grad.as_ref(),
+                    grad_final: None,
+                },
+            ),
+        )?;
+        refused(
+            "download of a device-1 tensor on device 0",
+            "g",
+            d0.download(&on[1][0]),
+        )?;
+        // device 0 right after the refusals, and device 1 on its own memory
+        for (name, be, foreign) in [("device 0", &d0, "none"), ("device 1", &d1, "all")] {
+            let inp = if foreign == "all" {
+                ScanInputs {
+                    x: on[1][0].as_ref(),
+                    a: on[1][1].as_ref(),
+                    h0: Some(on[1][2].as_ref()),
+                    start: Some(on[1][3].as_ref()),
+                }
+            } else {
+                inputs(foreign)
+            };
+            let out = scan::cuda::forward(be, &c.p, &inp)?;
+            close(
+                &format!("scan on {name} after the refusals: h"),
+                &be.download(&out.h)?.to_f64_vec(),
+                &host.h.to_f64_vec(),
+                1e-5,
+            )?;
+            close(
+                &format!("scan on {name} after the refusals: h_final"),
+                &be.download(&out.h_final)?.to_f64_vec(),
+                &host.h_final.to_f64_vec(),
+                1e-5,
+            )?;
+        }
+        // another backend on device 0 (its own stream of the same context) shares buffers
+        let same = linrec::CudaBackend::from_stream(
+            d0.ctx
+                .new_stream()
+                .map_err(|e| Stop::Fail(format!("a second stream on device 0: {e:?}")))?,
+        )?;
+        let out = scan::cuda::forward(&same, &c.p, &inputs("none"))?;
+        close(
+            "scan on a second stream of device 0, buffers of the first",
+            &same.download(&out.h)?.to_f64_vec(),
+            &host.h.to_f64_vec(),
+            1e-5,
+        )?;
+
+        // ---- EFLA (recurrent): q, k, v, beta, s0, start
+        let (b, t, h, k, v) = (2, 40, 2, 16, 16);
+        let p = Efla::new(b, t, h, k, v).recurrent();
+        let mut r = Rng::new(23);
+        let q = Tensor::from_f64(
+            vec![b, t, h, k],
+            &r.vec(b * t * h * k, -0.5, 0.5),
+            DType::F32,
+        )?;
+        let kt = Tensor::from_f64(
+            vec![b, t, h, k],
+            &r.vec(b * t * h * k, -0.5, 0.5),
+            DType::F32,
+        )?;
+        let vt = Tensor::from_f64(
+            vec![b, t, h, v],
+            &r.vec(b * t * h * v, -1.0, 1.0),
+            DType::F32,
+        )?;
+        let beta = Tensor::from_f64(vec![b, t, h], &r.vec(b * t * h, 0.1, 0.9), DType::F32)?;
+        let s0 = Tensor::from_f64(
+            vec![b, h, k, v],
+            &r.vec(b * h * k * v, -0.5, 0.5),
+            DType::F32,
+        )?;
+        let start = Tensor::new(
+            vec![b, t],
+            (0..b * t)
+                .map(|i| u8::from(i % 17 == 5))
+                .collect::<Vec<u8>>(),
+        )?;
+        let host = efla::forward(
+            &Device::Cpu,
+            &p,
+            &EflaInputs {
+                q: &q,
+                k: &kt,
+                v: &vt,
+                beta: &beta,
+                s0: Some(&s0),
+                start: Some(&start),
+            },
+        )?;
+        let on = [
+            upload_all(&d0, [&q, &kt, &vt, &beta, &s0, &start])?,
+            upload_all(&d1, [&q, &kt, &vt, &beta, &s0, &start])?,
+        ];
+        let inputs = |foreign: &str| {
+            let pick = |name: &str| &on[usize::from(name == foreign)];
+            EflaInputs {
+                q: pick("q")[0].as_ref(),
+                k: pick("k")[1].as_ref(),
+                v: pick("v")[2].as_ref(),
+                beta: pick("beta")[3].as_ref(),
+                s0: Some(pick("s0")[4].as_ref()),
+                start: Some(pick("start")[5].as_ref()),
+            }
+        };
+        for arg in ["q", "k", "v", "beta", "s0", "start"] {
+            refused(
+                &format!("efla forward, `{arg}` on device 1"),
+                arg,
+                efla::cuda::forward(&d0, &p, &inputs(arg)),
+            )?;
+        }
+        let out = efla::cuda::forward(&d0, &p, &inputs("none"))?;
+        close(
+            "efla on device 0 after the refusals: o",
+            &d0.download(&out.o)?.to_f64_vec(),
+            &host.o.to_f64_vec(),
+            1e-5,
+        )?;
+        close(
+            "efla on device 0 after the refusals: s_final",
+            &d0.download(&out.s_final)?.to_f64_vec(),
+            &host.s_final.to_f64_vec(),
+            1e-5,
+        )?;
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(Stop::Skip("built without feature `cuda`".into()))
+}
+
 fn main() {
     common::main(trials![
         wgpu_two_contexts,
         wgpu_wait_timeout,
         wgpu_default_limits_requested,
         cuda_two_backends_and_timeout,
+        cuda_foreign_device_refused,
     ]);
 }

@@ -182,6 +182,16 @@ impl<T> ArgBuf for &[T] {
     }
 }
 
+/// Every present buffer of an argument struct, in declaration order, with its argument name
+/// (implemented by `arg_struct!` for structs whose float and flag buffers have one type, such
+/// as the `CuRef` inputs of the CUDA entry points): the hook for checks that need the backend,
+/// which [`ArgBuf::check_extent`] has not, like the device a buffer belongs to.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) trait Buffers<B> {
+    /// Call `f` on every present buffer; stops at the first error.
+    fn each_buffer(&self, f: &mut dyn FnMut(&'static str, &B) -> Result<()>) -> Result<()>;
+}
+
 /// Check one argument against its spec.
 pub fn check_arg<A: ArgBuf, P: Problem>(p: &P, arg: P::Arg, a: &A) -> Result<()> {
     let spec = p.spec(arg);
@@ -263,6 +273,10 @@ macro_rules! arg_struct {
     (@trymap opt S $f:ident $g:ident $name:expr, $v:expr) => {
         match $v.as_ref() { Some(v) => Some($g($name, v)?), None => None }
     };
+    (@each req $f:ident $name:expr, $v:expr) => { $f($crate::ops::ArgName::name($name), $v)? };
+    (@each opt $f:ident $name:expr, $v:expr) => {
+        if let Some(v) = $v.as_ref() { $f($crate::ops::ArgName::name($name), v)? }
+    };
     (@check req $p:expr, $name:expr, $v:expr) => { $crate::ops::check_arg($p, $name, $v)? };
     (@check opt $p:expr, $name:expr, $v:expr) => {
         if let Some(v) = $v.as_ref() { $crate::ops::check_arg($p, $name, v)? }
@@ -332,6 +346,16 @@ macro_rules! arg_struct {
                 Ok(())
             }
         }
+
+        impl<B> $crate::ops::Buffers<B> for $name<B, B> {
+            fn each_buffer(
+                &self,
+                f: &mut dyn FnMut(&'static str, &B) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                $( $crate::ops::arg_struct!(@each $kind f <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
+                Ok(())
+            }
+        }
     };
     (
         $(#[$meta:meta])*
@@ -386,6 +410,16 @@ macro_rules! arg_struct {
                 F: $crate::ops::ArgBuf,
             {
                 $( $crate::ops::arg_struct!(@check $kind p, <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
+                Ok(())
+            }
+        }
+
+        impl<B> $crate::ops::Buffers<B> for $name<B> {
+            fn each_buffer(
+                &self,
+                f: &mut dyn FnMut(&'static str, &B) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                $( $crate::ops::arg_struct!(@each $kind f <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
                 Ok(())
             }
         }

@@ -6,8 +6,8 @@
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchArgs,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceSlice,
+    LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use half::{bf16, f16};
 use std::collections::HashMap;
@@ -256,8 +256,10 @@ impl CudaBackend {
     }
 
     /// Copy a device tensor back to the host (after the stream's earlier work, within the
-    /// wait timeout if one is set).
+    /// wait timeout if one is set). A tensor of another device is an [`Error::Value`] naming
+    /// `g` (see [`CuRef`]).
     pub fn download(&self, g: &CuTensor) -> Result<Tensor> {
+        self.check_owned("g", &g.as_ref())?;
         self.synchronize()?;
         let s = &self.stream;
         let n = g.numel();
@@ -352,6 +354,38 @@ impl CudaBackend {
         b.synchronize().map_err(drv)?;
         let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
         Ok((4 * n, Duration::from_secs_f64(ms / 1e3)))
+    }
+
+    /// `Ok` when the view `r`, passed as argument `arg`, is memory of this backend's CUDA
+    /// context, else an [`Error::Value`] naming `arg`: memory of another device (or of another
+    /// context) is refused before anything is launched. Two backends on one ordinal share the
+    /// device's primary context, so they accept each other's buffers. Costs a pointer compare.
+    pub(crate) fn check_owned(&self, arg: &'static str, r: &CuRef<'_>) -> Result<()> {
+        let theirs = r.context();
+        if Arc::ptr_eq(theirs, &self.ctx) || theirs.cu_ctx() == self.ctx.cu_ctx() {
+            return Ok(());
+        }
+        let mine = self.ctx.ordinal();
+        let found = if theirs.ordinal() == mine {
+            format!("memory of another CUDA context on device {mine}")
+        } else {
+            format!("memory of CUDA device {}", theirs.ordinal())
+        };
+        Err(Error::value(
+            arg,
+            format!(
+                "memory of this backend's device (CUDA device {mine}, {})",
+                self.describe()
+            ),
+            found,
+        ))
+    }
+
+    /// [`check_owned`](Self::check_owned) on every buffer of a CUDA entry point's arguments,
+    /// named as in the argument struct: every CUDA entry point calls this (after the shape
+    /// checks), so no op launches on another device's memory.
+    pub(crate) fn check_args<'r>(&self, args: &impl crate::ops::Buffers<CuRef<'r>>) -> Result<()> {
+        args.each_buffer(&mut |arg, r| self.check_owned(arg, r))
     }
 
     /// A launch configuration of `blocks` blocks (split into a 2-D grid when needed; kernels
@@ -473,6 +507,12 @@ impl CuTensor {
 
 /// A borrowed view of a caller's device memory: the zero-copy argument type of the CUDA API
 /// (`CuRef::from(&slice)` or `CuRef::F32(slice.slice(a..b))`).
+///
+/// The memory must belong to the backend's device: every CUDA entry point compares each
+/// view's context ([`CuRef::context`]) with the [`CudaBackend`]'s before anything is launched,
+/// and refuses memory of another device (or another context) with an [`Error::Value`] naming
+/// the argument. Backends opened on the same ordinal share the device's primary context, so
+/// their buffers can be mixed; a view may also belong to another stream of that context.
 #[derive(Debug)]
 pub enum CuRef<'a> {
     /// f32.
@@ -529,6 +569,17 @@ impl CuRef<'_> {
     /// Whether the view is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The CUDA context (device) the memory belongs to.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        match self {
+            CuRef::F32(v) => DeviceSlice::stream(v).context(),
+            CuRef::F16(v) => DeviceSlice::stream(v).context(),
+            CuRef::BF16(v) => DeviceSlice::stream(v).context(),
+            CuRef::U8(v) => DeviceSlice::stream(v).context(),
+            CuRef::U32(v) => DeviceSlice::stream(v).context(),
+        }
     }
 
     /// Push this view as a kernel pointer parameter.

@@ -13,8 +13,9 @@ mkdir -p "$out/kernels"
 export CXX=${CXX:-g++} root out
 flags="-std=c++20 -O2 -g -fPIC -shared -pthread -w"
 export flags
-# newer than every header a module can include (the emulator's and kernels/**/*.cuh)
-newest_header=$(find "$root/tools/cuda-emu" "$root/kernels" \( -name '*.h' -o -name '*.cuh' -o -name '*.cpp' \) -printf '%T@\n' | sort -n | tail -1)
+# newer than every header a module can include (the emulator's and kernels/**/*.cuh; not
+# fake_cuda.cpp, the driver side, which no module includes)
+newest_header=$(find "$root/tools/cuda-emu" "$root/kernels" \( -name '*.h' -o -name '*.cuh' \) -printf '%T@\n' | sort -n | tail -1)
 export newest_header
 build_one() {
   local f=$1 rel name so

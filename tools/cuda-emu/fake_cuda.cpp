@@ -3,8 +3,11 @@
 // every stream is synchronous, events record host time, and cuModuleLoadData ignores the PTX
 // image: functions are looked up by name in the kernel modules that tools/cuda-emu/build.sh
 // compiled from kernels/**/*.cu (shared objects in $LINREC_EMU_KERNELS), and cuLaunchKernel
-// runs them through linrec_emu_launch. It reports one device, "linrec CUDA emulator (CPU)",
-// of compute capability 9.0.
+// runs them through linrec_emu_launch. It reports $LINREC_EMU_DEVICES devices (default 2, at
+// most 16), each "linrec CUDA emulator (CPU)" of compute capability 9.0, so code that opens
+// several devices in one process (and refuses one device's memory on another) can be tested
+// without a GPU: each device has its own primary context, and the current context is tracked
+// per thread as the driver does; the memory of every device is the same host memory.
 #include <dirent.h>
 #include <dlfcn.h>
 
@@ -20,7 +23,15 @@
 typedef int CUresult;
 typedef int CUdevice;
 typedef unsigned long long CUdeviceptr;
-enum { OK = 0, ERR_INVALID_VALUE = 1, ERR_OOM = 2, ERR_NOT_FOUND = 500, ERR_LAUNCH = 719 };
+enum {
+    OK = 0,
+    ERR_INVALID_VALUE = 1,
+    ERR_OOM = 2,
+    ERR_INVALID_DEVICE = 101,
+    ERR_INVALID_CONTEXT = 201,
+    ERR_NOT_FOUND = 500,
+    ERR_LAUNCH = 719
+};
 
 namespace {
 
@@ -72,7 +83,25 @@ double now() {
     using namespace std::chrono;
     return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
 }
-int dummy_ctx, dummy_stream, dummy_module, dummy_pool;
+int dummy_stream, dummy_module, dummy_pool;
+
+// Devices and their primary contexts (a context is the address of its device's slot).
+constexpr int MAX_DEVICES = 16;
+int primary_ctx[MAX_DEVICES];
+int device_count() {
+    static const int n = [] {
+        const char* s = getenv("LINREC_EMU_DEVICES");
+        int v = s && *s ? atoi(s) : 2;
+        if (v < 1 || v > MAX_DEVICES) {
+            fprintf(stderr, "linrec cuda-emu: LINREC_EMU_DEVICES=%s is not in 1..%d; using 2\n",
+                    s, MAX_DEVICES);
+            v = 2;
+        }
+        return v;
+    }();
+    return n;
+}
+thread_local void* current_ctx = nullptr;
 
 }  // namespace
 
@@ -80,10 +109,10 @@ extern "C" {
 
 CUresult cuInit(unsigned) { return OK; }
 CUresult cuDriverGetVersion(int* v) { *v = 13000; return OK; }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return OK; }
+CUresult cuDeviceGetCount(int* n) { *n = device_count(); return OK; }
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
-    if (ordinal != 0) return ERR_INVALID_VALUE;
-    *d = 0;
+    if (ordinal < 0 || ordinal >= device_count()) return ERR_INVALID_DEVICE;
+    *d = ordinal;
     return OK;
 }
 CUresult cuDeviceGetName(char* name, int len, CUdevice) {
@@ -111,11 +140,24 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
 CUresult cuDeviceTotalMem_v2(size_t* b, CUdevice) { *b = (size_t)16 << 30; return OK; }
 CUresult cuDeviceGetUuid(void* u, CUdevice) { memset(u, 0, 16); return OK; }
 CUresult cuDeviceGetUuid_v2(void* u, CUdevice) { memset(u, 0, 16); return OK; }
-CUresult cuDevicePrimaryCtxRetain(void** ctx, CUdevice) { *ctx = &dummy_ctx; return OK; }
+CUresult cuDevicePrimaryCtxRetain(void** ctx, CUdevice d) {
+    if (d < 0 || d >= device_count()) return ERR_INVALID_DEVICE;
+    *ctx = &primary_ctx[d];
+    return OK;
+}
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return OK; }
 CUresult cuDeviceGetDefaultMemPool(void** p, CUdevice) { *p = &dummy_pool; return OK; }
-CUresult cuCtxSetCurrent(void*) { return OK; }
-CUresult cuCtxGetCurrent(void** c) { *c = &dummy_ctx; return OK; }
+CUresult cuCtxSetCurrent(void* c) {
+    for (int d = 0; d < device_count(); d++)
+        if (c == &primary_ctx[d]) {
+            current_ctx = c;
+            return OK;
+        }
+    if (c) return ERR_INVALID_CONTEXT;
+    current_ctx = nullptr;  // unbinds, as the driver does
+    return OK;
+}
+CUresult cuCtxGetCurrent(void** c) { *c = current_ctx; return OK; }
 CUresult cuCtxSynchronize() { return OK; }
 CUresult cuCtxSetFlags(unsigned) { return OK; }
 CUresult cuMemGetInfo_v2(size_t* f, size_t* t) { *f = *t = (size_t)16 << 30; return OK; }

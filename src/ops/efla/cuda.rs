@@ -113,6 +113,7 @@ pub fn forward(
 ) -> Result<EflaOutputs<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let flags = input_flags(inp.s0.is_some(), inp.start.is_some());
     match p.algorithm {
         Algorithm::Recurrent => rec_forward(be, p, inp, flags),
@@ -128,6 +129,7 @@ pub fn backward(
 ) -> Result<EflaGrads<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let mut flags = input_flags(inp.s0.is_some(), inp.start.is_some());
     if inp.grad_final.is_some() {
         flags |= HAS_GF;

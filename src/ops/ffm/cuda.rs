@@ -178,6 +178,7 @@ pub fn forward_with(
 ) -> Result<FfmOutputs<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let lay = layout(p, cols)?;
     let a = args(p, &lay)?;
     let f = be.function(MODULE, &format!("ffm_fwd_v{}", lay.v))?;
@@ -229,6 +230,7 @@ pub fn backward_with(
 ) -> Result<FfmGrads<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let lay = layout(p, cols)?;
     let a = args(p, &lay)?;
     let mc2 = p.channels() * 2;

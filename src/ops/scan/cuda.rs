@@ -62,6 +62,7 @@ pub fn forward(
 ) -> Result<ScanOutputs<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let pl = plan(p)?;
     let f = be.function(MODULE, &format!("scan_fwd_{}", pl.suffix))?;
     let mut h = be.zeros(&p.spec(Arg::H).shape, p.dtype)?;
@@ -99,6 +100,7 @@ pub fn backward(
 ) -> Result<ScanGrads<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let pl = plan(p)?;
     let f = be.function(MODULE, &format!("scan_bwd_{}", pl.suffix))?;
     let mut dx = be.zeros(&p.spec(Arg::Dx).shape, p.dtype)?;

@@ -269,6 +269,7 @@ pub fn forward(
 ) -> Result<SelectiveOutputs<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let pl = plan(p)?;
     let mut out = be.zeros(&p.spec(Arg::Out).shape, p.dtype)?;
     let mut hf = be.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
@@ -296,6 +297,7 @@ pub fn backward_with_budget(
 ) -> Result<SelectiveGrads<CuTensor>> {
     p.validate()?;
     inp.check(p)?;
+    be.check_args(inp)?;
     let pl = plan(p)?;
     let (bn, tn, dn, ns) = (p.batch, p.len, p.dim, p.state);
     let f32z = |name: Arg| be.zeros(&p.spec(name).shape, DType::F32);
