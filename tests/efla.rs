@@ -1658,70 +1658,128 @@ fn cpu_threads_bitwise() -> T {
 }
 
 /// Non-finite isolation (docs/efla.md): NaN and infinity in the inputs (and `s0`, and
-/// `grad_o`) before a reset leave every per-step result from the reset on, the final state
-/// and its gradient bitwise equal to a run with finite inputs, on `dev` for every rule,
-/// algorithm (chunks that straddle the reset included) and storage dtype in `dtypes`.
-/// `chunked: false` keeps the recurrent algorithm only (the chunked GPU kernels do not
-/// isolate yet: docs/efla.md, "Non-finite values and resets").
-fn nonfinite_isolated_by_resets(dev: &Device, dtypes: &[DType], chunked: bool) -> T {
-    let (bn, tn, hn, kd, vd, tr) = (2, 40, 2, 6, 5, 20);
-    let mut ps = variants(bn, tn, hn, kd, vd, &[16]);
-    if !chunked {
-        ps.retain(|p| p.algorithm == Algorithm::Recurrent);
-    }
+/// `grad_o`) before a reset leave every per-step result from the reset on and the final state
+/// bitwise equal to a run with finite inputs (and after it: the steps before it and `ds0`),
+/// on `dev` for every rule,
+/// algorithm (chunks that straddle the reset included) and storage dtype in `dtypes`; before
+/// the reset the non-finite results are those of the recurrent f64 reference (never
+/// swallowed; with `chunked_reaches_back`, the chunked algorithm may also reach the earlier
+/// steps of its piece: a superset). The chunked f64 reference is held to the same pattern.
+fn nonfinite_isolated_by_resets(dev: &Device, dtypes: &[DType], chunked_reaches_back: bool) -> T {
+    nonfinite_isolated_shape(dev, dtypes, chunked_reaches_back, (2, 40, 2, 6, 5), 20, 16)
+}
+
+/// [`nonfinite_isolated_by_resets`] on `[B, T, H]` with key and value sizes `K`, `V` (`shape`),
+/// the reset at step `tr` of every row and chunks of `chunk` steps.
+fn nonfinite_isolated_shape(
+    dev: &Device,
+    dtypes: &[DType],
+    chunked_reaches_back: bool,
+    shape: (usize, usize, usize, usize, usize),
+    tr: usize,
+    chunk: usize,
+) -> T {
+    let (bn, tn, hn, kd, vd) = shape;
+    let ps = variants(bn, tn, hn, kd, vd, &[chunk]);
+    // element 0 of (row b, step t, head h) in a [B, T, H, n] tensor
+    let at = |b: usize, t: usize, h: usize, n: usize| ((b * tn + t) * hn + h) * n;
+    let (b1, h1) = (bn - 1, hn - 1);
+    let run = |d: &Data| -> Result<Vec<(Vec<f32>, usize)>, Stop> {
+        let a = host_args(d);
+        let f = run_forward(dev, &d.p, &a)?;
+        let g = run_backward(dev, &d.p, &a)?;
+        Ok(vec![
+            (f.o.to_f32_vec(), vd),
+            (g.dq.to_f32_vec(), kd),
+            (g.dk.to_f32_vec(), kd),
+            (g.dv.to_f32_vec(), vd),
+            (g.dbeta.to_f32_vec(), 1),
+            (f.s_final.to_f32_vec(), 0),
+            (g.ds0.to_f32_vec(), 0),
+        ])
+    };
+    // the non-finite pattern of the f64 reference
+    let pattern = |d: &Data| -> Vec<Vec<bool>> {
+        let (ro, rg) = (fwd_ref(d), bwd_ref(d));
+        [ro.o, rg.dq, rg.dk, rg.dv, rg.dbeta, ro.s_final, rg.ds0]
+            .iter()
+            .map(|r| r.iter().map(|v| !v.is_finite()).collect())
+            .collect()
+    };
     for (i, p) in ps
         .iter()
         .flat_map(|p| dtypes.iter().map(|&dt| p.with_dtype(dt)))
         .enumerate()
     {
-        let mut d = gen(p, true, Starts::None, 3500 + i as u64);
+        let mut clean = gen(p, true, Starts::None, 3500 + i as u64);
         let mut s = vec![0u8; bn * tn];
         for b in 0..bn {
             s[b * tn + tr] = 1;
         }
-        d.start = Some(s);
-        let clean = d.clone();
-        // row 0, head 1
-        let at = |t: usize, n: usize| (t * hn + 1) * n;
-        d.q[at(tr - 1, kd)] = f64::NAN;
-        d.k[at(tr - 1, kd) + 2] = f64::INFINITY;
-        d.v[at(3, vd)] = f64::NAN;
-        d.beta[at(tr - 1, 1)] = f64::NAN;
-        d.go[at(tr - 1, vd) + 1] = f64::NAN;
-        d.s0.as_mut().unwrap()[0] = f64::NAN;
-        let run = |d: &Data| -> Result<Vec<(Vec<f32>, usize)>, Stop> {
-            let a = host_args(d);
-            let f = run_forward(dev, &d.p, &a)?;
-            let g = run_backward(dev, &d.p, &a)?;
-            Ok(vec![
-                (f.o.to_f32_vec(), vd),
-                (g.dq.to_f32_vec(), kd),
-                (g.dk.to_f32_vec(), kd),
-                (g.dv.to_f32_vec(), vd),
-                (g.dbeta.to_f32_vec(), 1),
-                (f.s_final.to_f32_vec(), 0),
-            ])
-        };
-        let (xa, xb) = (run(&d)?, run(&clean)?);
-        ensure!(
-            xa[0].0.iter().any(|v| v.is_nan()),
-            "no NaN before the reset"
-        );
-        for (k, ((x, n), (y, _))) in xa.iter().zip(&xb).enumerate() {
-            let what = format!("{} result {k}", name(&p));
-            let ranges: Vec<std::ops::Range<usize>> = if *n == 0 {
-                std::iter::once(0..x.len()).collect()
+        clean.start = Some(s);
+        let xb = run(&clean)?;
+        // non-finite values before the reset (`after` false), then after it; one kind per
+        // (row, head) where the shape has several, so that none hides another
+        for after in [false, true] {
+            let mut d = clean.clone();
+            let t = if after { tr + 1 } else { tr - 1 };
+            d.q[at(0, t, 0, kd)] = f64::NAN;
+            d.k[at(0, t, h1, kd) + 2] = f64::INFINITY;
+            d.beta[at(b1, t, 0, 1)] = f64::NAN;
+            d.go[at(b1, t, h1, vd) + 1] = f64::NAN;
+            if after {
+                d.v[at(b1, tr, 0, vd) + vd - 1] = f64::NAN;
+                d.go[at(0, tn - 1, h1, vd)] = f64::NEG_INFINITY;
             } else {
-                (0..bn)
-                    .map(|b| (b * tn + tr) * hn * n..(b + 1) * tn * hn * n)
-                    .collect()
-            };
-            for r in ranges {
-                ensure!(
-                    x[r.clone()].iter().all(|v| v.is_finite()),
-                    "{what}: non-finite after the reset"
-                );
-                bitwise(&what, &x[r.clone()], &y[r])?;
+                d.v[at(0, 3, h1, vd)] = f64::NAN;
+                d.v[at(b1, tr - 5, h1, vd) + vd - 1] = f64::NAN;
+                d.s0.as_mut().unwrap()[(b1 * hn) * kd * vd] = f64::NAN;
+            }
+            let what = |k: usize| format!("{} result {k} (after: {after})", name(&p));
+            let xa = run(&d)?;
+            ensure!(xa[0].0.iter().any(|v| v.is_nan()), "{}: no NaN", what(0));
+            // before the reset the reference's non-finite results, recurrent and chunked
+            let mut rec = d.clone();
+            rec.p.algorithm = Algorithm::Recurrent;
+            let want = pattern(&rec);
+            let got = pattern(&d);
+            ensure!(
+                got == want,
+                "{}: the f64 reference's non-finite results differ from the recurrent form's",
+                what(0)
+            );
+            let superset = chunked_reaches_back && p.algorithm != Algorithm::Recurrent;
+            for (k, ((x, _), w)) in xa.iter().zip(&want).enumerate() {
+                for (j, (v, &nf)) in x.iter().zip(w).enumerate() {
+                    ensure!(
+                        v.is_finite() != nf || (superset && !v.is_finite()),
+                        "{}[{j}] = {v}: the reference's is {}finite",
+                        what(k),
+                        if nf { "not " } else { "" }
+                    );
+                }
+            }
+            // the other side of the reset exactly as with finite inputs: the steps from the
+            // reset on and s_final, or the steps before it and ds0
+            for (k, ((x, n), (y, _))) in xa.iter().zip(&xb).enumerate() {
+                let ranges: Vec<std::ops::Range<usize>> = match (*n, after) {
+                    (0, _) if (k == 5) == after => continue,
+                    (0, _) => std::iter::once(0..x.len()).collect(),
+                    (n, false) => (0..bn)
+                        .map(|b| (b * tn + tr) * hn * n..(b + 1) * tn * hn * n)
+                        .collect(),
+                    (n, true) => (0..bn)
+                        .map(|b| b * tn * hn * n..(b * tn + tr) * hn * n)
+                        .collect(),
+                };
+                for r in ranges {
+                    ensure!(
+                        x[r.clone()].iter().all(|v| v.is_finite()),
+                        "{}: non-finite across the reset",
+                        what(k)
+                    );
+                    bitwise(&what(k), &x[r.clone()], &y[r])?;
+                }
             }
         }
     }
@@ -1729,6 +1787,7 @@ fn nonfinite_isolated_by_resets(dev: &Device, dtypes: &[DType], chunked: bool) -
 }
 
 fn cpu_nonfinite_isolated_by_resets() -> T {
+    // (the CPU's chunked products run over the whole piece: docs/efla.md)
     nonfinite_isolated_by_resets(&Device::Cpu, &[DType::F32, DType::F16, DType::BF16], true)
 }
 
@@ -1740,11 +1799,23 @@ fn wgpu_nonfinite_isolated_by_resets() -> T {
             dts.push(DType::F16);
         }
     }
-    nonfinite_isolated_by_resets(&dev, &dts, true)
+    nonfinite_isolated_by_resets(&dev, &dts, false)
 }
 
 fn cuda_nonfinite_isolated_by_resets() -> T {
-    nonfinite_isolated_by_resets(&cuda_dev()?, &[DType::F32, DType::F16, DType::BF16], false)
+    let dev = cuda_dev()?;
+    nonfinite_isolated_by_resets(&dev, &[DType::F32, DType::F16, DType::BF16], false)?;
+    // the chunked kernels' other paths: two key blocks (the state passes restage K after a
+    // reset), two column blocks of V, 64-step chunks with the reset inside the second (and
+    // last, partial) one
+    nonfinite_isolated_shape(
+        &dev,
+        &[DType::F32, DType::BF16],
+        false,
+        (2, 80, 2, 70, 40),
+        70,
+        64,
+    )
 }
 
 fn main() {

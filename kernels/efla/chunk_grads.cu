@@ -34,6 +34,8 @@ struct GradSmem {
     bf16s *DPp, *MP;
     int *fl, *seg;
     float *cf, *ef, *al, *da, *dkd;
+    // segments; non-finite entries of K, Q, N (by column) and dX (by row) (chunk.cuh)
+    u64 *segm, *nfK, *nfQ, *nfN, *nfX;
     // phase 1
     bf16s *DDp, *Rp, *GOp, *DLp;
     // phase 2
@@ -54,7 +56,12 @@ struct GradSmem {
         al = ef + CH;
         da = al + CH;
         dkd = da + CH;
-        unsigned char* u = reinterpret_cast<unsigned char*>(dkd + CH);
+        segm = reinterpret_cast<u64*>(dkd + CH);
+        nfK = segm + CH;
+        nfQ = nfK + CH;
+        nfN = nfQ + CH;
+        nfX = nfN + CH;
+        unsigned char* u = reinterpret_cast<unsigned char*>(nfX + CH);
         // phase 1 and 3 staging
         bf16s* y = reinterpret_cast<bf16s*>(u);
         GOp = y;
@@ -114,7 +121,12 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
     const size_t cc = ((size_t)bh * d.NC + n) * C * C, rk = (size_t)d.H * K,
                  rv = (size_t)d.H * V, it0 = ((size_t)bh * d.T + ch.t0) * V;
     chunk_segs(d, start, b, ch, sm.fl, sm.seg, sm.cf, sm.ef, tid);
+    if (tid < CH) sm.nfN[tid] = sm.nfX[tid] = 0;  // (chunk_segm's barrier orders this)
+    chunk_segm(sm.seg, len, sm.segm, tid);
     if (tid < CH) sm.al[tid] = tid < len ? coef[((size_t)bh * d.T + ch.t0 + tid) * 4] : 0.f;
+    // entry (i, j) of a product that is block diagonal over the segments (lower: j <= i)
+    const auto lower = [&](int i, int j) { return j <= i && i < len && same_seg(sm.seg, i, j); };
+    const auto both = [&](int i, int j) { return i >= j ? lower(i, j) : lower(j, i); };
 
     // phase 1: dT = d(delta) R^T and dO delta^T, summed over V
     float adt[1][4][4], adp[1][4][4];
@@ -137,9 +149,9 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int i = m0 + tc::acc_row(lane, e), j = n0 + 8 * nt + tc::acc_col(lane, e);
-            const bool in = i < len && j < len;
-            sm.dTs[i * LDF + j] = in ? adt[0][nt][e] : 0.f;
-            adp[0][nt][e] = in && j <= i && same_seg(sm.seg, i, j) ? d.scale * adp[0][nt][e] : 0.f;
+            // (dT outside T's structure is never used: selected to 0, as it may not be finite)
+            sm.dTs[i * LDF + j] = lower(i, j) ? adt[0][nt][e] : 0.f;
+            adp[0][nt][e] = lower(i, j) ? d.scale * adp[0][nt][e] : 0.f;
         }
     put_acc<PO, 4>(sm.DPp, LDC, ACC, adp, m0, n0, lane);
     stage<PO, 64, NTH>(sm.XP, LDC, ACC, Xg, cc, C, len, 0, len, nullptr, nullptr, tid);
@@ -154,8 +166,12 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
     }
     for (int e = tid; e < CH * CH / 2; e += NTH) {
         const int i = e / (CH / 2), j = 2 * (e % (CH / 2));
-        tc::put2<PO>(sm.DXp, ACC, i * LDC + j, sm.dTs[i * LDF + j] * sm.al[j],
-                     sm.dTs[i * LDF + j + 1] * sm.al[j + 1]);
+        // (dX's non-finite entries staged as 0, recorded by row: the columns of X^T reaching
+        // N(i, c) are those at or before c)
+        const float x0 = lower(i, j) ? sm.dTs[i * LDF + j] * sm.al[j] : 0.f;
+        const float x1 = lower(i, j + 1) ? sm.dTs[i * LDF + j + 1] * sm.al[j + 1] : 0.f;
+        tc::put2<PO>(sm.DXp, ACC, i * LDC + j, keep_finite(x0, sm.nfX, j, i),
+                     keep_finite(x1, sm.nfX, j + 1, i));
     }
     __syncthreads();
     {
@@ -163,8 +179,16 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
         tc::zero(an);
         tc::gemm<1, 4, PO, PO, LO, false, false>(an, {sm.DXp, LDC, ACC}, {sm.XP, LDC, ACC}, m0, n0,
                                                  kl, lane);
+        // N across segments: a product of structural zeros with the other segment's entries
+        mark<LOWER, true>(an, sm.nfX, sm.segm, m0, n0, lane);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (!both(m0 + tc::acc_row(lane, e), n0 + 8 * nt + tc::acc_col(lane, e)))
+                    an[0][nt][e] = 0.f;
         __syncthreads();
-        put_acc<PO, 4>(sm.NP, LDC, ACC, an, m0, n0, lane);
+        put_acc<PO, 4>(sm.NP, LDC, ACC, an, m0, n0, lane, sm.nfN);
     }
     __syncthreads();
     {
@@ -172,6 +196,7 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
         tc::zero(aa);
         tc::gemm<1, 4, PO, PO, LO, true, true>(aa, {sm.XP, LDC, ACC}, {sm.NP, LDC, ACC}, m0, n0,
                                                kl, lane);
+        mark<UPPER>(aa, sm.nfN, sm.segm, m0, n0, lane);
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -196,9 +221,12 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
     }
     for (int e = tid; e < CH * CH / 2; e += NTH) {
         const int i = e / (CH / 2), j = 2 * (e % (CH / 2));
-        const float m_0 = sm.al[i] * sm.dLs[i * LDF + j] + sm.al[j] * sm.dLs[j * LDF + i];
-        const float m_1 = sm.al[i] * sm.dLs[i * LDF + j + 1] + sm.al[j + 1] * sm.dLs[(j + 1) * LDF + i];
-        tc::put2<PO>(sm.MP, ACC, i * LDC + j, m_0, m_1);
+        // M = diag(alpha) dL + (diag(alpha) dL)^T, dL strictly lower: one term per entry
+        const auto m = [&](int i, int j) {
+            if (!both(i, j) || i == j) return 0.f;
+            return i > j ? sm.al[i] * sm.dLs[i * LDF + j] : sm.al[j] * sm.dLs[j * LDF + i];
+        };
+        tc::put2<PO>(sm.MP, ACC, i * LDC + j, m(i, j), m(i, j + 1));
     }
     __syncthreads();
 
@@ -210,6 +238,7 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
         tc::zero(aq);
         tc::zero(ak);
         tc::zero(ak2);
+        if (tid < CH) sm.nfK[tid] = sm.nfQ[tid] = 0;  // (the loop's barriers order this)
         for (int vb = 0; vb < V; vb += VB) {
             stage<PO, VB, NTH>(sm.Sv, LDV, RVT, ck_s, sbase, V, nk, vb, V, nullptr, nullptr, tid);
             stage<PO, VB, NTH>(sm.dSv, LDV, RVT, ck_ds, sbase, V, nk, vb, V, nullptr, nullptr, tid);
@@ -229,13 +258,15 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
+                // (selected: S_in reaches the first segment, dS_end the last)
                 const int i = m0 + tc::acc_row(lane, e);
-                aq[0][nt][e] *= d.scale * sm.cf[i];
-                ak[0][nt][e] = sm.ef[i] * ak2[0][nt][e] - sm.cf[i] * ak[0][nt][e];
+                aq[0][nt][e] = sm.cf[i] != 0.f ? aq[0][nt][e] * d.scale : 0.f;
+                const float x = sm.ef[i] != 0.f ? ak2[0][nt][e] : 0.f;
+                ak[0][nt][e] = sm.cf[i] != 0.f ? x - ak[0][nt][e] : x;
             }
         const size_t kbase = seq_at(d, b, ch.t0, h, K) + kb;
-        stage<PO, 64, NTH>(sm.Kp, LDC, ACC, k, kbase, rk, len, 0, nk, nullptr, nullptr, tid);
-        stage<PO, 64, NTH>(sm.Qp, LDC, ACC, q, kbase, rk, len, 0, nk, nullptr, nullptr, tid);
+        stage<PO, 64, NTH>(sm.Kp, LDC, ACC, k, kbase, rk, len, 0, nk, nullptr, nullptr, tid, sm.nfK);
+        stage<PO, 64, NTH>(sm.Qp, LDC, ACC, q, kbase, rk, len, 0, nk, nullptr, nullptr, tid, sm.nfQ);
         __syncthreads();
         tc::gemm<1, 4, PO, PO, LO, false, true>(aq, {sm.DPp, LDC, ACC}, {sm.Kp, LDC, ACC}, m0, n0,
                                                 kl, lane);
@@ -243,6 +274,9 @@ __device__ void ck_grads(const S* __restrict__ q, const S* __restrict__ k,
                                                kl, lane);
         tc::gemm<1, 4, PO, PO, LO, false, true>(ak, {sm.MP, LDC, ACC}, {sm.Kp, LDC, ACC}, m0, n0,
                                                 kl, lane);
+        mark<LOWER>(aq, sm.nfK, sm.segm, m0, n0, lane);
+        mark<UPPER>(ak, sm.nfQ, sm.segm, m0, n0, lane);
+        mark<SEG>(ak, sm.nfK, sm.segm, m0, n0, lane);
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll

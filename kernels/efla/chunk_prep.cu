@@ -4,13 +4,15 @@
 //   the step coefficients (alpha, dk factor, dbeta factor) from beta and lambda_i = G_ii,
 //   Gm = strict_lower(G) and Pm = lower(P) masked across resets,
 //   X = (I + diag(alpha) Gm)^{-1} by forward substitution in f32.
-// Writes coef [B*H, T, 4] (alpha, dk factor, dbeta factor, c + 2 e: the step's reset flags for
-// the state passes), X and Pm [B*H, NC, C, C] f32, and Gm (when given, the backward).
+// Writes coef [B*H, T, 4] (alpha, dk factor, dbeta factor, c + 2 e + 4 (seg + 1): the step's
+// reset structure for the state passes), X and Pm [B*H, NC, C, C] f32, and Gm (when given, the
+// backward).
 //
 // Thread layout: one block of 128 threads (4 warps) per (batch row, head, chunk); the chunk's
 // rows are padded to 64. Products: warp w owns rows 16w .. 16w+15 of G and P (8 n-tiles of 8),
 // the keys are staged in blocks of 64 columns (row stride 72: ldmatrix without bank conflicts).
-// The solve: columns of X are independent (X[i][j] = -alpha_i sum_{l < i} Gm[i][l] X[l][j]);
+// The solve: columns of X are independent (X[i][j] = -alpha_i sum_{j <= l < i} Gm[i][l] X[l][j],
+// the terms of X's structural zeros skipped: Gm may not be finite);
 // lanes 2j and 2j + 1 own column j, one parity of l each, in registers, reading Gm rows as
 // shared-memory broadcasts.
 // Every chunk is independent: the grid is B * H * NC blocks.
@@ -86,7 +88,8 @@ __device__ void ck_prep(const S* __restrict__ q, const S* __restrict__ k,
             cp[0] = c.alpha;
             cp[1] = c.dkf;
             cp[2] = c.dbf;
-            cp[3] = cf[tid] + 2.f * ef[tid];  // the step's reset flags, for the state passes
+            // the step's reset structure, for the state passes (chunk_coef)
+            cp[3] = cf[tid] + 2.f * ef[tid] + 4.f * (float)(seg[tid] + 1);
             a = c.alpha;
         }
         al[tid] = a;
@@ -110,9 +113,11 @@ __device__ void ck_prep(const S* __restrict__ q, const S* __restrict__ k,
             float s = 0.f;
 #pragma unroll
             for (int m = 0; m < i / 2 + 1; ++m)
-                if (2 * m + part < i) s += Gs[i * LDF + 2 * m + part] * xh[m];
+                if (2 * m + part < i && 2 * m + part >= j) s += Gs[i * LDF + 2 * m + part] * xh[m];
             s += __shfl_xor_sync(0xffffffffu, s, 1);
-            const float x = i == j ? 1.f : (i < j ? 0.f : -al[i] * s);
+            // X is block diagonal over the segments: entries across one are 0 by selection (the
+            // sum multiplies the other segment's entries, maybe not finite, by Gm's zeros)
+            const float x = i == j ? 1.f : (i < j || j < seg[i] ? 0.f : -al[i] * s);
             if ((i & 1) == part) xh[i / 2] = x;
         }
 #pragma unroll

@@ -41,6 +41,8 @@ struct StateSmem {
     static constexpr int LDV = tc::ld_for(P::VT), RVT = CH * LDV;
     bf16s *Kp, *Qp, *Sp, *Tp, *Pp, *Rp, *Dp, *Ep;
     float *cf, *ef, *al;
+    int* seg;
+    u64 *segm, *nfR, *nfD;  // segments; non-finite entries of R and delta (chunk.cuh)
     __device__ StateSmem(unsigned char* base) {
         bf16s* x = reinterpret_cast<bf16s*>(base);
         Kp = x;
@@ -66,7 +68,11 @@ struct StateSmem {
         cf = reinterpret_cast<float*>(x);
         ef = cf + CH;
         al = ef + CH;
-        LINREC_CHECK_DYN_SMEM((char*)(al + CH) - (char*)base);
+        seg = reinterpret_cast<int*>(al + CH);
+        segm = reinterpret_cast<u64*>(seg + CH);
+        nfR = segm + CH;
+        nfD = nfR + P::VT;
+        LINREC_CHECK_DYN_SMEM((char*)(nfD + P::VT) - (char*)base);
     }
 };
 
@@ -148,7 +154,8 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
     for (int n = 0; n < d.NC; ++n) {
         const Chunk ch = chunk_of(d, n);
         const size_t cc = ((size_t)bh * d.NC + n) * C * C;
-        chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, tid);
+        if (tid < VT) sm.nfR[tid] = sm.nfD[tid] = 0;
+        chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, sm.seg, sm.segm, tid);
         stage<P::PX, 64, NTH>(sm.Tp, LDC, ACC, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid);
         if (wo && !P::ALIAS_PM)
             stage<P::PO, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
@@ -173,7 +180,7 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
                                                                    16 * w, 0, kd, lane);
             if (kb + 1 < nkb) __syncthreads();
         }
-        // R = V - diag(c) K S_in
+        // R = V - diag(c) K S_in (selected: S_in does not reach a step after a reset)
 #pragma unroll
         for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -182,12 +189,13 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
                 float x = 0.f;
                 if (r < ch.len && c < V) {
                     const size_t at = seq_at(d, b, ch.t0 + r, h, V) + c;
-                    x = to_f32(v[at]) - sm.cf[r] * ks[0][nt][e];
+                    x = to_f32(v[at]);
+                    if (sm.cf[r] != 0.f) x -= ks[0][nt][e];
                     if (!wo) ck_r[((size_t)bh * d.T + ch.t0 + r) * V + c] = from_f32<IT>(x);
                 }
                 ks[0][nt][e] = x;
             }
-        put_acc<P::PX, NTV>(sm.Rp, LDV, RVT, ks, 16 * w, 0, lane);
+        put_acc<P::PX, NTV>(sm.Rp, LDV, RVT, ks, 16 * w, 0, lane, sm.nfR);
         __syncthreads();
         // (ALIAS_PM: Pm goes where Q was, now that every Q S product is done)
         if (wo && P::ALIAS_PM)
@@ -198,7 +206,8 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
         tc::gemm<1, NTV, P::PX, P::PX, P::LX, false, true>(dl, {sm.Tp, LDC, ACC},
                                                            {sm.Rp, LDV, RVT}, 16 * w, 0,
                                                            round16(ch.len), lane);
-        if (wo) put_acc<P::PO, NTV>(sm.Dp, LDV, RVT, dl, 16 * w, 0, lane);
+        mark<LOWER>(dl, sm.nfR, sm.segm, 16 * w, 0, lane);
+        if (wo) put_acc<P::PO, NTV>(sm.Dp, LDV, RVT, dl, 16 * w, 0, lane, sm.nfD);
 #pragma unroll
         for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -206,7 +215,7 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
                 const int r = 16 * w + tc::acc_row(lane, e), c = c0 + 8 * nt + tc::acc_col(lane, e);
                 if (!wo && r < ch.len && c < V)
                     ck_delta[((size_t)bh * d.T + ch.t0 + r) * V + c] = from_f32<IT>(dl[0][nt][e]);
-                dl[0][nt][e] *= sm.ef[r];
+                if (sm.ef[r] == 0.f) dl[0][nt][e] = 0.f;
             }
         put_acc<P::PX, NTV>(sm.Ep, LDV, RVT, dl, 16 * w, 0, lane);
         __syncthreads();
@@ -215,10 +224,12 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
 #pragma unroll
             for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) qs[0][nt][e] *= sm.cf[16 * w + tc::acc_row(lane, e)];
+                for (int e = 0; e < 4; ++e)
+                    if (sm.cf[16 * w + tc::acc_row(lane, e)] == 0.f) qs[0][nt][e] = 0.f;
             tc::gemm<1, NTV, P::PO, P::PO, P::LO, false, true>(qs, {sm.Pp, LDC, ACC},
                                                                {sm.Dp, LDV, RVT}, 16 * w, 0,
                                                                round16(ch.len), lane);
+            mark<LOWER>(qs, sm.nfD, sm.segm, 16 * w, 0, lane);
 #pragma unroll
             for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -229,14 +240,16 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
                         o[seq_at(d, b, ch.t0 + r, h, V) + c] = from_f32<S>(d.scale * qs[0][nt][e]);
                 }
         }
-        // S_out = c_last S_in + K^T diag(e) delta, the last staged key block first
+        // S_out = c_last S_in + K^T diag(e) delta, the last staged key block first (after a reset
+        // in the chunk, K is restaged with the rows before the last segment selected to 0, as
+        // they are in diag(e) delta, and S_in is dropped, not multiplied by 0)
         const float c_last = sm.cf[ch.len - 1];
 #pragma unroll
         for (int kb = KM / 64 - 1; kb >= 0; --kb) {
             if (kb >= nkb) continue;
-            if (kb + 1 < nkb) {
+            if (kb + 1 < nkb || c_last == 0.f) {
                 __syncthreads();
-                stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, seq_at(d, b, ch.t0, h, K) + 64 * kb, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
+                stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, seq_at(d, b, ch.t0, h, K) + 64 * kb, rk, ch.len, 0, K - 64 * kb, sm.ef, nullptr, tid);
                 __syncthreads();
             }
             float up[1][NTV][4];
@@ -248,7 +261,7 @@ __device__ void ck_state(const S* __restrict__ q, const S* __restrict__ k,
             for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    st[kb][0][nt][e] = c_last * st[kb][0][nt][e] + up[0][nt][e];
+                    st[kb][0][nt][e] = c_last != 0.f ? st[kb][0][nt][e] + up[0][nt][e] : up[0][nt][e];
             state_planes<P::PX>(sm.Sp, st, kb, w, lane);
         }
         __syncthreads();
@@ -264,6 +277,8 @@ struct DStateSmem {
     static_assert(P::PX >= P::PI, "Q's planes fit in Pm's buffer");
     bf16s *Kp, *Qp, *Sp, *Tp, *Pp, *Gp, *Dd, *Cr;
     float *cf, *ef, *al;
+    int* seg;
+    u64 *segm, *nfG, *nfDd;  // segments; non-finite entries of dO and d(delta) (chunk.cuh)
     __device__ DStateSmem(unsigned char* base) {
         bf16s* x = reinterpret_cast<bf16s*>(base);
         Kp = x;
@@ -284,7 +299,11 @@ struct DStateSmem {
         cf = reinterpret_cast<float*>(x);
         ef = cf + CH;
         al = ef + CH;
-        LINREC_CHECK_DYN_SMEM((char*)(al + CH) - (char*)base);
+        seg = reinterpret_cast<int*>(al + CH);
+        segm = reinterpret_cast<u64*>(seg + CH);
+        nfG = segm + CH;
+        nfDd = nfG + P::VT;
+        LINREC_CHECK_DYN_SMEM((char*)(nfDd + P::VT) - (char*)base);
     }
 };
 
@@ -319,10 +338,11 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
         const Chunk ch = chunk_of(d, n);
         const size_t cc = ((size_t)bh * d.NC + n) * C * C;
         acc_state_ckpt(st, ck_ds, ((size_t)bh * d.NC + n) * K * V, K, V, c0, w, lane);
-        chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, tid);
+        if (tid < VT) sm.nfG[tid] = sm.nfDd[tid] = 0;
+        chunk_coef(d, coef, bh, ch, sm.al, sm.cf, sm.ef, sm.seg, sm.segm, tid);
         stage<P::PX, 64, NTH>(sm.Tp, LDC, ACC, Xg, cc, C, ch.len, 0, ch.len, nullptr, sm.al, tid);
         stage<P::PX, 64, NTH>(sm.Pp, LDC, ACC, Pg, cc, C, ch.len, 0, ch.len, nullptr, nullptr, tid);
-        stage<P::PI, VT, NTH>(sm.Gp, LDV, RVT, go, seq_at(d, b, ch.t0, h, V), rv, ch.len, c0, V, nullptr, nullptr, tid);
+        stage<P::PI, VT, NTH>(sm.Gp, LDV, RVT, go, seq_at(d, b, ch.t0, h, V), rv, ch.len, c0, V, nullptr, nullptr, tid, sm.nfG);
         // K dS_end, key block by key block
         float kd_[1][NTV][4];
         tc::zero(kd_);
@@ -340,6 +360,7 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
         tc::gemm<1, NTV, P::PX, P::PI, P::LX, true, true>(dd, {sm.Pp, LDC, ACC},
                                                           {sm.Gp, LDV, RVT}, 16 * w, 0,
                                                           round16(ch.len), lane);
+        mark<UPPER>(dd, sm.nfG, sm.segm, 16 * w, 0, lane);
 #pragma unroll
         for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -347,12 +368,13 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
                 const int r = 16 * w + tc::acc_row(lane, e), c = c0 + 8 * nt + tc::acc_col(lane, e);
                 float x = 0.f;
                 if (r < ch.len && c < V) {
-                    x = d.scale * dd[0][nt][e] + sm.ef[r] * kd_[0][nt][e];
+                    x = d.scale * dd[0][nt][e];
+                    if (sm.ef[r] != 0.f) x += kd_[0][nt][e];
                     ck_dd[((size_t)bh * d.T + ch.t0 + r) * V + c] = from_f32<IT>(x);
                 }
                 dd[0][nt][e] = x;
             }
-        put_acc<P::PX, NTV>(sm.Dd, LDV, RVT, dd, 16 * w, 0, lane);
+        put_acc<P::PX, NTV>(sm.Dd, LDV, RVT, dd, 16 * w, 0, lane, sm.nfDd);
         __syncthreads();
         // dR = T^T d(delta) = dv
         float dr[1][NTV][4];
@@ -360,6 +382,7 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
         tc::gemm<1, NTV, P::PX, P::PX, P::LX, true, true>(dr, {sm.Tp, LDC, ACC},
                                                           {sm.Dd, LDV, RVT}, 16 * w, 0,
                                                           round16(ch.len), lane);
+        mark<UPPER>(dr, sm.nfDd, sm.segm, 16 * w, 0, lane);
 #pragma unroll
         for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
@@ -369,18 +392,21 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
                     dv[seq_at(d, b, ch.t0 + r, h, V) + c] = from_f32<S>(dr[0][nt][e]);
                     ck_dr[((size_t)bh * d.T + ch.t0 + r) * V + c] = from_f32<IT>(dr[0][nt][e]);
                 }
-                dr[0][nt][e] *= sm.cf[r];
+                if (sm.cf[r] == 0.f) dr[0][nt][e] = 0.f;
             }
         put_acc<P::PX, NTV>(sm.Cr, LDV, RVT, dr, 16 * w, 0, lane);
-        // dS_in = c_last dS_end + scale Q^T diag(c) dO - K^T diag(c) dR, last key block first
+        // dS_in = c_last dS_end + scale Q^T diag(c) dO - K^T diag(c) dR, last key block first;
+        // Q and (after a reset in the chunk) K are staged with the rows after it selected to 0,
+        // dO's non-finite entries (staged as 0) reach dS_in's columns through the first segment
         const float c_last = sm.cf[ch.len - 1];
+        const u64 first = sm.cf[0] != 0.f ? sm.segm[0] : 0;
 #pragma unroll
         for (int kb = KM / 64 - 1; kb >= 0; --kb) {
             if (kb >= nkb) continue;
             __syncthreads();
             const size_t base = seq_at(d, b, ch.t0, h, K) + 64 * kb;
-            if (kb + 1 < nkb)
-                stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, base, rk, ch.len, 0, K - 64 * kb, nullptr, nullptr, tid);
+            if (kb + 1 < nkb || c_last == 0.f)
+                stage<P::PI, 64, NTH>(sm.Kp, LDC, ACC, k, base, rk, ch.len, 0, K - 64 * kb, sm.cf, nullptr, tid);
             stage<P::PI, 64, NTH>(sm.Qp, LDC, ACC, q, base, rk, ch.len, 0, K - 64 * kb, sm.cf, nullptr, tid);
             __syncthreads();
             float aq[1][NTV][4], ak[1][NTV][4];
@@ -395,9 +421,12 @@ __device__ void ck_dstate(const S* __restrict__ q, const S* __restrict__ k,
 #pragma unroll
             for (int nt = 0; nt < NTV; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    st[kb][0][nt][e] =
-                        c_last * st[kb][0][nt][e] + d.scale * aq[0][nt][e] - ak[0][nt][e];
+                for (int e = 0; e < 4; ++e) {
+                    const float x = d.scale * aq[0][nt][e];
+                    float y = c_last != 0.f ? st[kb][0][nt][e] + x - ak[0][nt][e] : x - ak[0][nt][e];
+                    if (sm.nfG[8 * nt + tc::acc_col(lane, e)] & first) y = nan32();
+                    st[kb][0][nt][e] = y;
+                }
             state_planes<P::PX>(sm.Sp, st, kb, w, lane);
         }
         __syncthreads();

@@ -284,6 +284,10 @@ inline float __saturatef(float x) { return std::min(1.0f, std::max(0.0f, x)); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// Integer atomics (atomic in both modes: fibers and LINREC_EMU_THREADS=1).
+inline unsigned long long atomicOr(unsigned long long* p, unsigned long long v) {
+    return __atomic_fetch_or(p, v, __ATOMIC_RELAXED);
+}
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 template <typename T> inline T min(T a, T b) { return a < b ? a : b; }
 template <typename T> inline T max(T a, T b) { return a > b ? a : b; }

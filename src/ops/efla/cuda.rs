@@ -472,19 +472,27 @@ mod chunked {
             + pm
             + 2 * t.px * rv
             + t.po * rv)
-            + 4 * 64 * 3
+            + seg_smem(t.vt)
     }
     fn dstate_smem(dt: DType, km: usize) -> usize {
         let t = tiles(dt);
         let (ldv, rv) = (ld_for(t.vt), 64 * ld_for(t.vt));
-        2 * (t.pi * ACC + t.px * km * ldv + 2 * t.px * ACC + t.pi * rv + 2 * t.px * rv) + 4 * 64 * 3
+        2 * (t.pi * ACC + t.px * km * ldv + 2 * t.px * ACC + t.pi * rv + 2 * t.px * rv)
+            + seg_smem(t.vt)
+    }
+    /// The state passes' per-step arrays: cf, ef, alpha (f32), seg (i32), the segments' row
+    /// masks (u64) and two masks of non-finite entries, one u64 per column of `vt`.
+    fn seg_smem(vt: usize) -> usize {
+        4 * 64 * 4 + 8 * 64 + 2 * 8 * vt
     }
     fn grads_smem(dt: DType) -> usize {
         let t = tiles(dt);
         let rb = 64 * ld_for(t.vb);
         let staging = 2 * (5 * t.po * rb + 2 * t.po * ACC);
         let inverse = 2 * F32T + 2 * 2 * t.po * ACC;
-        2 * (2 * t.po * ACC) + 4 * 64 * 7 + staging.max(inverse)
+        // 7 per-step f32/i32 arrays, the segments' row masks and the masks of non-finite K, Q,
+        // N and dX
+        2 * (2 * t.po * ACC) + 4 * 64 * 7 + 8 * 64 * 5 + staging.max(inverse)
     }
 
     /// Per-chunk scratch: coefficients `[B*H, T, 4]` and the `C x C` matrices `[B*H, NC, C, C]`.

@@ -354,16 +354,33 @@ impl Mat {
         m
     }
     fn mul(&self, o: &Mat) -> Mat {
+        self.mul_masked(o, |_, _| true)
+    }
+    /// `self o` with only the terms `self(i, l) o(l, .)` where `keep(i, l)`: the chunked form's
+    /// masks (a step of another segment, a later step, a step the carried state does not reach)
+    /// are absent terms, not products with zero, so a NaN or infinity never crosses a reset
+    /// (`0 * NaN` is NaN). Every kept term is an IEEE product, as in the recurrent form.
+    fn mul_masked(&self, o: &Mat, keep: impl Fn(usize, usize) -> bool) -> Mat {
         assert_eq!(self.c, o.r);
         let mut m = Mat::zeros(self.r, o.c);
         for i in 0..self.r {
             for l in 0..self.c {
-                let a = self.at(i, l);
-                if a != 0.0 {
+                if keep(i, l) {
+                    let a = self.at(i, l);
                     for j in 0..o.c {
                         m.d[i * o.c + j] += a * o.at(l, j);
                     }
                 }
+            }
+        }
+        m
+    }
+    /// The rows `i` with `mask[i] != 0`, the others 0 (a selection, never a product).
+    fn select_rows(&self, mask: &[f64]) -> Mat {
+        let mut m = self.clone();
+        for i in 0..self.r {
+            if mask[i] == 0.0 {
+                m.d[i * self.c..(i + 1) * self.c].fill(0.0);
             }
         }
         m
@@ -429,6 +446,14 @@ impl Segs {
     /// Steps `i` and `j <= i` are in the same segment (no reset in `(j, i]`).
     fn same(&self, i: usize, j: usize) -> bool {
         self.seg[i].is_none_or(|s| s <= j)
+    }
+    /// Entry `(i, j)` of a lower-triangular matrix block diagonal over the segments.
+    fn lower(&self, i: usize, j: usize) -> bool {
+        j <= i && self.same(i, j)
+    }
+    /// Steps `i` and `j` in the same segment (either order).
+    fn same_any(&self, i: usize, j: usize) -> bool {
+        self.lower(i.max(j), i.min(j))
     }
     /// `c_i`: the carried state reaches step `i`.
     fn c(&self) -> Vec<f64> {
@@ -497,17 +522,20 @@ fn chunk_prep(p: &Efla, hd: &Head, t0: usize, n: usize) -> (Chunk, Mat) {
     }
     // X = (I + diag(alpha) Gm)^{-1} by forward substitution, one column at a time:
     // X_kk = 1, X_ik = -alpha_i sum_{k <= j < i} Gm_ij X_jk.
+    // (X is block diagonal over the segments: the sum runs over the steps of one.)
     let mut x = Mat::zeros(n, n);
     for col in 0..n {
         x.set(col, col, 1.0);
         for i in col + 1..n {
-            let s: f64 = (col..i).map(|j| gm.at(i, j) * x.at(j, col)).sum();
-            x.set(i, col, -alpha[i] * s);
+            if segs.same(i, col) {
+                let s: f64 = (col..i).map(|j| gm.at(i, j) * x.at(j, col)).sum();
+                x.set(i, col, -alpha[i] * s);
+            }
         }
     }
     let t = x.scale_cols(&alpha);
-    let w = t.mul(&k);
-    let u = t.mul(&v);
+    let w = t.mul_masked(&k, |i, j| segs.lower(i, j));
+    let u = t.mul_masked(&v, |i, j| segs.lower(i, j));
     let ch = Chunk {
         t0,
         n,
@@ -541,19 +569,19 @@ fn chunked_forward(p: &Efla, hd: &Head, c: usize) -> (Vec<f64>, Vec<f64>, Vec<Ch
     for (t0, n) in chunks(tn, c) {
         let (mut ch, u) = chunk_prep(p, hd, t0, n);
         let (cv, ev) = (ch.segs.c(), ch.segs.e());
+        let sg = &ch.segs;
         // delta = U - diag(c) W S_in
-        let delta = u.sub(&ch.w.mul(&s).scale_rows(&cv));
+        let delta = u.sub(&ch.w.mul(&s).select_rows(&cv));
         // O = scale (diag(c) Q S_in + Pm delta)
         let oc =
             ch.q.mul(&s)
-                .scale_rows(&cv)
-                .add(&ch.pm.mul(&delta))
+                .select_rows(&cv)
+                .add(&ch.pm.mul_masked(&delta, |i, j| sg.lower(i, j)))
                 .scaled(scale);
         o[t0 * vd..(t0 + n) * vd].copy_from_slice(&oc.d);
         // S_out = c_last S_in + K^T diag(e) delta
-        let s_out = s
-            .scaled(ch.segs.c_last())
-            .add(&ch.k.t().mul(&delta.scale_rows(&ev)));
+        let kd_ = ch.k.t().mul_masked(&delta, |_, j| ev[j] != 0.0);
+        let s_out = if sg.c_last() != 0.0 { s.add(&kd_) } else { kd_ };
         ch.delta = delta;
         ch.s_in = s;
         s = s_out;
@@ -581,19 +609,26 @@ fn chunked_backward(p: &Efla, hd: &Head, c: usize) -> HeadGrads {
     let mut ddelta = Vec::new();
     for ch in chs.iter().rev() {
         let (cv, ev) = (ch.segs.c(), ch.segs.e());
+        let sg = &ch.segs;
         let dout = Mat::from(ch.n, vd, &hd.go[ch.t0 * vd..(ch.t0 + ch.n) * vd]);
         // d(delta) = scale Pm^T dO + diag(e) K dS_end
         let dd = ch
             .pm
             .t()
-            .mul(&dout)
+            .mul_masked(&dout, |j, i| sg.lower(i, j))
             .scaled(scale)
-            .add(&ch.k.mul(&ds).scale_rows(&ev));
+            .add(&ch.k.mul(&ds).select_rows(&ev));
         // dS_in = c_last dS_end + scale Q^T diag(c) dO - W^T diag(c) d(delta)
-        let ds_in = ds
-            .scaled(ch.segs.c_last())
-            .add(&ch.q.scale_rows(&cv).t().mul(&dout).scaled(scale))
-            .sub(&ch.w.scale_rows(&cv).t().mul(&dd));
+        let inner =
+            ch.q.t()
+                .mul_masked(&dout, |_, i| cv[i] != 0.0)
+                .scaled(scale)
+                .sub(&ch.w.t().mul_masked(&dd, |_, i| cv[i] != 0.0));
+        let ds_in = if sg.c_last() != 0.0 {
+            ds.add(&inner)
+        } else {
+            inner
+        };
         ds_end.push(ds);
         ddelta.push(dd);
         ds = ds_in;
@@ -604,6 +639,7 @@ fn chunked_backward(p: &Efla, hd: &Head, c: usize) -> HeadGrads {
     for ((ch, dse), dd) in chs.iter().zip(&ds_end).zip(&ddelta) {
         let n = ch.n;
         let (cv, ev) = (ch.segs.c(), ch.segs.e());
+        let sg = &ch.segs;
         let dout = Mat::from(n, vd, &hd.go[ch.t0 * vd..(ch.t0 + n) * vd]);
         // dPm = scale mask(dO delta^T)
         let mut dpm = dout.mul(&ch.delta.t()).scaled(scale);
@@ -615,16 +651,39 @@ fn chunked_backward(p: &Efla, hd: &Head, c: usize) -> HeadGrads {
             }
         }
         // dW = -diag(c) d(delta) S_in^T
-        let dw = dd.mul(&ch.s_in.t()).scale_rows(&cv).scaled(-1.0);
-        // dT = d(delta) V^T + dW K^T;  T = X diag(alpha)
+        let dw = dd.mul(&ch.s_in.t()).select_rows(&cv).scaled(-1.0);
+        // dT = d(delta) V^T + dW K^T;  T = X diag(alpha) (only T's entries are used)
         let dt = dd.mul(&ch.v.t()).add(&dw.mul(&ch.k.t()));
         let mut dalpha = vec![0.0; n];
         for (j, da) in dalpha.iter_mut().enumerate() {
-            *da = (0..n).map(|i| ch.x.at(i, j) * dt.at(i, j)).sum();
+            *da = (j..n)
+                .filter(|&i| sg.lower(i, j))
+                .map(|i| ch.x.at(i, j) * dt.at(i, j))
+                .sum();
         }
-        let dx = dt.scale_cols(&ch.alpha);
-        // dA = -X^T dX X^T, restricted to the masked strictly-lower entries of L
-        let da = ch.x.t().mul(&dx.mul(&ch.x.t())).scaled(-1.0);
+        let mut dx = Mat::zeros(n, n);
+        for i in 0..n {
+            for j in 0..=i {
+                if sg.lower(i, j) {
+                    dx.set(i, j, dt.at(i, j) * ch.alpha[j]);
+                }
+            }
+        }
+        // dA = -X^T dX X^T, restricted to the masked strictly-lower entries of L; N = dX X^T
+        // over the entries of both triangular factors
+        let mut nm = Mat::zeros(n, n);
+        for a in 0..n {
+            for j in 0..n {
+                if sg.same_any(a, j) {
+                    let s: f64 = (0..=a.min(j))
+                        .filter(|&b| sg.lower(a, b) && sg.lower(j, b))
+                        .map(|b| dx.at(a, b) * ch.x.at(j, b))
+                        .sum();
+                    nm.set(a, j, s);
+                }
+            }
+        }
+        let da = ch.x.t().mul_masked(&nm, |i, a| sg.lower(a, i)).scaled(-1.0);
         let mut dgm = Mat::zeros(n, n);
         for i in 0..n {
             for j in 0..i {
@@ -638,18 +697,22 @@ fn chunked_backward(p: &Efla, hd: &Head, c: usize) -> HeadGrads {
         // dQ = scale diag(c) dO S_in^T + dPm K
         let dq = dout
             .mul(&ch.s_in.t())
-            .scale_rows(&cv)
+            .select_rows(&cv)
             .scaled(scale)
-            .add(&dpm.mul(&ch.k));
+            .add(&dpm.mul_masked(&ch.k, |i, j| sg.lower(i, j)));
         // dK = dPm^T Q + diag(e) delta dS_end^T + diag(alpha) X^T dW + (dGm + dGm^T) K
+        let up = |j: usize, i: usize| sg.lower(i, j);
         let mut dk = dpm
             .t()
-            .mul(&ch.q)
-            .add(&ch.delta.mul(&dse.t()).scale_rows(&ev))
-            .add(&ch.x.t().mul(&dw).scale_rows(&ch.alpha))
-            .add(&dgm.add(&dgm.t()).mul(&ch.k));
+            .mul_masked(&ch.q, up)
+            .add(&ch.delta.mul(&dse.t()).select_rows(&ev))
+            .add(&ch.x.t().mul_masked(&dw, up).scale_rows(&ch.alpha))
+            .add(
+                &dgm.add(&dgm.t())
+                    .mul_masked(&ch.k, |i, j| sg.same_any(i, j)),
+            );
         // dV = diag(alpha) X^T d(delta)
-        let dv = ch.x.t().mul(dd).scale_rows(&ch.alpha);
+        let dv = ch.x.t().mul_masked(dd, up).scale_rows(&ch.alpha);
         for i in 0..n {
             let (_, fk, fb) = ch.coef[i];
             for r in 0..kd {
