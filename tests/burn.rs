@@ -525,22 +525,55 @@ fn selective_on(dev: &BDevice, what: &str) -> T {
 }
 
 fn wgpu_scan() -> T {
-    scan_on(&wgpu_dev()?, "burn wgpu")
+    let dev = wgpu_dev()?;
+    no_result_copies(true, || scan_on(&dev, "burn wgpu"))
 }
 fn wgpu_ffm() -> T {
-    ffm_on(&wgpu_dev()?, "burn wgpu")
+    let dev = wgpu_dev()?;
+    no_result_copies(true, || ffm_on(&dev, "burn wgpu"))
 }
 fn wgpu_efla() -> T {
-    efla_on(&wgpu_dev()?, "burn wgpu")
+    let dev = wgpu_dev()?;
+    no_result_copies(true, || efla_on(&dev, "burn wgpu"))
 }
 fn wgpu_efla_f16() -> T {
-    efla_f16_on(&wgpu_dev()?, "burn wgpu")
+    let dev = wgpu_dev()?;
+    // (half results: the autodiff node casts and concatenates them)
+    no_result_copies(false, || efla_f16_on(&dev, "burn wgpu"))
+}
+
+/// `f` passes, the kernels wrote every result of its ops on burn's wgpu device straight into
+/// a tensor cubecl allocated (none was copied there from a buffer of linrec's own), and, with
+/// `packed` (f32 results), every autodiff node took the packed form the kernels wrote (no
+/// concatenation). (The counters are per thread: `f` runs on this one.)
+fn no_result_copies(packed: bool, f: impl FnOnce() -> T) -> T {
+    let counts = || {
+        (
+            linrec::burn::result_copies(),
+            linrec::burn::autodiff::results_concatenated(),
+        )
+    };
+    let (n0, c0) = counts();
+    f()?;
+    let (n, c) = counts();
+    ensure!(
+        n == n0,
+        "{} results were copied into burn's buffers",
+        n - n0
+    );
+    ensure!(
+        !packed || c == c0,
+        "{} autodiff nodes concatenated their results",
+        c - c0
+    );
+    Ok(())
 }
 fn ndarray_efla_f16() -> T {
     efla_f16_on(&ndarray_dev(), "burn ndarray")
 }
 fn wgpu_selective() -> T {
-    selective_on(&wgpu_dev()?, "burn wgpu")
+    let dev = wgpu_dev()?;
+    no_result_copies(true, || selective_on(&dev, "burn wgpu"))
 }
 fn ndarray_scan() -> T {
     scan_on(&ndarray_dev(), "burn ndarray")

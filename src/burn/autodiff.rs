@@ -5,9 +5,14 @@
 //!
 //! burn's autodiff nodes have one output, linrec's ops two (the sequence output and the final
 //! state): when an input is tracked, the node's output is the results flattened, in f32, and
-//! concatenated (one device-side copy of the results), and the op returns slices of it, so
-//! burn routes the gradients of both results (and of any part of them) into one packed
-//! gradient for the node. When no input is tracked the results are returned as they are.
+//! concatenated (each from a multiple of 64 elements on: [`pack_layout`]), and the op returns
+//! slices of it, so burn routes the gradients of both
+//! results (and of any part of them) into one packed gradient for the node. On burn's wgpu
+//! devices, when every result is f32, linrec's kernels write the results into one allocation
+//! in exactly that layout (the backend returns the whole after the results), so nothing is
+//! copied; elsewhere (burn's CPU backends, half-precision results) the results are cast and
+//! concatenated, one copy on the device. When no input is tracked the results are returned
+//! as they are.
 
 use super::backend::{burn_dtype, inputs, slots, LinrecBackend};
 use super::op::{LinrecOp, Slot};
@@ -76,30 +81,76 @@ fn cast<B: Backend>(t: FloatTensor<B>, d: BDType) -> FloatTensor<B> {
     }
 }
 
-/// The results flattened, in f32, concatenated.
-fn pack<B: Backend>(outs: &[FloatTensor<B>]) -> FloatTensor<B> {
-    let flat = outs
+/// Where each result starts in the packed form (in f32 elements), and its length: results
+/// flattened in order, each starting at a multiple of [`PACK_ALIGN`] (zeros between), so that
+/// each is a tensor view a device can bind where it lies.
+pub(crate) fn pack_layout(slots: &[Slot]) -> (Vec<usize>, usize) {
+    let mut at = 0usize;
+    let starts = slots
         .iter()
-        .map(|t| {
-            let n = t.shape().num_elements();
-            cast::<B>(B::float_reshape(t.clone(), Shape::new([n])), BDType::F32)
+        .map(|s| {
+            let start = at.next_multiple_of(PACK_ALIGN);
+            at = start + s.shape.iter().product::<usize>();
+            start
         })
         .collect();
-    B::float_cat(flat, 0)
+    (starts, at)
+}
+
+/// Alignment of each result in the packed form, in f32 elements: 256 bytes, WebGPU's largest
+/// storage-binding offset alignment.
+pub(crate) const PACK_ALIGN: usize = 64;
+
+thread_local! {
+    /// Autodiff nodes whose results this thread concatenated (see the module docs).
+    static CONCATENATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many autodiff nodes of linrec ops this thread packed by concatenating their results
+/// (a copy on the device) rather than taking the packed form the backend wrote (burn's wgpu
+/// devices with f32 results; the tests check it).
+#[doc(hidden)]
+pub fn results_concatenated() -> usize {
+    CONCATENATED.with(std::cell::Cell::get)
+}
+
+/// The results in the packed form ([`pack_layout`]), in f32.
+fn pack<B: Backend>(outs: &[FloatTensor<B>], slots: &[Slot]) -> FloatTensor<B> {
+    CONCATENATED.with(|c| c.set(c.get() + 1));
+    let (starts, _) = pack_layout(slots);
+    let mut parts = Vec::new();
+    let mut at = 0usize;
+    for (t, &start) in outs.iter().zip(&starts) {
+        if start > at {
+            let dev = t.device();
+            parts.push(B::float_zeros(
+                Shape::new([start - at]),
+                &dev,
+                FloatDType::F32,
+            ));
+        }
+        let n = t.shape().num_elements();
+        parts.push(cast::<B>(
+            B::float_reshape(t.clone(), Shape::new([n])),
+            BDType::F32,
+        ));
+        at = start + n;
+    }
+    B::float_cat(parts, 0)
 }
 
 /// The packed results (or their gradient) apart again: each in its shape and storage dtype.
 fn unpack<B: Backend>(packed: FloatTensor<B>, slots: &[Slot]) -> Vec<FloatTensor<B>> {
-    let mut at = 0usize;
+    let (starts, _) = pack_layout(slots);
     slots
         .iter()
-        .map(|s| {
+        .zip(starts)
+        .map(|(s, at)| {
             let n: usize = s.shape.iter().product();
             let part = B::float_slice(
                 packed.clone(),
                 &[Slice::new(at as isize, Some((at + n) as isize), 1)],
             );
-            at += n;
             let part = B::float_reshape(part, Shape::from(s.shape.clone()));
             cast::<B>(part, burn_dtype(s.dtype))
         })
@@ -131,8 +182,13 @@ fn record<B: LinrecBackend, C: CheckpointStrategy, const N: usize>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let outs = fwd::<B>(op, prims.clone(), start.clone());
-            let packed = pack::<B>(&outs);
+            let mut outs = fwd::<B>(op, prims.clone(), start.clone());
+            // a backend that wrote the results packed already returns the whole after them
+            let packed = if outs.len() > op.outs().len() {
+                outs.pop().expect("the packed results")
+            } else {
+                pack::<B>(&outs, &op.outs())
+            };
             let state = State {
                 op,
                 ins: prims,
@@ -145,6 +201,7 @@ fn record<B: LinrecBackend, C: CheckpointStrategy, const N: usize>(
         }
         OpsKind::UnTracked(_) => fwd::<B>(op, prims, start)
             .into_iter()
+            .take(op.outs().len())
             .map(<Autodiff<B, C> as AutodiffBackend>::from_inner)
             .collect(),
     }

@@ -23,7 +23,9 @@ use burn_cubecl::CubeBackend;
 /// public functions rule out by checking every argument first) panic with linrec's message.
 #[backend_extension(Cube, NdArray, Autodiff)]
 pub trait LinrecBackend: Backend {
-    /// The forward: the op's results in order (sequence output, final state).
+    /// The forward: the op's results in order (sequence output, final state), optionally
+    /// followed by both flattened and concatenated in one f32 tensor, where the backend wrote
+    /// them that way (the form an autodiff node packs them in; see [`super::autodiff`]).
     #[allow(clippy::too_many_arguments)]
     fn linrec_forward(
         op: LinrecOp,

@@ -29,8 +29,9 @@
 //!
 //! - for burn's CubeCL backend on wgpu devices: zero-copy on burn's buffers (see
 //!   `src/burn/wgpu.rs`: inputs bound where cubecl keeps them, burn's pending work flushed to
-//!   the shared queue first, one device-side copy of each result into a buffer cubecl
-//!   allocates because cubecl 0.11 cannot adopt a foreign buffer);
+//!   the shared queue first, and the kernels write each result straight into a tensor cubecl
+//!   allocated for it, cleared first as wgpu clears a new buffer; cubecl 0.11 cannot adopt a
+//!   foreign buffer, so linrec writes into cubecl's instead);
 //! - for burn's ndarray backend (and CubeCL's non-wgpu runtimes): linrec's native CPU kernels
 //!   (`Device::Cpu`) on a host copy of the tensors;
 //! - for `Autodiff<B>`: one graph node per op whose backward runs linrec's backward kernels
@@ -58,6 +59,8 @@ mod backend;
 pub mod layers;
 mod op;
 mod wgpu;
+#[doc(hidden)]
+pub use wgpu::result_copies;
 
 pub use backend::LinrecBackend;
 pub use op::LinrecOp;
@@ -166,6 +169,7 @@ fn run<const O: usize, const F: usize>(
     };
     let [i0, i1, i2, i3, i4, i5, i6, i7, i8] = backend::slots(inputs);
     let mut r = Dispatch::linrec_forward(op, i0, i1, i2, i3, i4, i5, i6, i7, i8, start, has_start);
+    r.truncate(2); // (a backend may return the packed results after the two)
     let fin = r.pop().expect("two results");
     let out = r.pop().expect("two results");
     Ok((Tensor::from_dispatch(out), Tensor::from_dispatch(fin)))

@@ -9,10 +9,13 @@
 //! `WgpuContext` is built on burn's device and queue), so they run after everything burn
 //! queued before and before everything burn queues after.
 //!
-//! The one copy: linrec's zero-copy API allocates its results itself, and cubecl 0.11 has no
-//! public way to adopt a foreign `wgpu::Buffer` as a tensor handle, so each result is copied
-//! once, device to device on the same queue, into a buffer cubecl allocated
-//! (`copy_buffer_to_buffer`, recorded in the same submission order). No data touches the host.
+//! Results: cubecl 0.11 cannot adopt a foreign `wgpu::Buffer` as a tensor handle, so linrec's
+//! kernels write their results into buffers cubecl allocates: around each call a result
+//! placement (`runtime::wgpu::with_results`) hands linrec's ops, for every result, a fresh
+//! cubecl tensor's buffer range, which the op clears on the queue (a fill, as wgpu does for a
+//! buffer of linrec's own) and its kernels then write. The tensors returned to burn are those
+//! ranges: nothing is copied, nothing touches the host. (A result an op did not place would be
+//! copied once on the device; [`result_copies`] counts those, and the tests hold it at 0.)
 
 use super::backend::burn_dtype;
 use super::op::{Exec, Gpu, LinrecOp, Slot};
@@ -24,6 +27,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::CubeDevice;
 use cubecl_wgpu::{AutoCompiler, WgpuDevice, WgpuResource, WgpuServer};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
 type Managed = cubecl_runtime::storage::ManagedResource<WgpuResource>;
@@ -113,45 +118,173 @@ fn gpu_ref<'a>(m: &'a Managed, len: usize, dtype: crate::DType) -> GpuRef<'a> {
     GpuRef::new(&r.buffer, r.offset, len, dtype)
 }
 
-/// Move linrec's results into buffers cubecl allocates on the same device (one device-side
-/// copy each, submitted on the shared queue), as CubeCL tensors.
-fn adopt(
+thread_local! {
+    /// Results copied on the device because an op did not place them (see the module docs).
+    static COPIES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many results of linrec ops on burn's wgpu devices this thread copied into a cubecl
+/// buffer instead of the kernels writing them there (0 unless an op misses the placement;
+/// the tests check it).
+#[doc(hidden)]
+pub fn result_copies() -> usize {
+    COPIES.with(Cell::get)
+}
+
+/// Where [`placed`] puts an op's results.
+enum Layout {
+    /// Each in a dedicated cubecl allocation of its own.
+    Separate,
+    /// All in one dedicated allocation, in the packed form an autodiff node takes
+    /// ([`super::autodiff::pack_layout`]: flattened, f32, each from a 256-byte boundary on,
+    /// zeros between), as views of it; the whole is returned too.
+    Packed,
+}
+
+/// Run `run` (a linrec wgpu op) with its results placed in fresh cubecl tensors on `like`'s
+/// device, and return those tensors in the order of the op's results (with `Packed`, followed
+/// by the whole allocation as one flat f32 tensor).
+fn placed(
     ctx: &WgpuContext,
     op: &LinrecOp,
     like: &CubeTensor,
-    out: Vec<GpuTensor>,
+    inputs: &[&Managed],
+    layout: Layout,
+    run: impl FnOnce() -> Vec<GpuTensor>,
 ) -> Vec<CubeTensor> {
-    let _gl = ctx.gl_guard();
-    let mut enc = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("linrec results to burn"),
-        });
-    let mut keep = Vec::with_capacity(out.len());
-    let tensors = out
-        .iter()
-        .map(|g| {
-            let bytes = (g.bytes() as u64).div_ceil(4) * 4;
-            let handle = like.client.empty(bytes.max(4) as usize);
-            let t = CubeTensor::new_contiguous(
-                like.client.clone(),
-                like.device.clone(),
-                Shape::from(g.shape.clone()),
+    // (tensor, its buffer and byte offset there); the resources stay pinned in `keep`
+    type Made = Rc<RefCell<Vec<(CubeTensor, wgpu::Buffer, u64)>>>;
+    let made: Made = Rc::default();
+    let keep: Rc<RefCell<Vec<Managed>>> = Rc::default();
+    let (client, name, m, kp) = (like.client.clone(), op.name(), made.clone(), keep.clone());
+    let alloc = move |bytes: u64| {
+        let handle = client.memory_dedicated_allocation((), |_| client.empty(bytes as usize));
+        let r = client
+            .get_resource::<WgpuServer<AutoCompiler>>(handle.clone())
+            .unwrap_or_else(|e| panic!("linrec {name}: burn buffer: {e:?}"));
+        (handle, r)
+    };
+    let view = move |handle: &cubecl_runtime::server::Handle, at: u64, bytes: u64, total: u64| {
+        handle
+            .clone()
+            .offset_start(at)
+            .offset_end(total - at - bytes)
+    };
+    let tensor = {
+        let (client, device) = (like.client.clone(), like.device.clone());
+        move |handle, shape: &[usize], dtype| {
+            CubeTensor::new_contiguous(
+                client.clone(),
+                device.clone(),
+                Shape::from(shape.to_vec()),
                 handle,
-                burn_dtype(g.dtype),
-            );
-            let m = resource(op, &t);
-            if bytes > 0 {
-                let r = m.resource();
-                enc.copy_buffer_to_buffer(&g.buffer, 0, &r.buffer, r.offset, bytes);
-            }
-            keep.push(m);
-            t
+                burn_dtype(dtype),
+            )
+        }
+    };
+    // A kernel cannot write one range of a buffer while it reads another range of it (wgpu:
+    // a read-write storage binding excludes every other use of the buffer in a dispatch), and
+    // cubecl's pools pack tensors into shared buffers: results go into dedicated cubecl
+    // allocations (buffers of their own, outside the pools, freed with their tensors), as
+    // linrec's own results do. One in an input's buffer all the same would fall back to
+    // linrec's own buffer and one copy.
+    let taken: Vec<wgpu::Buffer> = inputs.iter().map(|r| r.resource().buffer.clone()).collect();
+    let outs = op.outs();
+    let (starts, len) = super::autodiff::pack_layout(&outs);
+    // (shape, byte offset in the packed allocation, bytes) of each result
+    let slots: Vec<(Vec<usize>, u64, u64)> = outs
+        .iter()
+        .zip(&starts)
+        .map(|(s, &at)| {
+            let n: usize = s.shape.iter().product();
+            (s.shape.clone(), 4 * at as u64, 4 * n as u64)
         })
         .collect();
-    ctx.queue.submit([enc.finish()]);
+    let total = 4 * len.max(1) as u64;
+    // the packed allocation: its handle, buffer and byte offset
+    type Whole = Rc<RefCell<Option<(cubecl_runtime::server::Handle, wgpu::Buffer, u64)>>>;
+    let whole: Whole = Rc::default();
+    let w = whole.clone();
+    let mut used = vec![false; slots.len()];
+    let tensor_p = tensor.clone();
+    let out = crate::runtime::wgpu::with_results(
+        move |shape, dtype, bytes| {
+            let (t, buffer, at) = match layout {
+                Layout::Separate => {
+                    let (handle, r) = alloc(bytes);
+                    let (buffer, at) = (r.resource().buffer.clone(), r.resource().offset);
+                    kp.borrow_mut().push(r);
+                    (tensor_p(handle, shape, dtype), buffer, at)
+                }
+                Layout::Packed => {
+                    // the first unused result slot of this shape (every result is f32)
+                    let k = (0..slots.len())
+                        .find(|&k| !used[k] && slots[k].0 == shape && dtype == crate::DType::F32)?;
+                    used[k] = true;
+                    let at = slots[k].1;
+                    if w.borrow().is_none() {
+                        let (handle, r) = alloc(total);
+                        let (buffer, base) = (r.resource().buffer.clone(), r.resource().offset);
+                        kp.borrow_mut().push(r);
+                        *w.borrow_mut() = Some((handle, buffer, base));
+                    }
+                    let (handle, buffer, base) = w.borrow().clone()?;
+                    let t = tensor_p(view(&handle, at, slots[k].2, total), shape, dtype);
+                    (t, buffer, base + at)
+                }
+            };
+            if taken.contains(&buffer) {
+                return None;
+            }
+            m.borrow_mut().push((t, buffer.clone(), at));
+            Some((buffer, at))
+        },
+        run,
+    );
+    // (the kernels are submitted: the placed ranges need no pinning once this returns)
     drop(keep);
-    tensors
+    let made = made.take();
+    let mut res: Vec<CubeTensor> = out
+        .into_iter()
+        .map(|g| {
+            made.iter()
+                .find(|(_, b, at)| *b == g.buffer && *at == g.offset)
+                .map(|(t, _, _)| t.clone())
+                .unwrap_or_else(|| copy_result(ctx, op, like, &g))
+        })
+        .collect();
+    // the whole allocation, when every result went into it
+    if let (Some((handle, _, _)), true) = (whole.take(), made.len() == res.len()) {
+        res.push(tensor(handle, &[total as usize / 4], crate::DType::F32));
+    }
+    res
+}
+
+/// A result linrec allocated itself, copied once on the device (same queue) into a buffer
+/// cubecl allocates.
+fn copy_result(ctx: &WgpuContext, op: &LinrecOp, like: &CubeTensor, g: &GpuTensor) -> CubeTensor {
+    COPIES.with(|c| c.set(c.get() + 1));
+    let _gl = ctx.gl_guard();
+    let bytes = (g.bytes() as u64).div_ceil(4) * 4;
+    let t = CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(g.shape.clone()),
+        like.client.empty(bytes.max(4) as usize),
+        burn_dtype(g.dtype),
+    );
+    let m = resource(op, &t);
+    if bytes > 0 {
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("linrec result to burn"),
+            });
+        let r = m.resource();
+        enc.copy_buffer_to_buffer(&g.buffer, g.offset, &r.buffer, r.offset, bytes);
+        ctx.queue.submit([enc.finish()]);
+    }
+    t
 }
 
 fn flush(op: &LinrecOp, t: &CubeTensor) {
@@ -181,10 +314,17 @@ pub(crate) fn forward(
     let sref = sres
         .as_ref()
         .map(|m| gpu_ref(m, op.start_shape().iter().product(), crate::DType::U32));
-    let out = Gpu(&ctx)
-        .fwd(&op, &refs, sref)
-        .unwrap_or_else(|e| panic!("linrec {} on burn wgpu: {e}", op.name()));
-    adopt(&ctx, &op, &ins[0], out)
+    let taken: Vec<&Managed> = res.iter().chain(&sres).collect();
+    let layout = if op.outs().iter().all(|s| s.dtype == crate::DType::F32) {
+        Layout::Packed
+    } else {
+        Layout::Separate
+    };
+    placed(&ctx, &op, &ins[0], &taken, layout, || {
+        Gpu(&ctx)
+            .fwd(&op, &refs, sref)
+            .unwrap_or_else(|e| panic!("linrec {} on burn wgpu: {e}", op.name()))
+    })
 }
 
 /// The backward on burn's wgpu buffers.
@@ -214,14 +354,16 @@ pub(crate) fn backward(
     let sref = sres
         .as_ref()
         .map(|m| gpu_ref(m, op.start_shape().iter().product(), crate::DType::U32));
-    let out = Gpu(&ctx)
-        .bwd(
-            &op,
-            &refs(&ri, &islots),
-            &refs(&ro, &oslots),
-            &refs(&rg, &oslots),
-            sref,
-        )
-        .unwrap_or_else(|e| panic!("linrec {} backward on burn wgpu: {e}", op.name()));
-    adopt(&ctx, &op, &ins[0], out)
+    let taken: Vec<&Managed> = ri.iter().chain(&ro).chain(&rg).chain(&sres).collect();
+    placed(&ctx, &op, &ins[0], &taken, Layout::Separate, || {
+        Gpu(&ctx)
+            .bwd(
+                &op,
+                &refs(&ri, &islots),
+                &refs(&ro, &oslots),
+                &refs(&rg, &oslots),
+                sref,
+            )
+            .unwrap_or_else(|e| panic!("linrec {} backward on burn wgpu: {e}", op.name()))
+    })
 }

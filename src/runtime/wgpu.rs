@@ -153,6 +153,41 @@ impl Drop for GlGuard {
     }
 }
 
+/// Where this thread's op results go: `(shape, dtype, bytes) -> (buffer, byte offset)`, or
+/// `None` for linrec's own buffers (see [`with_results`]).
+type Placer = Box<dyn FnMut(&[usize], DType, u64) -> Option<(wgpu::Buffer, u64)>>;
+
+thread_local! {
+    static PLACER: std::cell::RefCell<Option<Placer>> = const { std::cell::RefCell::new(None) };
+}
+
+fn place_result(shape: &[usize], dtype: DType, bytes: u64) -> Option<(wgpu::Buffer, u64)> {
+    PLACER.with(|p| p.borrow_mut().as_mut().and_then(|f| f(shape, dtype, bytes)))
+}
+
+/// Run `f` with the results of the wgpu ops it calls on this thread placed by `placer`
+/// (given each result's shape, dtype and size in bytes, a multiple of 4: a buffer of the
+/// op's device with `STORAGE | COPY_DST` usage and a byte offset aligned for a storage
+/// binding, or `None` for a buffer of linrec's own). Scratch buffers stay linrec's. The
+/// placement ends with `f`, also when it unwinds. Used by the burn adapter, whose tensors
+/// then hold the results the kernels wrote.
+#[cfg(feature = "burn")]
+pub(crate) fn with_results<R>(
+    placer: impl FnMut(&[usize], DType, u64) -> Option<(wgpu::Buffer, u64)> + 'static,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore(Option<Placer>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            PLACER.with(|p| *p.borrow_mut() = prev);
+        }
+    }
+    let prev = PLACER.with(|p| p.borrow_mut().replace(Box::new(placer)));
+    let _restore = Restore(prev);
+    f()
+}
+
 /// The adapters of [`instance`], enumerated once: contexts on one adapter share it (on wgpu's
 /// GL backend the adapter owns the GL context, whose lock then serialises every device on it).
 async fn adapters() -> &'static [wgpu::Adapter] {
@@ -410,9 +445,14 @@ impl WgpuContext {
             });
         }
         if let Some(e) = v {
+            // (a validation error's Display is "Validation Error": its description says what)
+            let detail = match &e {
+                wgpu::Error::Validation { description, .. } => description.trim().to_string(),
+                e => e.to_string(),
+            };
             return Err(Error::Device {
                 backend: BACKEND,
-                what: format!("{what}: {e}"),
+                what: format!("{what}: {detail}"),
             });
         }
         r
@@ -449,6 +489,31 @@ impl WgpuContext {
         self.remember(&buffer);
         Ok(GpuTensor {
             buffer,
+            offset: 0,
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// A zero-filled tensor for one of an op's results: [`zeros`](Self::zeros), unless a
+    /// framework adapter placed this thread's results ([`with_results`]): then a range of the
+    /// framework's own buffer, cleared on the queue (a fill, as wgpu does for a new buffer), so
+    /// the kernels write the result where the framework reads it and nothing is copied.
+    pub(crate) fn result(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        let bytes = (n * dtype.size()).div_ceil(4).max(1) as u64 * 4;
+        let Some((buffer, offset)) = place_result(shape, dtype, bytes) else {
+            return self.zeros(shape, dtype);
+        };
+        self.scoped("clearing a result", || {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.clear_buffer(&buffer, offset, Some(bytes));
+            self.queue.submit([enc.finish()]);
+            Ok(())
+        })?;
+        Ok(GpuTensor {
+            buffer,
+            offset,
             shape: shape.to_vec(),
             dtype,
         })
@@ -478,6 +543,7 @@ impl WgpuContext {
         self.remember(&buffer);
         Ok(GpuTensor {
             buffer,
+            offset: 0,
             shape: t.shape().to_vec(),
             dtype: t.dtype(),
         })
@@ -485,7 +551,7 @@ impl WgpuContext {
 
     /// Copy a device tensor back to the host.
     pub fn download(&self, g: &GpuTensor) -> Result<Tensor> {
-        let bytes = self.read_bytes(&g.buffer, 0, g.bytes() as u64)?;
+        let bytes = self.read_bytes(&g.buffer, g.offset, g.bytes() as u64)?;
         Tensor::from_bytes(g.shape.clone(), g.dtype, &bytes[..g.bytes()])
     }
 
@@ -1171,9 +1237,12 @@ pub(crate) fn needs(
 /// An owned device tensor: a buffer with a shape and an element type.
 #[derive(Debug)]
 pub struct GpuTensor {
-    /// The buffer (usage `STORAGE | COPY_SRC | COPY_DST`), at least `numel * dtype.size()`
-    /// bytes, rounded up to a multiple of 4.
+    /// The buffer (usage `STORAGE | COPY_SRC | COPY_DST`), holding at least
+    /// `numel * dtype.size()` bytes, rounded up to a multiple of 4, from `offset` on.
     pub buffer: wgpu::Buffer,
+    /// Byte offset of the first element in `buffer` (0 for every buffer linrec allocates; a
+    /// result placed in a framework's buffer starts where the framework's tensor does).
+    pub offset: u64,
     /// The shape.
     pub shape: Vec<usize>,
     /// The element type.
@@ -1200,7 +1269,7 @@ impl GpuTensor {
     pub fn as_ref(&self) -> GpuRef<'_> {
         GpuRef {
             buffer: &self.buffer,
-            offset: 0,
+            offset: self.offset,
             len: self.numel(),
             dtype: self.dtype,
         }

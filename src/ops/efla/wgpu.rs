@@ -380,7 +380,7 @@ impl Results {
         let mut temps = Vec::new();
         for n in names {
             let shape = p.spec(*n).shape;
-            outs.push(ctx.zeros(&shape, p.dtype)?);
+            outs.push(ctx.result(&shape, p.dtype)?);
             temps.push(if p.dtype == DType::F32 {
                 None
             } else {
@@ -529,7 +529,7 @@ pub fn forward(
     inp.check(p)?;
     let pl = Plan::new(ctx, p, false, inp.start.is_some())?;
     let res = Results::new(ctx, p, &[Arg::O])?;
-    let sf = ctx.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
+    let sf = ctx.result(&p.spec(Arg::SFinal).shape, DType::F32)?;
     let scratch = ctx.zeros(&[pl.scratch.max(1)], DType::F32)?;
     let rows = Rows::new(p);
     let mut launch = ctx.launch("efla forward");
@@ -654,7 +654,7 @@ pub fn backward(
     inp.check(p)?;
     let pl = Plan::new(ctx, p, true, inp.start.is_some())?;
     let res = Results::new(ctx, p, &[Arg::Dq, Arg::Dk, Arg::Dv, Arg::Dbeta])?;
-    let ds0 = ctx.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
+    let ds0 = ctx.result(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let scratch = ctx.zeros(&[pl.scratch.max(1)], DType::F32)?;
     let st = ctx.zeros(&[(pl.nbh * pl.slots).max(1)], DType::F32)?;
     let dst = ctx.zeros(&[(pl.nbh * pl.slots).max(1)], DType::F32)?;

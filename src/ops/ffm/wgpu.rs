@@ -337,8 +337,8 @@ pub fn forward(
         0
     };
     let groups = ctx.row_groups(p.batch, &bytes(&[r.x, r.s, r.state, r.flags, seg_row]))?;
-    let s = ctx.zeros(&p.spec(Arg::S).shape, DType::F32)?;
-    let sf = ctx.zeros(&p.spec(Arg::SFinal).shape, DType::F32)?;
+    let s = ctx.result(&p.spec(Arg::S).shape, DType::F32)?;
+    let sf = ctx.result(&p.spec(Arg::SFinal).shape, DType::F32)?;
     // (a word per row, never read, when not: the shared dummy buffer may be bound read-only
     // in the same dispatch)
     let seg = ctx.zeros(&[p.batch * seg_row.max(1)], DType::F32)?;
@@ -423,10 +423,10 @@ pub fn backward(
         p.batch,
         &bytes(&[r.x, r.s, r.state, r.flags, r.ck, part_row]),
     )?;
-    let dx = ctx.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
-    let da = ctx.zeros(&p.spec(Arg::Da).shape, DType::F32)?;
-    let db = ctx.zeros(&p.spec(Arg::Db).shape, DType::F32)?;
-    let ds0 = ctx.zeros(&p.spec(Arg::Ds0).shape, DType::F32)?;
+    let dx = ctx.result(&p.spec(Arg::Dx).shape, DType::F32)?;
+    let da = ctx.result(&p.spec(Arg::Da).shape, DType::F32)?;
+    let db = ctx.result(&p.spec(Arg::Db).shape, DType::F32)?;
+    let ds0 = ctx.result(&p.spec(Arg::Ds0).shape, DType::F32)?;
     let ck = ctx.zeros(&[p.batch, r.ck], DType::F32)?;
     // row group (b0, nb): rows' dlog at b0 * part_row, their segment state after it
     let part = ctx.zeros(&[p.batch, part_row], DType::F32)?;

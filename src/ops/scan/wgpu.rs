@@ -121,8 +121,8 @@ pub fn forward(
     p.validate()?;
     inp.check(p)?;
     let pl = plan(ctx, p)?;
-    let h = ctx.zeros(&p.spec(Arg::H).shape, DType::F32)?;
-    let hf = ctx.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
+    let h = ctx.result(&p.spec(Arg::H).shape, DType::F32)?;
+    let hf = ctx.result(&p.spec(Arg::HFinal).shape, DType::F32)?;
     let pipe = ctx.pipeline(
         "scan/forward.wgsl",
         "main",
@@ -182,9 +182,9 @@ pub fn backward(
     p.validate()?;
     inp.check(p)?;
     let pl = plan(ctx, p)?;
-    let dx = ctx.zeros(&p.spec(Arg::Dx).shape, DType::F32)?;
-    let da = ctx.zeros(&p.spec(Arg::Da).shape, DType::F32)?;
-    let dh0 = ctx.zeros(&p.spec(Arg::Dh0).shape, DType::F32)?;
+    let dx = ctx.result(&p.spec(Arg::Dx).shape, DType::F32)?;
+    let da = ctx.result(&p.spec(Arg::Da).shape, DType::F32)?;
+    let dh0 = ctx.result(&p.spec(Arg::Dh0).shape, DType::F32)?;
     // time-invariant `a`: per-row partial sums, reduced over rows afterwards
     let partial = if p.time_varying {
         None

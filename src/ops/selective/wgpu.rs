@@ -510,8 +510,8 @@ pub fn forward(
         0
     };
     pl.split(ctx, p, extra)?;
-    let out = ctx.zeros(&p.spec(Arg::Out).shape, p.dtype)?;
-    let hf = ctx.zeros(&p.spec(Arg::HFinal).shape, DType::F32)?;
+    let out = ctx.result(&p.spec(Arg::Out).shape, p.dtype)?;
+    let hf = ctx.result(&p.spec(Arg::HFinal).shape, DType::F32)?;
     let lay = SmLayout::new(&pl, p, pl.max_rows(), false);
     let (sm, cast) = if packed {
         check_u32("packed arguments of the forward", lay.len)?;
@@ -708,8 +708,8 @@ pub fn backward(
     let (dn_n, fixed) = (dn * ns, !p.input_dependent());
     let pp_len = bn * (dn_n + 2 * dn) + if fixed { 2 * bn * dn_n } else { 0 };
     check_u32("parameter partials of the backward", pp_len)?;
-    let f32z = |name: Arg| ctx.zeros(&p.spec(name).shape, DType::F32);
-    let seqz = |name: Arg| ctx.zeros(&p.spec(name).shape, p.dtype);
+    let f32z = |name: Arg| ctx.result(&p.spec(name).shape, DType::F32);
+    let seqz = |name: Arg| ctx.result(&p.spec(name).shape, p.dtype);
     let (du, ddelta, dz) = (seqz(Arg::Du)?, seqz(Arg::Ddelta)?, seqz(Arg::Dz)?);
     let (da, ddskip, ddelta_bias, dh0) = (
         f32z(Arg::Da)?,
@@ -718,8 +718,8 @@ pub fn backward(
         f32z(Arg::Dh0)?,
     );
     let bc_dtype = p.dtype_of(p.spec(Arg::Dbm).role);
-    let dbm = ctx.zeros(&p.spec(Arg::Dbm).shape, bc_dtype)?;
-    let dcm = ctx.zeros(&p.spec(Arg::Dcm).shape, bc_dtype)?;
+    let dbm = ctx.result(&p.spec(Arg::Dbm).shape, bc_dtype)?;
+    let dcm = ctx.result(&p.spec(Arg::Dcm).shape, bc_dtype)?;
     let pp = ctx.zeros(&[pp_len], DType::F32)?;
     let rs = ctx.zeros(&[max_rows * rs_row(&pl)], DType::F32)?;
     let reduce_groups = if part_row(&pl) > 0 {
