@@ -5,7 +5,7 @@
 //!
 //! burn's autodiff nodes have one output, linrec's ops two (the sequence output and the final
 //! state): when an input is tracked, the node's output is the results flattened, in f32, and
-//! concatenated (each from a multiple of 64 elements on: [`pack_layout`]), and the op returns
+//! concatenated (each from a multiple of 64 elements on: `pack_layout`), and the op returns
 //! slices of it, so burn routes the gradients of both
 //! results (and of any part of them) into one packed gradient for the node. On burn's wgpu
 //! devices, when every result is f32, linrec's kernels write the results into one allocation

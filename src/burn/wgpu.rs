@@ -145,7 +145,7 @@ enum Layout {
 /// device, and return those tensors in the order of the op's results (with `Packed`, followed
 /// by the whole allocation as one flat f32 tensor).
 fn placed(
-    ctx: &WgpuContext,
+    ctx: &Arc<WgpuContext>,
     op: &LinrecOp,
     like: &CubeTensor,
     inputs: &[&Managed],
@@ -207,6 +207,14 @@ fn placed(
     let w = whole.clone();
     let mut used = vec![false; slots.len()];
     let tensor_p = tensor.clone();
+    // the bytes between the packed results, zeroed as the concatenation has them
+    let gaps: Vec<(u64, u64)> = slots
+        .iter()
+        .zip(slots.iter().skip(1).map(|s| s.1).chain([total]))
+        .map(|(s, next)| (s.1 + s.2, next))
+        .filter(|(a, b)| a < b)
+        .collect();
+    let cx = ctx.clone();
     let out = crate::runtime::wgpu::with_results(
         move |shape, dtype, bytes| {
             let (t, buffer, at) = match layout {
@@ -226,6 +234,14 @@ fn placed(
                         let (handle, r) = alloc(total);
                         let (buffer, base) = (r.resource().buffer.clone(), r.resource().offset);
                         kp.borrow_mut().push(r);
+                        if !gaps.is_empty() {
+                            let _gl = cx.gl_guard();
+                            let mut enc = cx.device.create_command_encoder(&Default::default());
+                            for &(a, b) in &gaps {
+                                enc.clear_buffer(&buffer, base + a, Some(b - a));
+                            }
+                            cx.queue.submit([enc.finish()]);
+                        }
                         *w.borrow_mut() = Some((handle, buffer, base));
                     }
                     let (handle, buffer, base) = w.borrow().clone()?;

@@ -277,6 +277,18 @@ macro_rules! arg_struct {
     (@each opt $f:ident $name:expr, $v:expr) => {
         if let Some(v) = $v.as_ref() { $f($crate::ops::ArgName::name($name), v)? }
     };
+    // `Buffers` for the struct type `$ty` (over one buffer type `B`)
+    (@buffers [$($ty:tt)*] $P:ident; $( $kind:ident $field:ident $var:ident ),*) => {
+        impl<B> $crate::ops::Buffers<B> for $($ty)* {
+            fn each_buffer(
+                &self,
+                f: &mut dyn FnMut(&'static str, &B) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                $( $crate::ops::arg_struct!(@each $kind f <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
+                Ok(())
+            }
+        }
+    };
     (@check req $p:expr, $name:expr, $v:expr) => { $crate::ops::check_arg($p, $name, $v)? };
     (@check opt $p:expr, $name:expr, $v:expr) => {
         if let Some(v) = $v.as_ref() { $crate::ops::check_arg($p, $name, v)? }
@@ -347,15 +359,7 @@ macro_rules! arg_struct {
             }
         }
 
-        impl<B> $crate::ops::Buffers<B> for $name<B, B> {
-            fn each_buffer(
-                &self,
-                f: &mut dyn FnMut(&'static str, &B) -> $crate::Result<()>,
-            ) -> $crate::Result<()> {
-                $( $crate::ops::arg_struct!(@each $kind f <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
-                Ok(())
-            }
-        }
+        $crate::ops::arg_struct!(@buffers [$name<B, B>] $P; $( $kind $field $var ),*);
     };
     (
         $(#[$meta:meta])*
@@ -414,15 +418,7 @@ macro_rules! arg_struct {
             }
         }
 
-        impl<B> $crate::ops::Buffers<B> for $name<B> {
-            fn each_buffer(
-                &self,
-                f: &mut dyn FnMut(&'static str, &B) -> $crate::Result<()>,
-            ) -> $crate::Result<()> {
-                $( $crate::ops::arg_struct!(@each $kind f <$P as $crate::ops::Problem>::Arg::$var, &self.$field); )*
-                Ok(())
-            }
-        }
+        $crate::ops::arg_struct!(@buffers [$name<B>] $P; $( $kind $field $var ),*);
     };
 }
 pub(crate) use arg_struct;
