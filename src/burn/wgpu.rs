@@ -26,6 +26,8 @@ use burn::tensor::{IntDType, Shape};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::CubeDevice;
+use cubecl_runtime::client::Client;
+use cubecl_runtime::server::Handle;
 use cubecl_wgpu::{AutoCompiler, WgpuDevice, WgpuResource, WgpuServer};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -101,9 +103,14 @@ fn prepare_flags(t: CubeTensor) -> CubeTensor {
 }
 
 fn resource(op: &LinrecOp, t: &CubeTensor) -> Managed {
-    t.client
-        .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
-        .unwrap_or_else(|e| panic!("linrec {}: burn buffer: {e:?}", op.name()))
+    handle_resource(&t.client, t.handle.clone(), op.name())
+}
+
+/// The wgpu buffer range behind a cubecl handle, pinned while the result lives.
+fn handle_resource(client: &Client, handle: Handle, name: &str) -> Managed {
+    client
+        .get_resource::<WgpuServer<AutoCompiler>>(handle)
+        .unwrap_or_else(|e| panic!("linrec {name}: burn buffer: {e:?}"))
 }
 
 fn refs<'a>(m: &'a [Managed], slots: &[Slot]) -> Vec<GpuRef<'a>> {
@@ -159,12 +166,10 @@ fn placed(
     let (client, name, m, kp) = (like.client.clone(), op.name(), made.clone(), keep.clone());
     let alloc = move |bytes: u64| {
         let handle = client.memory_dedicated_allocation((), |_| client.empty(bytes as usize));
-        let r = client
-            .get_resource::<WgpuServer<AutoCompiler>>(handle.clone())
-            .unwrap_or_else(|e| panic!("linrec {name}: burn buffer: {e:?}"));
+        let r = handle_resource(&client, handle.clone(), name);
         (handle, r)
     };
-    let view = move |handle: &cubecl_runtime::server::Handle, at: u64, bytes: u64, total: u64| {
+    let view = move |handle: &Handle, at: u64, bytes: u64, total: u64| {
         handle
             .clone()
             .offset_start(at)
@@ -202,7 +207,7 @@ fn placed(
         .collect();
     let total = 4 * len.max(1) as u64;
     // the packed allocation: its handle, buffer and byte offset
-    type Whole = Rc<RefCell<Option<(cubecl_runtime::server::Handle, wgpu::Buffer, u64)>>>;
+    type Whole = Rc<RefCell<Option<(Handle, wgpu::Buffer, u64)>>>;
     let whole: Whole = Rc::default();
     let w = whole.clone();
     let mut used = vec![false; slots.len()];
@@ -281,16 +286,16 @@ fn placed(
 fn copy_result(ctx: &WgpuContext, op: &LinrecOp, like: &CubeTensor, g: &GpuTensor) -> CubeTensor {
     COPIES.with(|c| c.set(c.get() + 1));
     let _gl = ctx.gl_guard();
-    let bytes = (g.bytes() as u64).div_ceil(4) * 4;
+    let bytes = crate::runtime::wgpu::buffer_size(g.bytes() as u64);
     let t = CubeTensor::new_contiguous(
         like.client.clone(),
         like.device.clone(),
         Shape::from(g.shape.clone()),
-        like.client.empty(bytes.max(4) as usize),
+        like.client.empty(bytes as usize),
         burn_dtype(g.dtype),
     );
-    let m = resource(op, &t);
-    if bytes > 0 {
+    if g.bytes() > 0 {
+        let m = resource(op, &t);
         let mut enc = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {

@@ -153,6 +153,11 @@ impl Drop for GlGuard {
     }
 }
 
+/// The size of a buffer (or binding) holding `bytes`: a multiple of 4, at least 4.
+pub(crate) fn buffer_size(bytes: u64) -> u64 {
+    bytes.div_ceil(4).max(1) * 4
+}
+
 /// Where this thread's op results go: `(shape, dtype, bytes) -> (buffer, byte offset)`, or
 /// `None` for linrec's own buffers (see [`with_results`]).
 type Placer = Box<dyn FnMut(&[usize], DType, u64) -> Option<(wgpu::Buffer, u64)>>;
@@ -476,7 +481,7 @@ impl WgpuContext {
     /// A zero-filled device tensor.
     pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let n: usize = shape.iter().product();
-        let bytes = (n * dtype.size()).div_ceil(4).max(1) as u64 * 4;
+        let bytes = buffer_size((n * dtype.size()) as u64);
         self.check_alloc(bytes, "zeros")?;
         let buffer = self.scoped("allocating a buffer", || {
             Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -501,7 +506,7 @@ impl WgpuContext {
     /// the kernels write the result where the framework reads it and nothing is copied.
     pub(crate) fn result(&self, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let n: usize = shape.iter().product();
-        let bytes = (n * dtype.size()).div_ceil(4).max(1) as u64 * 4;
+        let bytes = buffer_size((n * dtype.size()) as u64);
         let Some((buffer, offset)) = place_result(shape, dtype, bytes) else {
             return self.zeros(shape, dtype);
         };
@@ -529,7 +534,7 @@ impl WgpuContext {
             t
         };
         let mut bytes = t.as_bytes().to_vec();
-        bytes.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+        bytes.resize(buffer_size(bytes.len() as u64) as usize, 0);
         self.check_alloc(bytes.len() as u64, "upload")?;
         let buffer = self.scoped("uploading a tensor", || {
             Ok(self
@@ -558,7 +563,7 @@ impl WgpuContext {
     /// Read `len` bytes at `offset` of a `COPY_SRC` buffer.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.check_owned("buffer", buffer)?;
-        let size = len.div_ceil(4).max(1) * 4;
+        let size = buffer_size(len);
         self.scoped("downloading a buffer", || {
             let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("linrec readback"),
@@ -839,7 +844,7 @@ impl WgpuContext {
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         let start = r.offset / align * align;
         let end = r.offset + (r.len * r.dtype.size()) as u64;
-        let size = (end - start).div_ceil(4).max(1) * 4;
+        let size = buffer_size(end - start);
         if start + size > r.buffer.size() {
             return Err(Error::value(
                 "buffer",
